@@ -1,0 +1,217 @@
+//! The event bus. Kafka (rdkafka) is the production backend; this is the only module that
+//! names `rdkafka`.
+//!
+//! The producer is idempotent with `acks=all`, batches with `linger.ms` and compresses; a
+//! message is retried by librdkafka until the broker takes it (`message.timeout.ms = 0`),
+//! so a caller that keeps its own durable copy (the collector's spool) never needs to
+//! re-send while the process lives, and the broker never sees a duplicate from a retry.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+use crate::config::{KafkaConfig, is_secret_key};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka client for {brokers}: {source}")]
+    Client { brokers: String, source: KafkaError },
+    /// The local producer queue is full; wait for deliveries and send again.
+    #[error("producer queue full (topic {topic})")]
+    QueueFull { topic: String },
+    #[error("delivery to topic {topic} failed: {reason}")]
+    Delivery { topic: String, reason: String },
+    #[error("creating topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("metadata from {brokers}: {source}")]
+    Metadata { brokers: String, source: KafkaError },
+}
+
+/// Where a delivered record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Completes when the broker has acknowledged (or definitively refused) one record.
+pub type DeliveryFuture = BoxFuture<'static, Result<Delivered, BusError>>;
+
+/// Producer side of the bus.
+pub trait Producer: Send + Sync + 'static {
+    /// Enqueues one record without blocking. `Err(BusError::QueueFull)` means "try again
+    /// after some deliveries complete".
+    fn send(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<DeliveryFuture, BusError>;
+
+    /// True when the backend answered a metadata request within `timeout`.
+    fn reachable(&self, timeout: Duration) -> BoxFuture<'static, bool>;
+}
+
+/// librdkafka settings shared by every client, with `extra` passed through.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", &cfg.client_id)
+        // tansu and most clusters: keep the log quiet about transient disconnects
+        .set("log.connection.close", "false");
+    for (k, v) in &cfg.extra {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// The `extra` map, printable (secrets redacted).
+pub fn describe_extra(cfg: &KafkaConfig) -> String {
+    cfg.extra
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_key(k) {
+                crate::config::REDACTED
+            } else {
+                v
+            };
+            format!("{k}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub struct KafkaProducer {
+    producer: FutureProducer,
+    brokers: String,
+}
+
+impl KafkaProducer {
+    pub fn new(cfg: &KafkaConfig, max_in_flight_messages: usize) -> Result<Self, BusError> {
+        let mut cc = client_config(cfg);
+        cc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", cfg.compression.as_str())
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("batch.size", cfg.batch_size_bytes.to_string())
+            // retry until the broker takes it: the caller's spool is the durable copy
+            .set("message.timeout.ms", "0")
+            .set(
+                "queue.buffering.max.messages",
+                max_in_flight_messages.max(1).to_string(),
+            );
+        let producer: FutureProducer = cc.create().map_err(|source| BusError::Client {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+        Ok(KafkaProducer {
+            producer,
+            brokers: cfg.brokers.clone(),
+        })
+    }
+
+    /// Waits up to `timeout` for every queued record to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        self.producer
+            .flush(timeout)
+            .map_err(|source| BusError::Client {
+                brokers: self.brokers.clone(),
+                source,
+            })
+    }
+}
+
+impl Producer for KafkaProducer {
+    fn send(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<DeliveryFuture, BusError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
+        if !key.is_empty() {
+            record = record.key(key);
+        }
+        match self.producer.send_result(record) {
+            Ok(fut) => {
+                let topic = topic.to_string();
+                Ok(async move {
+                    match fut.await {
+                        Ok(Ok(d)) => Ok(Delivered {
+                            partition: d.partition,
+                            offset: d.offset,
+                        }),
+                        Ok(Err((e, _msg))) => Err(BusError::Delivery {
+                            topic,
+                            reason: e.to_string(),
+                        }),
+                        Err(_canceled) => Err(BusError::Delivery {
+                            topic,
+                            reason: "producer closed before delivery".into(),
+                        }),
+                    }
+                }
+                .boxed())
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(BusError::QueueFull {
+                    topic: topic.to_string(),
+                })
+            }
+            Err((e, _)) => Err(BusError::Delivery {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn reachable(&self, timeout: Duration) -> BoxFuture<'static, bool> {
+        let producer = self.producer.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(None, timeout).is_ok()
+            })
+            .await
+            .unwrap_or(false)
+        }
+        .boxed()
+    }
+}
+
+/// Creates the topics that do not exist yet (the broker may not auto-create on produce).
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(cfg)
+            .create()
+            .map_err(|source| BusError::Client {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                cfg.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results =
+        admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|e| BusError::CreateTopic {
+                topic: topics.join(","),
+                reason: e.to_string(),
+            })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,870 @@
+//! `bookrec collect`: the HTTP event collector.
+//!
+//! `POST /api/log` (one event, the seed front end's endpoint) and `POST /api/logs` (a JSON
+//! array or NDJSON) validate and stamp events, append valid ones — and dead letters for the
+//! invalid ones — to the durable [`spool`], and answer 202 with a per-event verdict. The
+//! forwarder sends the spool to Kafka in order (keyed by user, so one user's events keep
+//! their order). See the module docs of [`spool`] for the durability argument.
+
+pub mod dedup;
+pub mod metrics;
+pub mod spool;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use uuid::Uuid;
+
+use crate::bus::{self, BusError, Delivered, Producer};
+use crate::config::{CollectConfig, Config};
+use crate::event::{self, ErrorCode, Event, EventError, Limits};
+use dedup::Dedup;
+use metrics::Metrics;
+use spool::{Record, Spool, SpoolError, SpoolReader, Spooled, Topic};
+
+/// The front-end snippet served at `/tracker.js`.
+pub const TRACKER_JS: &str = include_str!("tracker.js");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// An HTTP error with a stable `code`. 5xx bodies say little; the log says all.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            axum::Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Per-event verdict of a rejected event.
+#[derive(Debug, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntakeResponse {
+    /// Events stored (including duplicates of events stored before).
+    pub accepted: usize,
+    /// Of `accepted`, how many were already seen (same `event_id`) and not stored again.
+    pub duplicates: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+const KAFKA_UNKNOWN: u8 = 0;
+const KAFKA_UP: u8 = 1;
+const KAFKA_DOWN: u8 = 2;
+
+struct AppState {
+    cfg: CollectConfig,
+    limits: Limits,
+    spool: Spool,
+    dedup: Dedup,
+    metrics: Arc<Metrics>,
+    kafka: Arc<AtomicU8>,
+}
+
+/// Runs the collector on `listener` until `cancel` fires, then drains: stops intake, sends
+/// what the spool holds to Kafka (up to `collect.shutdown_timeout_ms`), checkpoints, returns.
+pub async fn run(
+    config: &Config,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), CollectError> {
+    let cfg = config.collect.clone();
+    let (spool, writer, reader) = Spool::open(&cfg.spool)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let producer: Arc<dyn Producer> = Arc::new(bus::KafkaProducer::new(
+        &config.kafka,
+        cfg.spool.max_in_flight,
+    )?);
+    let kafka = Arc::new(AtomicU8::new(KAFKA_UNKNOWN));
+    let background = CancellationToken::new();
+
+    let topics_ready = CancellationToken::new();
+    tokio::spawn(ensure_topics_loop(
+        config.kafka.clone(),
+        topics_ready.clone(),
+        background.clone(),
+    ));
+    tokio::spawn(probe_loop(
+        producer.clone(),
+        kafka.clone(),
+        metrics.clone(),
+        background.clone(),
+    ));
+    let forwarder_stop = CancellationToken::new();
+    let forwarder = tokio::spawn(forward(
+        Forwarder {
+            spool: spool.clone(),
+            producer: producer.clone(),
+            topics: [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()],
+            metrics: metrics.clone(),
+            max_in_flight: cfg.spool.max_in_flight,
+        },
+        reader,
+        topics_ready,
+        forwarder_stop.clone(),
+    ));
+
+    let state = Arc::new(AppState {
+        limits: Limits {
+            max_event_bytes: cfg.max_event_bytes,
+        },
+        dedup: Dedup::new(
+            Duration::from_secs(cfg.dedup_window_secs),
+            cfg.dedup_max_entries,
+        ),
+        cfg: cfg.clone(),
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        kafka,
+    });
+    let app = router(state);
+    let addr = listener.local_addr().map_err(CollectError::Serve)?;
+    tracing::info!(%addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
+        spool = %cfg.spool.dir.display(), "collector listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(CollectError::Serve)?;
+
+    // Intake has stopped: give the forwarder time to empty the spool.
+    let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
+    let durable = *spool.durable().borrow();
+    while spool.state().acked_seq.load(Ordering::SeqCst) < durable && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = spool.state().depth_records.load(Ordering::SeqCst);
+    if left > 0 {
+        tracing::warn!(
+            records = left,
+            "shutting down with records still in the spool; they are sent on the next start"
+        );
+    }
+    forwarder_stop.cancel();
+    background.cancel();
+    if let Ok(Err(e)) = forwarder.await {
+        tracing::error!(error = %e, "forwarder");
+    }
+    writer.close()?;
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let cors = cors_layer(&state.cfg.cors_allowed_origins);
+    let mut app = Router::new()
+        .route("/api/log", post(post_log))
+        .route("/api/logs", post(post_logs))
+        .route("/tracker.js", get(tracker_js))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state);
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn tracker_js() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        TRACKER_JS,
+    )
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let kafka = match state.kafka.load(Ordering::SeqCst) {
+        KAFKA_UP => "up",
+        KAFKA_DOWN => "down",
+        _ => "unknown",
+    };
+    let s = state.spool.state();
+    let spool_ok = !s.failed.load(Ordering::SeqCst)
+        && !state.spool.would_overflow(state.cfg.max_event_bytes as u64);
+    let body = json!({
+        "ready": spool_ok,
+        "kafka": kafka,
+        "spool": if spool_ok { "ok" } else { "unavailable" },
+        "spool_depth_records": s.depth_records.load(Ordering::SeqCst),
+        "spool_depth_bytes": s.depth_bytes.load(Ordering::SeqCst),
+    });
+    let status = if spool_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let s = state.spool.state();
+    let m = &state.metrics;
+    m.spool_depth_records
+        .set(s.depth_records.load(Ordering::SeqCst) as i64);
+    m.spool_depth_bytes
+        .set(s.depth_bytes.load(Ordering::SeqCst) as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+}
+
+/// What the body's content type says about its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// `application/json`: an object, or (batch endpoint) an array.
+    Json,
+    /// NDJSON/JSON Lines, or `text/plain` (what `navigator.sendBeacon` sends for a string,
+    /// without a CORS preflight): one object per line, or a JSON array.
+    Lines,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let unsupported = |what: &str| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {what} is not accepted; use application/json, \
+                 application/x-ndjson or text/plain"
+            ),
+        )
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported("(missing)"));
+    };
+    let text = value.to_str().map_err(|_| unsupported("(not ASCII)"))?;
+    let mime = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines"
+        | "text/plain" => Ok(BodyKind::Lines),
+        _ => Err(unsupported(&format!("{text:?}"))),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_read_failed",
+                format!("reading the body failed: {e}"),
+            )
+        }
+    })
+}
+
+fn content_length_check(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is {n} bytes, the limit is {limit} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// One item of a request: its position and raw text.
+struct Item<'a> {
+    index: usize,
+    raw: &'a [u8],
+}
+
+/// Splits a batch body into raw event texts: a JSON array, or one JSON value per line.
+fn split_batch(body: &[u8], kind: BodyKind) -> Result<Vec<Item<'_>>, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+            "the body holds no events",
+        )),
+        Some(b'[') => {
+            let text = std::str::from_utf8(body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not UTF-8 (byte {})", e.valid_up_to()),
+                )
+            })?;
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_str(text).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_json",
+                        format!("the body is not a JSON array of events: {e}"),
+                    )
+                })?;
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(index, raw)| Item {
+                    index,
+                    raw: raw.get().as_bytes(),
+                })
+                .collect())
+        }
+        Some(b'{') if kind == BodyKind::Json => Ok(vec![Item {
+            index: 0,
+            raw: trim_ascii(body),
+        }]),
+        Some(_) => Ok(body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(index, line)| Item {
+                index,
+                raw: trim_ascii(line),
+            })
+            .filter(|item| !item.raw.is_empty())
+            .collect()),
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+/// The dead-letter record for a rejected item.
+fn dead_letter(
+    endpoint: &str,
+    index: usize,
+    error: &EventError,
+    raw: &[u8],
+    received_at: &chrono::DateTime<Utc>,
+    max_raw: usize,
+) -> Record {
+    let truncated = raw.len() > max_raw;
+    let kept = &raw[..raw.len().min(max_raw)];
+    let value = json!({
+        "code": error.code.as_str(),
+        "field": error.field,
+        "message": error.message,
+        "endpoint": endpoint,
+        "index": index,
+        "received_at": event::format_ts(received_at),
+        "raw": String::from_utf8_lossy(kept),
+        "raw_bytes": raw.len(),
+        "raw_truncated": truncated,
+    });
+    Record {
+        topic: Topic::DeadLetter,
+        key: Vec::new(),
+        value: value.to_string().into_bytes(),
+    }
+}
+
+/// Validates, dedups and spools a request's items; the verdict per item.
+async fn intake(
+    state: &AppState,
+    endpoint: &str,
+    items: &[Item<'_>],
+) -> Result<IntakeResponse, ApiError> {
+    let received_at = Utc::now();
+    let mut records = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    let mut events: Vec<Event> = Vec::with_capacity(items.len());
+    for item in items {
+        match event::validate_bytes(item.raw, received_at, &state.limits) {
+            Ok(ev) => events.push(ev),
+            Err(err) => {
+                records.push(dead_letter(
+                    endpoint,
+                    item.index,
+                    &err,
+                    item.raw,
+                    &received_at,
+                    state.cfg.max_event_bytes,
+                ));
+                state
+                    .metrics
+                    .rejected
+                    .with_label_values(&[err.code.as_str()])
+                    .inc();
+                rejected.push(Rejection {
+                    index: item.index,
+                    code: err.code.as_str(),
+                    message: err.message,
+                });
+            }
+        }
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let fresh = state.dedup.insert_new(&ids, Instant::now());
+    let mut new_ids = Vec::new();
+    let mut duplicates = 0;
+    for (ev, is_new) in events.iter().zip(&fresh) {
+        if *is_new {
+            new_ids.push(ev.event_id);
+            records.push(Record {
+                topic: Topic::Events,
+                key: ev.key().as_bytes().to_vec(),
+                value: ev.to_json(),
+            });
+        } else {
+            duplicates += 1;
+        }
+    }
+    let n_records = records.len() as u64;
+    if !records.is_empty() {
+        if let Err(e) = state.spool.append(records).await {
+            state.dedup.forget(&new_ids);
+            return Err(match e {
+                SpoolError::Full { .. } => {
+                    state.metrics.spool_full.inc();
+                    ApiError {
+                        retry_after_secs: Some(5),
+                        ..ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "spool_full",
+                            "the collector cannot take more events right now; retry later",
+                        )
+                    }
+                }
+                other => {
+                    tracing::error!(error = %other, "spool append failed");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "the event could not be stored",
+                    )
+                }
+            });
+        }
+    }
+    state.metrics.spooled.inc_by(n_records);
+    state.metrics.accepted.inc_by(events.len() as u64);
+    state.metrics.duplicates.inc_by(duplicates);
+    Ok(IntakeResponse {
+        accepted: events.len(),
+        duplicates: duplicates as usize,
+        rejected,
+    })
+}
+
+async fn post_log(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    body_kind(&headers)?;
+    let limit = state.cfg.max_batch_bytes;
+    content_length_check(&headers, limit)?;
+    let bytes = read_body(body, limit).await?;
+    let raw = trim_ascii(&bytes);
+    if raw.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "the body holds no event",
+        ));
+    }
+    let items = [Item { index: 0, raw }];
+    let verdict = intake(&state, "/api/log", &items).await?;
+    let status = if verdict.rejected.is_empty() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, axum::Json(verdict)).into_response())
+}
+
+async fn post_logs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = body_kind(&headers)?;
+    let limit = state.cfg.max_batch_bytes;
+    content_length_check(&headers, limit)?;
+    let bytes = read_body(body, limit).await?;
+    let items = match split_batch(&bytes, kind) {
+        Ok(items) => items,
+        Err(err) => {
+            if err.code == "invalid_json" {
+                // Keep the evidence: the unparseable body goes to the dead-letter topic.
+                let e = EventError::new(ErrorCode::InvalidJson, None, err.message.clone());
+                let dlq = dead_letter(
+                    "/api/logs",
+                    0,
+                    &e,
+                    &bytes,
+                    &Utc::now(),
+                    state.cfg.max_event_bytes,
+                );
+                state
+                    .metrics
+                    .rejected
+                    .with_label_values(&[ErrorCode::InvalidJson.as_str()])
+                    .inc();
+                if let Err(spool_err) = state.spool.append(vec![dlq]).await {
+                    tracing::warn!(error = %spool_err, "could not dead-letter an invalid body");
+                }
+            }
+            return Err(err);
+        }
+    };
+    if items.len() > state.cfg.max_batch_events {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!(
+                "the batch holds {} events, the limit is {}",
+                items.len(),
+                state.cfg.max_batch_events
+            ),
+        ));
+    }
+    if items.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+            "the batch holds no events",
+        ));
+    }
+    let verdict = intake(&state, "/api/logs", &items).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(verdict)).into_response())
+}
+
+/// Creates the topics, retrying with backoff until it works or the collector stops.
+async fn ensure_topics_loop(
+    cfg: crate::config::KafkaConfig,
+    ready: CancellationToken,
+    stop: CancellationToken,
+) {
+    if !cfg.create_topics {
+        ready.cancel();
+        return;
+    }
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match bus::ensure_topics(&cfg, &[&cfg.topic, &cfg.dlq_topic]).await {
+            Ok(()) => {
+                ready.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                "creating topics"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Keeps the Kafka reachability flag (for `/readyz` and `/metrics`) fresh.
+async fn probe_loop(
+    producer: Arc<dyn Producer>,
+    flag: Arc<AtomicU8>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        let up = producer.reachable(Duration::from_secs(2)).await;
+        flag.store(if up { KAFKA_UP } else { KAFKA_DOWN }, Ordering::SeqCst);
+        metrics.kafka_up.set(i64::from(up));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(if up { 5 } else { 1 })) => {}
+        }
+    }
+}
+
+struct Forwarder {
+    spool: Spool,
+    producer: Arc<dyn Producer>,
+    topics: [String; 2],
+    metrics: Arc<Metrics>,
+    max_in_flight: usize,
+}
+
+struct InFlight {
+    seq: u64,
+    bytes: u64,
+    written_ms: u64,
+    topic: Topic,
+    result: Result<Delivered, BusError>,
+}
+
+type InFlightQueue = FuturesOrdered<futures::future::BoxFuture<'static, InFlight>>;
+
+impl Forwarder {
+    /// Handles one completion in order. Returns the sequence number to resend from when
+    /// Kafka refused a record.
+    fn complete(&self, done: InFlight) -> Option<u64> {
+        match done.result {
+            Ok(_) => {
+                self.spool.ack(done.seq, 1, done.bytes);
+                let label = if done.topic == Topic::Events {
+                    "events"
+                } else {
+                    "dlq"
+                };
+                self.metrics.delivered.with_label_values(&[label]).inc();
+                let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+                self.metrics
+                    .produce_latency
+                    .observe(now_ms.saturating_sub(done.written_ms) as f64 / 1000.0);
+                None
+            }
+            Err(e) => {
+                self.metrics.delivery_errors.inc();
+                tracing::warn!(seq = done.seq, error = %e, "delivery failed; resending from the spool");
+                Some(done.seq)
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        frame: &Spooled,
+    ) -> Result<futures::future::BoxFuture<'static, InFlight>, BusError> {
+        let topic = &self.topics[frame.record.topic as usize];
+        let fut = self
+            .producer
+            .send(topic, &frame.record.key, &frame.record.value)?;
+        let (seq, bytes, written_ms, kind) = (
+            frame.seq,
+            frame.frame_bytes,
+            frame.written_ms,
+            frame.record.topic,
+        );
+        Ok(Box::pin(async move {
+            InFlight {
+                seq,
+                bytes,
+                written_ms,
+                topic: kind,
+                result: fut.await,
+            }
+        }))
+    }
+}
+
+/// Sends the spool to Kafka in order until `stop`.
+async fn forward(
+    f: Forwarder,
+    mut reader: SpoolReader,
+    topics_ready: CancellationToken,
+    stop: CancellationToken,
+) -> Result<(), SpoolError> {
+    tokio::select! {
+        _ = topics_ready.cancelled() => {}
+        _ = stop.cancelled() => return Ok(()),
+    }
+    let mut durable = f.spool.durable();
+    let mut inflight: InFlightQueue = FuturesOrdered::new();
+    let mut backoff = Duration::from_millis(100);
+    'outer: loop {
+        let target = *durable.borrow_and_update();
+        let room = f.max_in_flight.saturating_sub(inflight.len());
+        let mut rewind = None;
+        if reader.next_seq() <= target && room > 0 {
+            let n = room.min(2048);
+            let (r, batch) = tokio::task::spawn_blocking(move || {
+                let batch = reader.read(n, target);
+                (reader, batch)
+            })
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
+            reader = r;
+            let batch = batch?;
+            let progressed = !batch.is_empty();
+            for frame in &batch {
+                loop {
+                    match f.send(frame) {
+                        Ok(fut) => {
+                            inflight.push_back(fut);
+                            break;
+                        }
+                        Err(BusError::QueueFull { .. }) if !inflight.is_empty() => {
+                            if let Some(done) = inflight.next().await {
+                                rewind = f.complete(done);
+                            }
+                            if rewind.is_some() {
+                                break;
+                            }
+                        }
+                        Err(BusError::QueueFull { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(seq = frame.seq, error = %e, "send failed");
+                            rewind = Some(frame.seq);
+                            break;
+                        }
+                    }
+                }
+                if rewind.is_some() {
+                    break;
+                }
+            }
+            if rewind.is_none() && progressed {
+                continue 'outer;
+            }
+        }
+        if rewind.is_none() {
+            tokio::select! {
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    rewind = f.complete(done);
+                    if rewind.is_none() {
+                        backoff = Duration::from_millis(100);
+                    }
+                }
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        // writer gone: only in-flight completions remain
+                        match inflight.next().await {
+                            Some(done) => rewind = f.complete(done),
+                            None => return Ok(()),
+                        }
+                    }
+                }
+                _ = stop.cancelled() => return Ok(()),
+            }
+        }
+        if let Some(seq) = rewind {
+            // Records after the refused one may have been delivered; they are sent again
+            // (event_id dedups them downstream). Wait for everything in flight first.
+            while inflight.next().await.is_some() {}
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            reader.seek(seq)?;
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! One typed configuration tree.
+//!
+//! Layers, later ones win: the compiled-in `config/default.toml`, then the file given with
+//! `--config`, then `BOOKREC__SECTION__KEY` environment variables (nested keys are joined
+//! with `__`, e.g. `BOOKREC__COLLECT__SPOOL__FSYNC=never`). Every struct denies unknown keys,
+//! so a typo is an error that names the key and where it came from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "BOOKREC__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: cannot be read: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Figment's message names the key (e.g. `collect.spool.fsync`) and the layer it came from.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: {key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub collect: CollectConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub client_id: String,
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub compression: Compression,
+    pub linger_ms: u64,
+    pub batch_size_bytes: u64,
+    /// librdkafka properties passed through verbatim.
+    pub extra: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectConfig {
+    pub listen: SocketAddr,
+    pub max_event_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_events: usize,
+    pub dedup_window_secs: u64,
+    pub dedup_max_entries: usize,
+    pub cors_allowed_origins: Vec<String>,
+    pub shutdown_timeout_ms: u64,
+    pub spool: SpoolConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync before the 202 is sent (group commit across concurrent requests).
+    Always,
+    /// fsync every `fsync_interval_ms`; a 202 survives a process crash, not a power cut.
+    Interval,
+    /// never fsync explicitly.
+    Never,
+}
+
+impl Config {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            // Read it ourselves so that a missing file is an error, not an empty layer.
+            std::fs::metadata(path).map_err(|source| ConfigError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file(path));
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        figment = figment.merge(EnvLayer(env));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.collect;
+        let positive: [(&'static str, u64); 8] = [
+            ("collect.max_event_bytes", c.max_event_bytes as u64),
+            ("collect.max_batch_bytes", c.max_batch_bytes as u64),
+            ("collect.max_batch_events", c.max_batch_events as u64),
+            ("collect.dedup_max_entries", c.dedup_max_entries as u64),
+            ("collect.spool.max_bytes", c.spool.max_bytes),
+            ("collect.spool.segment_bytes", c.spool.segment_bytes),
+            ("collect.spool.max_in_flight", c.spool.max_in_flight as u64),
+            ("kafka.partitions", self.kafka.partitions.max(0) as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        if c.max_event_bytes > c.max_batch_bytes {
+            return Err(ConfigError::Value {
+                key: "collect.max_event_bytes",
+                reason: format!(
+                    "{} is larger than collect.max_batch_bytes ({})",
+                    c.max_event_bytes, c.max_batch_bytes
+                ),
+            });
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::Value {
+                key: "kafka.brokers",
+                reason: "must name at least one host:port".into(),
+            });
+        }
+        if self.kafka.topic.trim().is_empty() || self.kafka.topic == self.kafka.dlq_topic {
+            return Err(ConfigError::Value {
+                key: "kafka.topic",
+                reason: "must be non-empty and differ from kafka.dlq_topic".into(),
+            });
+        }
+        if self.kafka.replication_factor < 1 {
+            return Err(ConfigError::Value {
+                key: "kafka.replication_factor",
+                reason: "must be at least 1".into(),
+            });
+        }
+        for origin in &c.cors_allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::Value {
+                    key: "collect.cors_allowed_origins",
+                    reason: format!("{origin:?} is neither \"*\" nor an http(s) origin"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut redacted = self.clone();
+        for (key, value) in redacted.kafka.extra.iter_mut() {
+            if is_secret_key(key) {
+                *value = REDACTED.to_string();
+            }
+        }
+        toml::to_string_pretty(&redacted).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+pub const REDACTED: &str = "<redacted>";
+
+/// Keys whose values never appear in logs or `bookrec config`.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// Replaces the password of a URL's user-info (`scheme://user:pass@host`) with `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:{}{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            REDACTED,
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+/// `BOOKREC__SECTION__KEY=value` pairs as a figment layer. Values are parsed like figment's
+/// own `Env` provider does (numbers, booleans, `[a, b]` arrays, strings).
+struct EnvLayer(Vec<(String, String)>);
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, raw) in &self.0 {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let dotted = key
+                .split("__")
+                .map(|part| part.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            let value: figment::value::Value = match raw.parse() {
+                Ok(v) => v,
+                Err(never) => match never {},
+            };
+            if let figment::value::Value::Dict(_, nested) = figment::util::nest(&dotted, value) {
+                merge_dict(&mut dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dict(into: &mut figment::value::Dict, from: figment::value::Dict) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (
+                Some(figment::value::Value::Dict(_, existing)),
+                figment::value::Value::Dict(_, new),
+            ) => merge_dict(existing, new),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    let mut out = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!("key `{}`: ", e.path.join("."))
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| {
+                let src = e
+                    .metadata
+                    .as_ref()
+                    .and_then(|md| md.source.as_ref())
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
+                format!(" [from {}{}]", m.name, src)
+            })
+            .unwrap_or_default();
+        out.push(format!("{key}{}{source}", e.kind));
+    }
+    out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_interface_table() {
+        let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.topic, "user_behavior_logs");
+        assert_eq!(c.kafka.dlq_topic, "user_behavior_logs.dlq");
+        assert_eq!(c.collect.listen.to_string(), "127.0.0.1:5006");
+        assert_eq!(c.collect.max_event_bytes, 32 * 1024);
+        assert_eq!(c.collect.max_batch_bytes, 1024 * 1024);
+        assert_eq!(c.collect.max_batch_events, 500);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbrokers = \"k1:9092\"\n[collect.spool]\nfsync = \"never\"\n",
+        )
+        .expect("write");
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("BOOKREC__KAFKA__BROKERS", "k2:9092,k3:9092"),
+                ("BOOKREC__COLLECT__MAX_BATCH_EVENTS", "100"),
+                ("OTHER__KAFKA__BROKERS", "ignored"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.kafka.brokers, "k2:9092,k3:9092");
+        assert_eq!(c.collect.max_batch_events, 100);
+        assert_eq!(c.collect.spool.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = Config::load_with_env(None, env(&[("BOOKREC__KAFKA__BROKER", "x:1")]))
+            .expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("broker"), "{msg}");
+        assert!(msg.contains("kafka"), "{msg}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[colect]\nlisten = \"1.2.3.4:5\"\n").expect("write");
+        let msg = Config::load_with_env(Some(&file), env(&[]))
+            .expect_err("unknown section")
+            .to_string();
+        assert!(msg.contains("colect"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (key, value, needle) in [
+            ("BOOKREC__COLLECT__LISTEN", "not-an-addr", "collect.listen"),
+            (
+                "BOOKREC__COLLECT__SPOOL__FSYNC",
+                "sometimes",
+                "collect.spool.fsync",
+            ),
+            (
+                "BOOKREC__COLLECT__MAX_BATCH_EVENTS",
+                "0",
+                "collect.max_batch_events",
+            ),
+            (
+                "BOOKREC__COLLECT__MAX_EVENT_BYTES",
+                "-3",
+                "collect.max_event_bytes",
+            ),
+            (
+                "BOOKREC__COLLECT__CORS_ALLOWED_ORIGINS",
+                "[\"ftp://x\"]",
+                "cors_allowed_origins",
+            ),
+        ] {
+            let msg = Config::load_with_env(None, env(&[(key, value)]))
+                .expect_err(key)
+                .to_string();
+            assert!(msg.contains(needle), "{key}={value}: {msg}");
+        }
+        let msg = Config::load_with_env(Some(Path::new("/nonexistent/b.toml")), env(&[]))
+            .expect_err("missing file")
+            .to_string();
+        assert!(msg.contains("/nonexistent/b.toml"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Config::load_with_env(
+            None,
+            env(&[(
+                "BOOKREC__KAFKA__EXTRA",
+                "{\"sasl.password\"=\"hunter2\",\"security.protocol\"=\"SASL_SSL\"}",
+            )]),
+        )
+        .expect("loads");
+        assert_eq!(c.kafka.extra["sasl.password"], "hunter2");
+        let printed = c.to_redacted_toml().expect("toml");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("SASL_SSL"), "{printed}");
+        assert_eq!(
+            redact_url("mysql://root:pw@db:3306/x"),
+            "mysql://root:<redacted>@db:3306/x"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

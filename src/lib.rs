@@ -1,0 +1,14 @@
+//! bookrec: a recommendation analytics engine for a book platform, on Apache Arrow and
+//! DataFusion. Modules follow the pipeline stages (see DESIGN.md):
+//!
+//! - [`event`]: the behaviour-event contract, validation, clock-skew correction, Arrow schema;
+//! - [`collect`]: the HTTP collector with its durable spool;
+//! - [`bus`]: the event bus (Kafka);
+//! - [`config`]: the one typed configuration tree;
+//! - [`cli`]: the command line, which only composes the modules above.
+
+pub mod bus;
+pub mod cli;
+pub mod collect;
+pub mod config;
+pub mod event;
