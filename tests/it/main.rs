@@ -1,1 +1,8 @@
+//! Integration tests: one binary. Tests that need Kafka use the broker `.ci/run` starts
+//! (127.0.0.1:9092, or BOOKREC_TEST_KAFKA) with topics of their own, or start a private
+//! tansu broker when they must stop and restart it.
 
+mod cli;
+mod collect;
+mod compose;
+mod support;

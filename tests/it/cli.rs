@@ -1,0 +1,125 @@
+//! The binary's command line.
+
+use std::process::Command;
+
+fn bookrec() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bookrec"));
+    // a clean environment for config: no inherited BOOKREC__ keys
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BOOKREC__")) {
+        c.env_remove(k);
+    }
+    c
+}
+
+#[test]
+fn help_lists_the_working_subcommands() {
+    let out = bookrec().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["collect", "config"] {
+        assert!(text.contains(sub), "{sub} in\n{text}");
+    }
+    let out = bookrec().args(["collect", "--help"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+}
+
+#[test]
+fn config_prints_the_effective_tree_with_secrets_redacted() {
+    let out = bookrec()
+        .arg("config")
+        .env("BOOKREC__KAFKA__BROKERS", "k9:9092")
+        .env("BOOKREC__KAFKA__EXTRA", "{\"sasl.password\"=\"s3cret\"}")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("brokers = \"k9:9092\""), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    let parsed: toml::Value = toml::from_str(&text).expect("prints TOML");
+    assert_eq!(parsed["collect"]["listen"].as_str(), Some("127.0.0.1:5006"));
+}
+
+#[test]
+fn bad_config_and_args_fail_naming_what_is_wrong() {
+    let out = bookrec()
+        .arg("config")
+        .env("BOOKREC__COLLECT__SPOOL__FSYNC", "sometimes")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("collect.spool.fsync"), "{err}");
+    let out = bookrec()
+        .args(["collect", "--listen", "nowhere"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = bookrec()
+        .args(["--config", "/nonexistent.toml", "config"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}
+
+#[test]
+fn collect_drains_and_exits_zero_on_sigterm() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    // the broker is unreachable: what was accepted stays in the spool, and exit is still 0
+    let mut child = bookrec()
+        .args(["collect", "--listen", &format!("127.0.0.1:{port}")])
+        .env("BOOKREC__KAFKA__BROKERS", "127.0.0.1:1")
+        .env("BOOKREC__COLLECT__SPOOL__DIR", spool.path())
+        .env("BOOKREC__COLLECT__SHUTDOWN_TIMEOUT_MS", "300")
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collector did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // one event accepted over plain HTTP/1.1
+    let body = r#"{"event_type":"view","user_id":"u1","book_id":"b1"}"#;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    use std::io::{Read, Write};
+    write!(
+        conn,
+        "POST /api/log HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = child.wait().expect("wait");
+    assert!(code.success(), "exit status {code}");
+    // the accepted event is still in the spool, to be sent on the next start
+    let spooled: u64 = std::fs::read_dir(spool.path())
+        .expect("spool dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        spooled > body.len() as u64,
+        "spool holds the event ({spooled} bytes)"
+    );
+}

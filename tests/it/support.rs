@@ -1,0 +1,291 @@
+//! Shared helpers: the real broker, collectors on ephemeral ports, a consumer that reads a
+//! topic back. Every test uses its own topics and temp dirs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bookrec::config::Config;
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The broker `.ci/run` starts (override with BOOKREC_TEST_KAFKA).
+pub fn brokers() -> String {
+    std::env::var("BOOKREC_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// Config for a collector with its own topics and spool.
+pub fn collector_config(brokers: &str, spool_dir: &Path) -> Config {
+    let mut c = Config::load_with_env(None, Vec::new()).expect("defaults load");
+    c.kafka.brokers = brokers.to_string();
+    c.kafka.topic = unique("events");
+    c.kafka.dlq_topic = format!("{}.dlq", c.kafka.topic);
+    c.kafka.partitions = 3;
+    c.collect.spool.dir = spool_dir.to_path_buf();
+    c.collect.shutdown_timeout_ms = 20_000;
+    c
+}
+
+pub struct Collector {
+    pub addr: SocketAddr,
+    pub cancel: CancellationToken,
+    pub handle: JoinHandle<Result<(), bookrec::collect::CollectError>>,
+}
+
+impl Collector {
+    pub async fn start(config: &Config) -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let cfg = config.clone();
+        let c = cancel.clone();
+        let handle = tokio::spawn(async move { bookrec::collect::run(&cfg, listener, c).await });
+        Collector {
+            addr,
+            cancel,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops intake and waits for the drain.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.handle
+            .await
+            .expect("collector task")
+            .expect("collector exits cleanly");
+    }
+
+    /// Waits until the spool is empty (everything confirmed by Kafka).
+    pub async fn wait_drained(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body: serde_json::Value = client
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .expect("readyz")
+                .json()
+                .await
+                .expect("readyz json");
+            if body["spool_depth_records"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spool not drained in {timeout:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: serde_json::Value,
+}
+
+/// Reads every record of `topic` until `expected` are seen (or `timeout`), then a little
+/// longer to catch extras. Sorted by (partition, offset).
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("it-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle: Option<Instant> = None;
+    loop {
+        if out.len() >= expected && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_millis(1500));
+        }
+        if settle.is_some_and(|s| Instant::now() > s) || Instant::now() > deadline {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let value = m
+                    .payload()
+                    .map(|p| serde_json::from_slice(p).expect("record value is JSON"))
+                    .unwrap_or(serde_json::Value::Null);
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value,
+                });
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    drop(tpl);
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
+/// Count of each event_id among records.
+pub fn id_counts(records: &[Read]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in records {
+        let id = r.value["event_id"]
+            .as_str()
+            .expect("event_id present")
+            .to_string();
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A private tansu broker (sqlite storage) that a test can stop and start again.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("tansu");
+        if p.exists() {
+            return p;
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = Path::new(&home).join(".cargo/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu not found: run .ci/run (it installs tansu 0.6.0) or set TANSU_BIN"
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let mut b = Broker {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            child: None,
+        };
+        b.resume();
+        b
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker process (again) on the same port and storage.
+    pub fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(tansu_bin())
+            .current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker with SIGTERM (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fails fast with a clear message when the shared broker is not running.
+pub fn require_broker(brokers: &str) {
+    let addr = brokers.split(',').next().unwrap_or_default();
+    assert!(
+        std::net::TcpStream::connect(addr).is_ok(),
+        "no Kafka broker at {brokers}: start it with .ci/run (or set BOOKREC_TEST_KAFKA)"
+    );
+}
