@@ -536,31 +536,31 @@ async fn intake(
         }
     }
     let n_records = records.len() as u64;
-    if !records.is_empty() {
-        if let Err(e) = state.spool.append(records).await {
-            state.dedup.forget(&new_ids);
-            return Err(match e {
-                SpoolError::Full { .. } => {
-                    state.metrics.spool_full.inc();
-                    ApiError {
-                        retry_after_secs: Some(5),
-                        ..ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "spool_full",
-                            "the collector cannot take more events right now; retry later",
-                        )
-                    }
-                }
-                other => {
-                    tracing::error!(error = %other, "spool append failed");
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "the event could not be stored",
+    if !records.is_empty()
+        && let Err(e) = state.spool.append(records).await
+    {
+        state.dedup.forget(&new_ids);
+        return Err(match e {
+            SpoolError::Full { .. } => {
+                state.metrics.spool_full.inc();
+                ApiError {
+                    retry_after_secs: Some(5),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "spool_full",
+                        "the collector cannot take more events right now; retry later",
                     )
                 }
-            });
-        }
+            }
+            other => {
+                tracing::error!(error = %other, "spool append failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the event could not be stored",
+                )
+            }
+        });
     }
     state.metrics.spooled.inc_by(n_records);
     state.metrics.accepted.inc_by(events.len() as u64);

@@ -754,7 +754,7 @@ mod tests {
 
     fn rec(i: usize) -> Record {
         Record {
-            topic: if i % 5 == 0 {
+            topic: if i.is_multiple_of(5) {
                 Topic::DeadLetter
             } else {
                 Topic::Events

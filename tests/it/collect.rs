@@ -10,7 +10,7 @@ use crate::support::{self, Broker, Collector, brokers, collector_config, read_to
 fn event(user: usize, seq: usize) -> Value {
     json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
-        "event_type": if seq % 7 == 0 { "click" } else { "view" },
+        "event_type": if seq.is_multiple_of(7) { "click" } else { "view" },
         "user_id": format!("u{user}"),
         "book_id": format!("b{}", (user * 31 + seq) % 97),
         "client_ts": "2026-11-26T07:00:00Z",
@@ -32,14 +32,14 @@ async fn posted_events_arrive_in_kafka_once_in_user_order() {
     let mut posted = Vec::new();
     let mut seq = 0;
     // batches as JSON arrays, as NDJSON, and single events on the seed endpoint
-    for round in 0..12 {
+    for round in 0..12u32 {
         let batch: Vec<Value> = (0..50)
             .map(|i| {
                 seq += 1;
                 event(i % users, seq)
             })
             .collect();
-        let resp = if round % 2 == 0 {
+        let resp = if round.is_multiple_of(2) {
             client
                 .post(collector.url("/api/logs"))
                 .json(&batch)
