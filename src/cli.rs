@@ -38,6 +38,33 @@ pub enum Command {
     },
     /// Prints the effective configuration (secrets redacted) and exits.
     Config,
+    /// Replays a dataset (ratings CSV from scripts/fetch-datasets) as events into the
+    /// collector, or straight into Kafka; prints events/s and latency.
+    Replay {
+        /// MovieLens or Book-Crossing ratings.csv, e.g. data/ml-1m/ratings.csv
+        file: PathBuf,
+        /// Collector base URL (default: http://<collect.listen>)
+        #[arg(long, value_name = "URL", conflicts_with = "kafka")]
+        to: Option<String>,
+        /// Produce stamped events straight to kafka.topic instead (event_ts = client_ts)
+        #[arg(long)]
+        kafka: bool,
+        /// One event per request on POST /api/log instead of batches on /api/logs
+        #[arg(long, conflicts_with = "kafka")]
+        single: bool,
+        /// Events per batch request
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: u32,
+        /// Requests in flight at once
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: u32,
+        /// Replay only the first N rows
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -56,6 +83,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config => {
             print!("{}", config.to_redacted_toml()?);
+            Ok(())
+        }
+        Command::Replay {
+            file,
+            to,
+            kafka,
+            single,
+            batch_size,
+            concurrency,
+            limit,
+            json,
+        } => {
+            init_logging(&config)?;
+            let (dataset, rows) = crate::replay::load(&file, limit)?;
+            let base = to.unwrap_or_else(|| format!("http://{}", config.collect.listen));
+            let target = if kafka {
+                crate::replay::Target::Kafka(Box::new(config.kafka.clone()))
+            } else if single {
+                crate::replay::Target::Single { base }
+            } else {
+                crate::replay::Target::Batches {
+                    base,
+                    batch_size: batch_size as usize,
+                }
+            };
+            let report = runtime()?.block_on(crate::replay::run(
+                dataset,
+                &rows,
+                &target,
+                concurrency as usize,
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if report.failed_requests > 0 {
+                anyhow::bail!("{} requests failed", report.failed_requests);
+            }
             Ok(())
         }
         Command::Collect { listen } => {

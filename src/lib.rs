@@ -5,6 +5,7 @@
 //! - [`collect`]: the HTTP collector with its durable spool;
 //! - [`bus`]: the event bus (Kafka);
 //! - [`config`]: the one typed configuration tree;
+//! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
 //! - [`cli`]: the command line, which only composes the modules above.
 
 pub mod bus;
@@ -12,3 +13,4 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod event;
+pub mod replay;
