@@ -58,7 +58,10 @@ pub enum Command {
         /// Requests in flight at once
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
         concurrency: u32,
-        /// Replay only the first N rows
+        /// Skip the first N rows
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        skip: usize,
+        /// Replay at most N rows (after --skip)
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
         /// Print the report as JSON
@@ -92,11 +95,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             single,
             batch_size,
             concurrency,
+            skip,
             limit,
             json,
         } => {
             init_logging(&config)?;
-            let (dataset, rows) = crate::replay::load(&file, limit)?;
+            let (dataset, rows) = crate::replay::load(&file, skip, limit)?;
             let base = to.unwrap_or_else(|| format!("http://{}", config.collect.listen));
             let target = if kafka {
                 crate::replay::Target::Kafka(Box::new(config.kafka.clone()))

@@ -81,8 +81,13 @@ pub struct Interaction {
     pub ts: DateTime<Utc>,
 }
 
-/// Reads up to `limit` interactions from a ratings CSV written by `scripts/fetch-datasets`.
-pub fn load(path: &Path, limit: Option<usize>) -> Result<(Dataset, Vec<Interaction>), ReplayError> {
+/// Reads up to `limit` interactions after the first `skip` rows of a ratings CSV written by
+/// `scripts/fetch-datasets`.
+pub fn load(
+    path: &Path,
+    skip: usize,
+    limit: Option<usize>,
+) -> Result<(Dataset, Vec<Interaction>), ReplayError> {
     let io = |source| ReplayError::Io {
         path: path.to_path_buf(),
         source,
@@ -120,6 +125,7 @@ pub fn load(path: &Path, limit: Option<usize>) -> Result<(Dataset, Vec<Interacti
         .unwrap_or_default();
     let limit = limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();
+    let mut row = 0usize;
     for batch in reader {
         let batch = batch.map_err(|source| ReplayError::Csv {
             path: path.to_path_buf(),
@@ -139,7 +145,10 @@ pub fn load(path: &Path, limit: Option<usize>) -> Result<(Dataset, Vec<Interacti
             if out.len() >= limit {
                 return Ok((dataset, out));
             }
-            let row = out.len() + 1; // 1-based data row (after the header)
+            row += 1; // 1-based data row (after the header)
+            if row <= skip {
+                continue;
+            }
             let bad = |column: &'static str, reason: String| ReplayError::Row {
                 path: path.to_path_buf(),
                 row,
@@ -224,6 +233,8 @@ pub struct Report {
     pub events: usize,
     pub requests: usize,
     pub accepted: u64,
+    /// of `accepted`, already seen by the collector (same event_id) and not stored again
+    pub duplicates: u64,
     pub rejected: u64,
     pub failed_requests: usize,
     pub seconds: f64,
@@ -237,7 +248,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} events in {:.2} s = {:.0} events/s; {} requests, latency p50 {:.2} ms, p99 {:.2} ms; accepted {}, rejected {}, failed requests {}",
+            "{}: {} events in {:.2} s = {:.0} events/s; {} requests, latency p50 {:.2} ms, p99 {:.2} ms; accepted {} ({} duplicates), rejected {}, failed requests {}",
             self.mode,
             self.events,
             self.seconds,
@@ -246,6 +257,7 @@ impl std::fmt::Display for Report {
             self.latency_p50_ms,
             self.latency_p99_ms,
             self.accepted,
+            self.duplicates,
             self.rejected,
             self.failed_requests
         )
@@ -303,6 +315,13 @@ pub async fn run(
     }
 }
 
+/// The collector's answer to one request.
+struct Verdict {
+    accepted: u64,
+    rejected: u64,
+    duplicates: u64,
+}
+
 async fn post_all(
     mode: &'static str,
     url: String,
@@ -316,7 +335,7 @@ async fn post_all(
     let events: usize = bodies.iter().map(|(n, _)| n).sum();
     let requests = bodies.len();
     let start = Instant::now();
-    let results: Vec<(Duration, Option<(u64, u64)>)> = futures::stream::iter(bodies)
+    let results: Vec<(Duration, Option<Verdict>)> = futures::stream::iter(bodies)
         .map(|(_, body)| {
             let client = client.clone();
             let url = url.clone();
@@ -329,11 +348,10 @@ async fn post_all(
                     .send()
                     .await;
                 let verdict = match resp {
-                    Ok(r) => r.json::<Value>().await.ok().map(|v| {
-                        (
-                            v["accepted"].as_u64().unwrap_or(0),
-                            v["rejected"].as_array().map_or(0, |a| a.len() as u64),
-                        )
+                    Ok(r) => r.json::<Value>().await.ok().map(|v| Verdict {
+                        accepted: v["accepted"].as_u64().unwrap_or(0),
+                        rejected: v["rejected"].as_array().map_or(0, |a| a.len() as u64),
+                        duplicates: v["duplicates"].as_u64().unwrap_or(0),
                     }),
                     Err(e) => {
                         tracing::warn!(error = %e, "request failed");
@@ -349,14 +367,17 @@ async fn post_all(
     let seconds = start.elapsed().as_secs_f64();
     let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
     latencies.sort();
-    let accepted = results.iter().filter_map(|(_, v)| v.map(|x| x.0)).sum();
-    let rejected = results.iter().filter_map(|(_, v)| v.map(|x| x.1)).sum();
+    let verdicts = || results.iter().filter_map(|(_, v)| v.as_ref());
+    let accepted = verdicts().map(|v| v.accepted).sum();
+    let rejected = verdicts().map(|v| v.rejected).sum();
+    let duplicates = verdicts().map(|v| v.duplicates).sum();
     let failed_requests = results.iter().filter(|(_, v)| v.is_none()).count();
     Ok(Report {
         mode,
         events,
         requests,
         accepted,
+        duplicates,
         rejected,
         failed_requests,
         seconds,
@@ -424,6 +445,7 @@ async fn produce_all(
         events: records.len(),
         requests: records.len(),
         accepted: (records.len() - failed) as u64,
+        duplicates: 0,
         rejected: (interactions.len() - records.len()) as u64,
         failed_requests: failed,
         seconds,
@@ -446,7 +468,7 @@ mod tests {
             "user_id,item_id,rating,timestamp\n1m_1,\"Girl, Interrupted (1999)\",4.0,978300760\n",
         )
         .expect("write");
-        let (ds, rows) = load(&ml, None).expect("load");
+        let (ds, rows) = load(&ml, 0, None).expect("load");
         assert_eq!(ds, Dataset::MovieLens);
         assert_eq!(rows[0].book_id, "Girl, Interrupted (1999)");
         let e = event::validate(client_event(ds, &rows[0]), Utc::now()).expect("valid");
@@ -461,7 +483,7 @@ mod tests {
             "user_id,isbn,rating\n276725,034545104X,0\n276726,0155061224,5\n",
         )
         .expect("write");
-        let (ds, rows) = load(&bx, Some(5)).expect("load");
+        let (ds, rows) = load(&bx, 0, Some(5)).expect("load");
         assert_eq!(ds, Dataset::BookCrossing);
         let kinds: Vec<Value> = rows
             .iter()
@@ -473,14 +495,20 @@ mod tests {
             "deterministic increasing replay time"
         );
         assert_ne!(event_id(ds, 1), event_id(Dataset::MovieLens, 1));
+        let (_, skipped) = load(&bx, 1, None).expect("load");
+        assert_eq!(
+            skipped,
+            rows[1..].to_vec(),
+            "skip keeps row numbers and times"
+        );
 
         let bad = dir.path().join("bad.csv");
         std::fs::write(&bad, "a,b\n1,2\n").expect("write");
-        let err = load(&bad, None).expect_err("unknown format").to_string();
+        let err = load(&bad, 0, None).expect_err("unknown format").to_string();
         assert!(err.contains("bad.csv") && err.contains("a,b"), "{err}");
         let broken = dir.path().join("broken.csv");
         std::fs::write(&broken, "user_id,isbn,rating\nu,b,x\n").expect("write");
-        let err = load(&broken, None).expect_err("bad rating").to_string();
+        let err = load(&broken, 0, None).expect_err("bad rating").to_string();
         assert!(err.contains("row 1") && err.contains("rating"), "{err}");
     }
 }
