@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
@@ -82,8 +82,57 @@ pub fn describe_extra(cfg: &KafkaConfig) -> String {
         .join(",")
 }
 
+/// librdkafka reports a down broker many times a second; this context logs such errors
+/// as one warning per 30 s (the rest at debug level), so an outage does not flood the log.
+#[derive(Default)]
+pub struct QuietContext {
+    last_warn_ms: std::sync::atomic::AtomicU64,
+}
+
+impl QuietContext {
+    const WARN_EVERY_MS: u64 = 30_000;
+
+    fn should_warn(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let last = self.last_warn_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= Self::WARN_EVERY_MS
+            && self
+                .last_warn_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+                if self.should_warn() =>
+            {
+                tracing::warn!(target: "librdkafka", facility = fac, "{message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.should_warn() {
+            tracing::warn!(target: "librdkafka", %error, "{reason} (repeats are logged at debug level for 30 s)");
+        } else {
+            tracing::debug!(target: "librdkafka", %error, "{reason}");
+        }
+    }
+}
+
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     brokers: String,
 }
 
@@ -101,10 +150,12 @@ impl KafkaProducer {
                 "queue.buffering.max.messages",
                 max_in_flight_messages.max(1).to_string(),
             );
-        let producer: FutureProducer = cc.create().map_err(|source| BusError::Client {
-            brokers: cfg.brokers.clone(),
-            source,
-        })?;
+        let producer: FutureProducer<QuietContext> = cc
+            .create_with_context(QuietContext::default())
+            .map_err(|source| BusError::Client {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
         Ok(KafkaProducer {
             producer,
             brokers: cfg.brokers.clone(),
@@ -176,13 +227,12 @@ impl Producer for KafkaProducer {
 
 /// Creates the topics that do not exist yet (the broker may not auto-create on produce).
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), BusError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(cfg)
-            .create()
-            .map_err(|source| BusError::Client {
-                brokers: cfg.brokers.clone(),
-                source,
-            })?;
+    let admin: AdminClient<QuietContext> = client_config(cfg)
+        .create_with_context(QuietContext::default())
+        .map_err(|source| BusError::Client {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {

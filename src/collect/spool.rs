@@ -577,8 +577,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Periodic work: interval fsync, ack checkpoint, deleting confirmed segments.
+    /// Periodic work: interval fsync, ack checkpoint, deleting confirmed segments. On close,
+    /// a spool whose every record is confirmed is emptied entirely.
     fn maintain(&mut self, closing: bool) -> Result<(), SpoolError> {
+        let result = self.maintain_inner(closing);
+        let acked = self.state.acked_seq.load(Ordering::SeqCst);
+        if closing && result.is_ok() && acked + 1 >= self.next_seq && self.current_len > 0 {
+            // the checkpoint (acked = next_seq - 1) lets the next open continue the sequence
+            let path = self.current_path.clone();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        result
+    }
+
+    fn maintain_inner(&mut self, closing: bool) -> Result<(), SpoolError> {
         if self.dirty
             && (closing
                 || (self.policy == FsyncPolicy::Interval
@@ -860,10 +872,15 @@ mod tests {
         spool.ack(20, 20, got.iter().map(|f| f.frame_bytes).sum());
         writer.close().expect("close");
         let after = list_segments(dir.path()).expect("list").len();
-        assert!(before > 2 && after == 1, "before {before}, after {after}");
+        assert!(before > 2 && after == 0, "before {before}, after {after}");
         assert_eq!(
             read_checkpoint(&dir.path().join("acked")).expect("ckpt"),
             20
         );
+        // the sequence continues after a fully drained spool
+        let (spool, writer, mut reader) = Spool::open(&cfg(dir.path(), 100)).expect("reopen");
+        assert_eq!(spool.append(vec![rec(20)]).await.expect("append"), 21);
+        assert_eq!(reader.read(10, u64::MAX).expect("read")[0].seq, 21);
+        writer.close().expect("close");
     }
 }
