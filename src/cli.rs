@@ -38,6 +38,23 @@ pub enum Command {
     },
     /// Prints the effective configuration (secrets redacted) and exits.
     Config,
+    /// Lands Kafka events in the lake as Parquet, exactly once.
+    Land {
+        /// Process the backlog, write everything, and exit 0 once the lag is zero.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Ad-hoc SQL over the lake (tables: events, dead_letters).
+    Sql {
+        /// The statement, e.g. "SELECT event_type, count(*) FROM events GROUP BY 1"
+        query: String,
+        /// Output format (json = one object per line)
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::sql::Format,
+        /// Write to FILE instead of standard output (required for parquet on a terminal)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Replays a dataset (ratings CSV from scripts/fetch-datasets) as events into the
     /// collector, or straight into Kafka; prints events/s and latency.
     Replay {
@@ -125,6 +142,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if report.failed_requests > 0 {
                 anyhow::bail!("{} requests failed", report.failed_requests);
+            }
+            Ok(())
+        }
+        Command::Land { until_caught_up } => {
+            init_logging(&config)?;
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let report = runtime()?.block_on(async {
+                let cancel = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(cancel.clone()));
+                let cfg = config.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::land::run(&cfg, &lake, &cancel, until_caught_up)
+                })
+                .await
+                .context("lander thread")?
+                .map_err(anyhow::Error::from)
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Sql { query, format, out } => {
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let batches = runtime()?.block_on(async {
+                let ctx = crate::sql::session(&lake)?;
+                crate::sql::query(&ctx, &query).await
+            })?;
+            match out {
+                Some(path) => {
+                    let mut f = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    crate::sql::write(&batches, format, &mut f)?;
+                }
+                None => {
+                    use std::io::IsTerminal;
+                    if format == crate::sql::Format::Parquet && std::io::stdout().is_terminal() {
+                        anyhow::bail!(
+                            "--format parquet writes binary: pass --out FILE or redirect stdout"
+                        );
+                    }
+                    let stdout = std::io::stdout();
+                    let mut lock = stdout.lock();
+                    crate::sql::write(&batches, format, &mut lock)?;
+                }
             }
             Ok(())
         }

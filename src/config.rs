@@ -39,6 +39,33 @@ pub struct Config {
     pub log: LogConfig,
     pub kafka: KafkaConfig,
     pub collect: CollectConfig,
+    pub lake: LakeConfig,
+    pub land: LandConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    pub url: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    pub s3_allow_http: bool,
+    pub s3_path_style: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LandConfig {
+    pub group_id: String,
+    pub max_file_rows: usize,
+    pub max_file_bytes: usize,
+    pub max_file_age_ms: u64,
+    pub max_buffer_bytes: usize,
+    pub dedup_window_secs: u64,
+    pub dedup_max_entries: usize,
+    pub poll_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,7 +190,12 @@ impl Config {
     /// Checks that serde cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
-        let positive: [(&'static str, u64); 8] = [
+        let l = &self.land;
+        let positive: [(&'static str, u64); 12] = [
+            ("land.max_file_rows", l.max_file_rows as u64),
+            ("land.max_file_bytes", l.max_file_bytes as u64),
+            ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
+            ("land.max_file_age_ms", l.max_file_age_ms),
             ("collect.max_event_bytes", c.max_event_bytes as u64),
             ("collect.max_batch_bytes", c.max_batch_bytes as u64),
             ("collect.max_batch_events", c.max_batch_events as u64),
@@ -187,6 +219,18 @@ impl Config {
                 reason: format!(
                     "{} is larger than collect.max_batch_bytes ({})",
                     c.max_event_bytes, c.max_batch_bytes
+                ),
+            });
+        }
+        let scheme_ok = ["file://", "s3://", "memory://"]
+            .iter()
+            .any(|s| self.lake.url.starts_with(s));
+        if !scheme_ok {
+            return Err(ConfigError::Value {
+                key: "lake.url",
+                reason: format!(
+                    "{:?}: use file://PATH, s3://BUCKET[/PREFIX] or memory://",
+                    redact_url(&self.lake.url)
                 ),
             });
         }
@@ -222,6 +266,10 @@ impl Config {
     /// The effective config as TOML, with secrets redacted.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
         let mut redacted = self.clone();
+        if !redacted.lake.s3_secret_access_key.is_empty() {
+            redacted.lake.s3_secret_access_key = REDACTED.to_string();
+        }
+        redacted.lake.url = redact_url(&redacted.lake.url);
         for (key, value) in redacted.kafka.extra.iter_mut() {
             if is_secret_key(key) {
                 *value = REDACTED.to_string();

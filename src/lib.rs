@@ -4,6 +4,9 @@
 //! - [`event`]: the behaviour-event contract, validation, clock-skew correction, Arrow schema;
 //! - [`collect`]: the HTTP collector with its durable spool;
 //! - [`bus`]: the event bus (Kafka);
+//! - [`lake`]: Parquet on object storage (local, S3, memory), its layout;
+//! - [`land`]: Kafka → lake, exactly once;
+//! - [`sql`]: DataFusion sessions over the lake;
 //! - [`config`]: the one typed configuration tree;
 //! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
 //! - [`cli`]: the command line, which only composes the modules above.
@@ -13,4 +16,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod event;
+pub mod lake;
+pub mod land;
 pub mod replay;
+pub mod sql;

@@ -6,6 +6,8 @@
 //! so a caller that keeps its own durable copy (the collector's spool) never needs to
 //! re-send while the process lives, and the broker never sees a duplicate from a retry.
 
+pub mod consumer;
+
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,6 +19,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::{KafkaConfig, is_secret_key};
+
+pub use consumer::{KafkaConsumer, Membership, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -6,7 +6,6 @@
 //! forwarder sends the spool to Kafka in order (keyed by user, so one user's events keep
 //! their order). See the module docs of [`spool`] for the durability argument.
 
-pub mod dedup;
 pub mod metrics;
 pub mod spool;
 
@@ -33,8 +32,8 @@ use uuid::Uuid;
 
 use crate::bus::{self, BusError, Delivered, Producer};
 use crate::config::{CollectConfig, Config};
+use crate::event::dedup::Dedup;
 use crate::event::{self, ErrorCode, Event, EventError, Limits};
-use dedup::Dedup;
 use metrics::Metrics;
 use spool::{Record, Spool, SpoolError, SpoolReader, Spooled, Topic};
 

@@ -7,6 +7,7 @@
 //! [`Event::from_canonical`]; [`arrow`] maps events to and from Arrow record batches.
 
 pub mod arrow;
+pub mod dedup;
 
 use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use serde::Serialize;

@@ -5,4 +5,5 @@
 mod cli;
 mod collect;
 mod compose;
+mod land;
 mod support;

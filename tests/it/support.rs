@@ -289,3 +289,86 @@ pub fn require_broker(brokers: &str) {
         "no Kafka broker at {brokers}: start it with .ci/run (or set BOOKREC_TEST_KAFKA)"
     );
 }
+
+/// A private s3s-fs server (the S3-compatible store of INFRA.md) with one bucket.
+pub struct S3Server {
+    root: tempfile::TempDir,
+    bucket: String,
+    port: u16,
+    child: Child,
+}
+
+pub const S3_KEY: &str = "bookrec-test";
+pub const S3_SECRET: &str = "bookrec-test-secret";
+
+impl S3Server {
+    pub fn start(bucket: &str) -> S3Server {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join(bucket)).expect("bucket dir");
+        let port = free_port();
+        let bin = std::env::var("S3S_FS_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let home = std::env::var("HOME").unwrap_or_default();
+                let p = Path::new(&home).join(".cargo/bin/s3s-fs");
+                if p.exists() {
+                    p
+                } else {
+                    PathBuf::from("s3s-fs")
+                }
+            });
+        let child = Command::new(&bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                S3_KEY,
+                "--secret-key",
+                S3_SECRET,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {}: {e} (scripts/test installs s3s-fs 0.14.1)",
+                    bin.display()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        S3Server {
+            root,
+            bucket: bucket.to_string(),
+            port,
+            child,
+        }
+    }
+
+    /// Points a config's lake S3 settings at this server.
+    pub fn configure(&self, c: &mut Config) {
+        c.lake.s3_endpoint = format!("http://127.0.0.1:{}", self.port);
+        c.lake.s3_allow_http = true;
+        c.lake.s3_path_style = true;
+        c.lake.s3_access_key_id = S3_KEY.into();
+        c.lake.s3_secret_access_key = S3_SECRET.into();
+        c.lake.s3_region = "us-east-1".into();
+    }
+
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(&self.bucket)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,4 +1,5 @@
-//! Recently seen event ids, so a client retry of an acknowledged event is not produced twice.
+//! Recently seen event ids: the collector acknowledges a client retry without producing it
+//! twice, and the lander drops a duplicate that reached Kafka twice.
 //!
 //! Two generations of ids: an id stays known for at least `window` and at most twice that.
 //! When a generation fills up (`max_entries / 2`) it rotates early, which shortens the window

@@ -1,0 +1,271 @@
+//! Consumer side of the bus: a Kafka consumer-group member that reports rebalances to its
+//! owner, commits explicitly, and tells how far behind it is.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{BusError, QuietContext, client_config};
+use crate::config::KafkaConfig;
+
+/// One record, copied out of librdkafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Broker/producer timestamp, epoch milliseconds, when the record has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A change of the partitions this member owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Collects rebalances for the owner to handle between polls.
+#[derive(Default)]
+pub struct GroupContext {
+    quiet: QuietContext,
+    events: Mutex<Vec<Membership>>,
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason)
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.push(Membership::Revoked(partitions(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.push(Membership::Assigned(partitions(tpl))),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+impl GroupContext {
+    fn push(&self, event: Membership) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+}
+
+pub struct KafkaConsumer {
+    consumer: BaseConsumer<GroupContext>,
+    brokers: String,
+}
+
+impl KafkaConsumer {
+    /// Joins `group_id` and subscribes to `topics`. Offsets are committed only by
+    /// [`KafkaConsumer::commit`]; a group without offsets starts at the earliest record.
+    pub fn new(cfg: &KafkaConfig, group_id: &str, topics: &[&str]) -> Result<Self, BusError> {
+        let client = |source| BusError::Client {
+            brokers: cfg.brokers.clone(),
+            source,
+        };
+        let mut cc = client_config(cfg);
+        cc.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        let consumer: BaseConsumer<GroupContext> = cc
+            .create_with_context(GroupContext::default())
+            .map_err(client)?;
+        consumer.subscribe(topics).map_err(client)?;
+        Ok(KafkaConsumer {
+            consumer,
+            brokers: cfg.brokers.clone(),
+        })
+    }
+
+    fn err(&self, source: KafkaError) -> BusError {
+        BusError::Client {
+            brokers: self.brokers.clone(),
+            source,
+        }
+    }
+
+    /// The next record, or `None` when nothing arrived within `timeout`. Rebalances happen
+    /// inside this call; collect them with [`KafkaConsumer::take_rebalances`].
+    pub fn poll(&self, timeout: Duration) -> Option<Result<Record, BusError>> {
+        self.consumer.poll(timeout).map(|r| {
+            r.map(|m| Record {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
+            })
+            .map_err(|e| self.err(e))
+        })
+    }
+
+    pub fn take_rebalances(&self) -> Vec<Membership> {
+        std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Commits `next_offset` (the next record to read) per partition.
+    pub fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| self.err(e))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> Result<Vec<(String, i32)>, BusError> {
+        let tpl = self.consumer.assignment().map_err(|e| self.err(e))?;
+        Ok(partitions(&tpl))
+    }
+
+    /// The group's committed offset per owned partition (`None` when it has none).
+    pub fn committed(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, i32, Option<i64>)>, BusError> {
+        let tpl = self.consumer.committed(timeout).map_err(|e| self.err(e))?;
+        let out = tpl
+            .elements()
+            .iter()
+            .map(|e| {
+                let off = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_string(), e.partition(), off)
+            })
+            .collect();
+        // drop the list before the consumer (rdkafka pitfall: otherwise the drop can hang)
+        drop(tpl);
+        Ok(out)
+    }
+
+    /// `(low, high)` watermarks of a partition.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), BusError> {
+        self.consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// Reads a whole topic from the start with a fresh, non-committing consumer: partitions in
+/// order, up to the high watermarks at call time. For tools and tests.
+pub fn read_topic(
+    cfg: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, BusError> {
+    let client = |source| BusError::Client {
+        brokers: cfg.brokers.clone(),
+        source,
+    };
+    let mut cc = client_config(cfg);
+    cc.set(
+        "group.id",
+        format!("bookrec-reader-{}", uuid::Uuid::new_v4()),
+    )
+    .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer<QuietContext> = cc
+        .create_with_context(QuietContext::default())
+        .map_err(client)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| BusError::Metadata {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let mut highs = std::collections::HashMap::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(client)?;
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(client)?;
+            remaining += high - low;
+            highs.insert(p.id(), high);
+        }
+    }
+    consumer.assign(&tpl).map_err(client)?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut done: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    while done.len() < highs.len() && std::time::Instant::now() < deadline && remaining > 0 {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.map_err(client)?;
+            if m.offset() + 1 >= highs.get(&m.partition()).copied().unwrap_or(0) {
+                done.insert(m.partition());
+            }
+            out.push(Record {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
+            });
+        }
+    }
+    drop(tpl);
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}

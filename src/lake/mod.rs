@@ -1,0 +1,297 @@
+//! The lake: Parquet files on object storage (local folder, S3-compatible, in-memory), with
+//! the layout of DESIGN.md. The only module that names `object_store`.
+//!
+//! ```text
+//! events/dt=YYYY-MM-DD/hour=HH/part-<topic>-<partition>-<first_offset>-<last_offset>.parquet
+//! dlq/land/dt=YYYY-MM-DD/part-<topic>-<partition>-<first_offset>-<last_offset>.parquet
+//! ```
+//!
+//! A data file is written with one atomic put (local: temp file + rename; S3: PUT), so a
+//! reader never sees half a file. File names carry the Kafka coordinates of their rows; the
+//! lander derives "what has landed" from them (see [`crate::land`]).
+
+pub mod layout;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use url::Url;
+
+use crate::config::LakeConfig;
+
+pub use layout::{DataFile, FileKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("lake.url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("lake {url}: opening the store: {source}")]
+    Open {
+        url: String,
+        source: object_store::Error,
+    },
+    #[error("lake object {path}: {source}")]
+    Object {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("lake object {path}: writing Parquet: {source}")]
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("lake object {path}: {reason}")]
+    Data { path: String, reason: String },
+}
+
+/// An opened lake: the store and where the lake starts inside it.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    /// `scheme://authority` under which the store is registered with DataFusion.
+    store_url: Url,
+    /// Where the lake starts inside the store.
+    root: Path,
+    display: String,
+}
+
+impl Lake {
+    pub fn open(cfg: &LakeConfig) -> Result<Lake, LakeError> {
+        let url = cfg.url.trim();
+        let bad = |reason: &str| LakeError::Url {
+            url: crate::config::redact_url(url),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(bad("file:// needs a path"));
+            }
+            let dir = std::path::Path::new(path);
+            std::fs::create_dir_all(dir).map_err(|e| bad(&format!("creating {path}: {e}")))?;
+            let abs = dir
+                .canonicalize()
+                .map_err(|e| bad(&format!("resolving {path}: {e}")))?;
+            let root = Path::from_absolute_path(&abs).map_err(|e| bad(&e.to_string()))?;
+            Ok(Lake {
+                store: Arc::new(LocalFileSystem::new()),
+                store_url: Url::parse("file:///").map_err(|e| bad(&e.to_string()))?,
+                root,
+                display: format!("file://{}", abs.display()),
+            })
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("s3:// needs a bucket"));
+            }
+            let mut b = AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_region(&cfg.s3_region)
+                .with_allow_http(cfg.s3_allow_http)
+                .with_virtual_hosted_style_request(!cfg.s3_path_style);
+            if !cfg.s3_endpoint.is_empty() {
+                b = b.with_endpoint(&cfg.s3_endpoint);
+            }
+            if !cfg.s3_access_key_id.is_empty() {
+                b = b
+                    .with_access_key_id(&cfg.s3_access_key_id)
+                    .with_secret_access_key(&cfg.s3_secret_access_key);
+            }
+            let store = b.build().map_err(|source| LakeError::Open {
+                url: url.to_string(),
+                source,
+            })?;
+            Ok(Lake {
+                store: Arc::new(store),
+                store_url: Url::parse(&format!("s3://{bucket}"))
+                    .map_err(|e| bad(&e.to_string()))?,
+                root: Path::from(prefix.trim_matches('/')),
+                display: url.to_string(),
+            })
+        } else if url.starts_with("memory://") {
+            Lake::in_memory()
+        } else {
+            Err(bad("use file://PATH, s3://BUCKET[/PREFIX] or memory://"))
+        }
+    }
+
+    /// A fresh in-process lake.
+    pub fn in_memory() -> Result<Lake, LakeError> {
+        let store_url = Url::parse("memory://").map_err(|e| LakeError::Url {
+            url: "memory://".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Lake {
+            store: Arc::new(InMemory::new()),
+            store_url,
+            root: Path::default(),
+            display: "memory://".into(),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// `scheme://authority` to register the store under (DataFusion).
+    pub fn store_url(&self) -> &Url {
+        &self.store_url
+    }
+
+    /// The URL of a folder of the lake, as DataFusion's listing tables want it.
+    pub fn folder_url(&self, folder: &str) -> String {
+        let root = self.root.as_ref().trim_matches('/');
+        let host = self.store_url.host_str().unwrap_or("");
+        let scheme = self.store_url.scheme();
+        let folder = folder.trim_matches('/');
+        if root.is_empty() {
+            format!("{scheme}://{host}/{folder}/")
+        } else {
+            format!("{scheme}://{host}/{root}/{folder}/")
+        }
+    }
+
+    /// A path inside the lake.
+    pub fn path(&self, relative: &str) -> Path {
+        let mut p = self.root.clone();
+        for part in relative.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// The lake-relative form of a store path.
+    pub fn relative<'a>(&self, path: &'a Path) -> Option<&'a str> {
+        let s = path.as_ref();
+        let root = self.root.as_ref();
+        if root.is_empty() {
+            return Some(s);
+        }
+        s.strip_prefix(root).map(|r| r.trim_start_matches('/'))
+    }
+
+    /// Writes an object in one atomic put.
+    pub async fn put(&self, relative: &str, data: Bytes) -> Result<(), LakeError> {
+        let path = self.path(relative);
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map(|_| ())
+            .map_err(|source| LakeError::Object {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    pub async fn get(&self, relative: &str) -> Result<Bytes, LakeError> {
+        let path = self.path(relative);
+        let err = |source| LakeError::Object {
+            path: path.to_string(),
+            source,
+        };
+        self.store
+            .get(&path)
+            .await
+            .map_err(err)?
+            .bytes()
+            .await
+            .map_err(err)
+    }
+
+    pub async fn delete(&self, relative: &str) -> Result<(), LakeError> {
+        let path = self.path(relative);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(LakeError::Object {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Every object under a lake folder (recursively).
+    pub async fn list(&self, folder: &str) -> Result<Vec<ObjectMeta>, LakeError> {
+        let prefix = self.path(folder);
+        self.store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| LakeError::Object {
+                path: prefix.to_string(),
+                source,
+            })
+    }
+
+    /// The data files under a folder, parsed from their names (other objects are ignored).
+    pub async fn data_files(&self, folder: &str) -> Result<Vec<DataFile>, LakeError> {
+        Ok(self
+            .list(folder)
+            .await?
+            .into_iter()
+            .filter_map(|m| self.relative(&m.location).and_then(DataFile::parse))
+            .collect())
+    }
+}
+
+impl std::fmt::Display for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Schema of the landed `events` files: the event schema plus the Kafka coordinates.
+pub fn events_file_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = crate::event::arrow::schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("kafka_partition", DataType::Int32, false));
+    fields.push(Field::new("kafka_offset", DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of the lander's dead letters.
+pub fn dead_letters_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("code", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, true),
+        Field::new(
+            "landed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]))
+}
+
+/// One Parquet file in memory: zstd, page statistics.
+pub fn write_parquet(batch: &RecordBatch) -> Result<Bytes, String> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_created_by(format!("bookrec {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut out = Vec::new();
+    let mut w =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
+    w.write(batch).map_err(|e| e.to_string())?;
+    w.close().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(out))
+}
