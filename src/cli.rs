@@ -165,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql { query, format, out } => {
             let lake = crate::lake::Lake::open(&config.lake)?;
             let batches = runtime()?.block_on(async {
-                let ctx = crate::sql::session(&lake)?;
+                let ctx = crate::sql::session(&lake).await?;
                 crate::sql::query(&ctx, &query).await
             })?;
             match out {

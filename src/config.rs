@@ -66,6 +66,8 @@ pub struct LandConfig {
     pub dedup_window_secs: u64,
     pub dedup_max_entries: usize,
     pub poll_timeout_ms: u64,
+    /// Debezium topic → lake table (`cdc/<table>/`, queryable as `<table>`)
+    pub cdc: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,6 +223,22 @@ impl Config {
                     c.max_event_bytes, c.max_batch_bytes
                 ),
             });
+        }
+        for (topic, table) in &self.land.cdc {
+            let ok = !table.is_empty()
+                && table
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !["events", "dead_letters"].contains(&table.as_str());
+            if !ok || topic == &self.kafka.topic {
+                return Err(ConfigError::Value {
+                    key: "land.cdc",
+                    reason: format!(
+                        "{topic:?} = {table:?}: table names are [a-z0-9_]+, not events or \
+                         dead_letters, and the events topic is not a CDC topic"
+                    ),
+                });
+            }
         }
         let scheme_ok = ["file://", "s3://", "memory://"]
             .iter()

@@ -9,6 +9,8 @@ pub enum FileKind {
     Events { dt: String, hour: u32 },
     /// Records the lander could not turn into events, by landing date.
     DeadLetters { dt: String },
+    /// Change rows of one CDC table.
+    Cdc { table: String },
 }
 
 /// A data file written by the lander: its kind and the Kafka coordinates of its rows.
@@ -23,6 +25,7 @@ pub struct DataFile {
 
 pub const EVENTS: &str = "events";
 pub const DEAD_LETTERS: &str = "dlq/land";
+pub const CDC: &str = "cdc";
 
 /// `(dt, hour)` of a timestamp, UTC.
 pub fn hour_bucket(ts: &DateTime<Utc>) -> (String, u32) {
@@ -42,6 +45,7 @@ impl DataFile {
         match &self.kind {
             FileKind::Events { dt, hour } => format!("{EVENTS}/dt={dt}/hour={hour:02}/{name}"),
             FileKind::DeadLetters { dt } => format!("{DEAD_LETTERS}/dt={dt}/{name}"),
+            FileKind::Cdc { table } => format!("{CDC}/{table}/{name}"),
         }
     }
 
@@ -64,6 +68,13 @@ impl DataFile {
         } else if let Some(rest) = dir.strip_prefix(&format!("{DEAD_LETTERS}/")) {
             FileKind::DeadLetters {
                 dt: rest.strip_prefix("dt=")?.to_string(),
+            }
+        } else if let Some(table) = dir.strip_prefix(&format!("{CDC}/")) {
+            if table.is_empty() || table.contains('/') {
+                return None;
+            }
+            FileKind::Cdc {
+                table: table.to_string(),
             }
         } else {
             return None;
@@ -104,6 +115,15 @@ mod tests {
                 first_offset: 0,
                 last_offset: 0,
             },
+            DataFile {
+                kind: FileKind::Cdc {
+                    table: "books".into(),
+                },
+                topic: "book_db.books".into(),
+                partition: 2,
+                first_offset: 5,
+                last_offset: 9,
+            },
         ] {
             let p = f.relative_path();
             assert_eq!(DataFile::parse(&p), Some(f), "{p}");
@@ -123,6 +143,7 @@ mod tests {
             "events/dt=2026-11-26/hour=07/part-t-1-2-3.parquet"
         );
         assert_eq!(DataFile::parse("events/dt=x/hour=01/other.parquet"), None);
-        assert_eq!(DataFile::parse("cdc/books/part-t-1-2-3.parquet"), None);
+        assert_eq!(DataFile::parse("cdc/books/x/part-t-1-2-3.parquet"), None);
+        assert_eq!(DataFile::parse("other/part-t-1-2-3.parquet"), None);
     }
 }

@@ -261,6 +261,21 @@ pub fn events_file_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// Schema of a CDC change table (`cdc/<table>/`): one row per Debezium change.
+pub fn cdc_changes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("op", DataType::Utf8, false),
+        Field::new("ts_ms", DataType::Int64, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("before", DataType::Utf8, true),
+        Field::new("after", DataType::Utf8, true),
+        Field::new("source_db", DataType::Utf8, true),
+        Field::new("source_table", DataType::Utf8, true),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+    ]))
+}
+
 /// Schema of the lander's dead letters.
 pub fn dead_letters_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

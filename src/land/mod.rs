@@ -41,6 +41,8 @@ use crate::event::{self, Event};
 use crate::lake::layout::{self, DataFile, FileKind};
 use crate::lake::{Lake, LakeError, dead_letters_schema, events_file_schema, write_parquet};
 
+pub mod cdc;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LandError {
     #[error(transparent)]
@@ -62,6 +64,8 @@ pub struct LandReport {
     /// re-read records the lake already held
     pub already_landed: u64,
     pub dead_letters: u64,
+    /// CDC change rows landed
+    pub changes: u64,
     pub files: u64,
     pub bytes: u64,
     /// partitions this member consumed from
@@ -73,7 +77,13 @@ pub struct LandReport {
 enum Bucket {
     Hour { dt: String, hour: u32 },
     DeadLetters,
+    Cdc { table: String },
 }
+
+/// A topic partition.
+type Tp = (String, i32);
+/// A bucket of a topic partition.
+type Key = (String, i32, Bucket);
 
 struct DeadRow {
     offset: i64,
@@ -87,6 +97,7 @@ struct DeadRow {
 struct Buffer {
     events: Vec<(Event, i64)>,
     dead: Vec<DeadRow>,
+    changes: Vec<(cdc::Change, i64)>,
     first_offset: i64,
     last_offset: i64,
     bytes: usize,
@@ -95,7 +106,7 @@ struct Buffer {
 
 impl Buffer {
     fn rows(&self) -> usize {
-        self.events.len() + self.dead.len()
+        self.events.len() + self.dead.len() + self.changes.len()
     }
 
     fn note(&mut self, offset: i64, bytes: usize) {
@@ -116,13 +127,15 @@ struct Lander<'a> {
     cfg: &'a Config,
     lake: &'a Lake,
     rt: tokio::runtime::Handle,
-    topic: String,
-    /// highest landed offset per (partition, bucket), from the lake
-    landed: HashMap<(i32, Bucket), i64>,
-    open: HashMap<(i32, Bucket), Buffer>,
-    next_offset: HashMap<i32, i64>,
-    committed: HashMap<i32, i64>,
-    assigned: BTreeSet<i32>,
+    events_topic: String,
+    /// CDC topic → table
+    cdc_tables: HashMap<String, String>,
+    /// highest landed offset per bucket, from the lake
+    landed: HashMap<Key, i64>,
+    open: HashMap<Key, Buffer>,
+    next_offset: HashMap<Tp, i64>,
+    committed: HashMap<Tp, i64>,
+    assigned: BTreeSet<Tp>,
     dedup: Dedup,
     buffered_bytes: usize,
     report: LandReport,
@@ -138,16 +151,19 @@ pub fn run(
     until_caught_up: bool,
 ) -> Result<LandReport, LandError> {
     let rt = tokio::runtime::Handle::current();
-    let topic = cfg.kafka.topic.clone();
+    let events_topic = cfg.kafka.topic.clone();
+    let mut topics: Vec<&str> = vec![&events_topic];
+    topics.extend(cfg.land.cdc.keys().map(String::as_str));
     if cfg.kafka.create_topics {
-        rt.block_on(crate::bus::ensure_topics(&cfg.kafka, &[&topic]))?;
+        rt.block_on(crate::bus::ensure_topics(&cfg.kafka, &topics))?;
     }
-    let consumer = KafkaConsumer::new(&cfg.kafka, &cfg.land.group_id, &[&topic])?;
+    let consumer = KafkaConsumer::new(&cfg.kafka, &cfg.land.group_id, &topics)?;
     let mut lander = Lander {
         cfg,
         lake,
         rt,
-        topic: topic.clone(),
+        events_topic: events_topic.clone(),
+        cdc_tables: cfg.land.cdc.clone().into_iter().collect(),
         landed: HashMap::new(),
         open: HashMap::new(),
         next_offset: HashMap::new(),
@@ -186,7 +202,7 @@ pub fn run(
         };
         if last_maintenance.elapsed() >= Duration::from_millis(200) || idle {
             last_maintenance = Instant::now();
-            if lander.maintain(&consumer, false)? {
+            if lander.maintain(false)? {
                 lander.commit(&consumer);
             }
         }
@@ -195,7 +211,7 @@ pub fn run(
                 let waited = started.elapsed();
                 if waited > Duration::from_secs(60) {
                     return Err(LandError::NoAssignment {
-                        topic,
+                        topic: events_topic,
                         waited_secs: waited.as_secs(),
                     });
                 }
@@ -206,7 +222,7 @@ pub fn run(
             }
         }
     }
-    lander.maintain(&consumer, true)?;
+    lander.maintain(true)?;
     lander.commit(&consumer);
     Ok(lander.report)
 }
@@ -215,12 +231,12 @@ impl Lander<'_> {
     fn rebalance(&mut self, consumer: &KafkaConsumer, change: Membership) -> Result<(), LandError> {
         match change {
             Membership::Revoked(parts) => {
-                for (_, p) in parts {
+                for tp in parts {
                     // unwritten rows go back to Kafka: the next owner re-reads them
-                    let dropped: Vec<_> = self
+                    let dropped: Vec<Key> = self
                         .open
                         .keys()
-                        .filter(|(bp, _)| *bp == p)
+                        .filter(|(t, p, _)| *t == tp.0 && *p == tp.1)
                         .cloned()
                         .collect();
                     for k in dropped {
@@ -232,27 +248,23 @@ impl Lander<'_> {
                             self.dedup.forget(&ids);
                         }
                     }
-                    self.assigned.remove(&p);
-                    self.next_offset.remove(&p);
-                    self.committed.remove(&p);
-                    self.landed.retain(|(bp, _), _| *bp != p);
+                    self.landed
+                        .retain(|(t, p, _), _| !(*t == tp.0 && *p == tp.1));
+                    self.assigned.remove(&tp);
+                    self.next_offset.remove(&tp);
+                    self.committed.remove(&tp);
                 }
                 tracing::info!(partitions = ?self.assigned, "partitions revoked");
             }
             Membership::Assigned(parts) => {
-                let new: Vec<i32> = parts
-                    .iter()
-                    .filter(|(t, _)| *t == self.topic)
-                    .map(|(_, p)| *p)
-                    .collect();
-                self.load_landed(&new)?;
-                for p in &new {
-                    self.assigned.insert(*p);
+                self.load_landed(&parts)?;
+                for tp in parts {
+                    self.assigned.insert(tp);
                 }
                 if let Ok(committed) = consumer.committed(Duration::from_secs(10)) {
-                    for (_, p, off) in committed {
+                    for (t, p, off) in committed {
                         if let Some(o) = off {
-                            self.committed.insert(p, o);
+                            self.committed.insert((t, p), o);
                         }
                     }
                 }
@@ -263,31 +275,51 @@ impl Lander<'_> {
     }
 
     /// Rebuilds "highest landed offset per bucket" for these partitions from the lake.
-    fn load_landed(&mut self, partitions: &[i32]) -> Result<(), LandError> {
+    fn load_landed(&mut self, parts: &[Tp]) -> Result<(), LandError> {
         let mut files = self.rt.block_on(self.lake.data_files(layout::EVENTS))?;
         files.extend(
             self.rt
                 .block_on(self.lake.data_files(layout::DEAD_LETTERS))?,
         );
+        if !self.cdc_tables.is_empty() {
+            files.extend(self.rt.block_on(self.lake.data_files(layout::CDC))?);
+        }
         for f in files {
-            if f.topic != self.topic || !partitions.contains(&f.partition) {
+            if !parts
+                .iter()
+                .any(|(t, p)| *t == f.topic && *p == f.partition)
+            {
                 continue;
             }
             let bucket = match f.kind {
                 FileKind::Events { dt, hour } => Bucket::Hour { dt, hour },
                 FileKind::DeadLetters { .. } => Bucket::DeadLetters,
+                FileKind::Cdc { table } => Bucket::Cdc { table },
             };
-            let m = self.landed.entry((f.partition, bucket)).or_insert(-1);
+            let m = self
+                .landed
+                .entry((f.topic, f.partition, bucket))
+                .or_insert(-1);
             *m = (*m).max(f.last_offset);
         }
         Ok(())
     }
 
+    fn already_landed(&self, key: &Key, offset: i64) -> bool {
+        self.landed.get(key).is_some_and(|m| *m >= offset)
+    }
+
     fn record(&mut self, r: Record) -> Result<(), LandError> {
         self.report.records += 1;
-        self.report.partitions.insert(r.partition);
-        self.next_offset.insert(r.partition, r.offset + 1);
+        if r.topic == self.events_topic {
+            self.report.partitions.insert(r.partition);
+        }
+        self.next_offset
+            .insert((r.topic.clone(), r.partition), r.offset + 1);
         let size = r.payload.as_ref().map_or(0, Vec::len) + 64;
+        if let Some(table) = self.cdc_tables.get(&r.topic).cloned() {
+            return self.cdc_record(r, table, size);
+        }
         let parsed = match &r.payload {
             None => Err((
                 "empty_value".to_string(),
@@ -300,8 +332,8 @@ impl Lander<'_> {
         match parsed {
             Ok(ev) => {
                 let (dt, hour) = layout::hour_bucket(&ev.event_ts);
-                let key = (r.partition, Bucket::Hour { dt, hour });
-                if self.landed.get(&key).is_some_and(|m| *m >= r.offset) {
+                let key = (r.topic.clone(), r.partition, Bucket::Hour { dt, hour });
+                if self.already_landed(&key, r.offset) {
                     self.report.already_landed += 1;
                     return Ok(());
                 }
@@ -313,47 +345,80 @@ impl Lander<'_> {
                 buf.note(r.offset, size);
                 buf.events.push((ev, r.offset));
                 self.buffered_bytes += size;
-                let full = buf.rows() >= self.cfg.land.max_file_rows
-                    || buf.bytes >= self.cfg.land.max_file_bytes;
-                if full {
-                    self.flush(&key)?;
-                }
+                self.flush_if_full(&key)
             }
-            Err((code, reason)) => {
-                let key = (r.partition, Bucket::DeadLetters);
-                if self.landed.get(&key).is_some_and(|m| *m >= r.offset) {
+            Err((code, reason)) => self.dead_letter(r, code, reason, size),
+        }
+    }
+
+    fn cdc_record(&mut self, r: Record, table: String, size: usize) -> Result<(), LandError> {
+        match cdc::parse(r.key.as_deref(), r.payload.as_deref()) {
+            Ok(None) => Ok(()), // tombstone
+            Ok(Some(change)) => {
+                let key = (r.topic.clone(), r.partition, Bucket::Cdc { table });
+                if self.already_landed(&key, r.offset) {
                     self.report.already_landed += 1;
                     return Ok(());
                 }
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
-                    %code, %reason, "not an event; dead-lettered");
-                let raw = r.payload.as_ref().map(|p| {
-                    let kept = &p[..p.len().min(MAX_DEAD_RAW)];
-                    String::from_utf8_lossy(kept).into_owned()
-                });
-                let buf = self.open.entry(key).or_default();
+                let buf = self.open.entry(key.clone()).or_default();
                 buf.note(r.offset, size);
-                buf.dead.push(DeadRow {
-                    offset: r.offset,
-                    key: r
-                        .key
-                        .as_ref()
-                        .map(|k| String::from_utf8_lossy(k).into_owned()),
-                    code,
-                    reason,
-                    raw,
-                });
+                buf.changes.push((change, r.offset));
                 self.buffered_bytes += size;
+                self.flush_if_full(&key)
             }
+            Err(e) => self.dead_letter(r, e.code.to_string(), e.message, size),
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        r: Record,
+        code: String,
+        reason: String,
+        size: usize,
+    ) -> Result<(), LandError> {
+        let key = (r.topic.clone(), r.partition, Bucket::DeadLetters);
+        if self.already_landed(&key, r.offset) {
+            self.report.already_landed += 1;
+            return Ok(());
+        }
+        tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+            %code, %reason, "not a valid record; dead-lettered");
+        let raw = r.payload.as_ref().map(|p| {
+            let kept = &p[..p.len().min(MAX_DEAD_RAW)];
+            String::from_utf8_lossy(kept).into_owned()
+        });
+        let buf = self.open.entry(key.clone()).or_default();
+        buf.note(r.offset, size);
+        buf.dead.push(DeadRow {
+            offset: r.offset,
+            key: r
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            code,
+            reason,
+            raw,
+        });
+        self.buffered_bytes += size;
+        self.flush_if_full(&key)
+    }
+
+    fn flush_if_full(&mut self, key: &Key) -> Result<(), LandError> {
+        let full = self.open.get(key).is_some_and(|b| {
+            b.rows() >= self.cfg.land.max_file_rows || b.bytes >= self.cfg.land.max_file_bytes
+        });
+        if full {
+            self.flush(key)?;
         }
         Ok(())
     }
 
     /// Writes buckets that are old enough (all of them when `all`), and the largest ones
     /// while the buffer is over its limit. Returns whether anything was written.
-    fn maintain(&mut self, _consumer: &KafkaConsumer, all: bool) -> Result<bool, LandError> {
+    fn maintain(&mut self, all: bool) -> Result<bool, LandError> {
         let max_age = Duration::from_millis(self.cfg.land.max_file_age_ms);
-        let mut due: Vec<(i32, Bucket)> = self
+        let mut due: Vec<Key> = self
             .open
             .iter()
             .filter(|(_, b)| all || b.opened.is_some_and(|t| t.elapsed() >= max_age))
@@ -365,7 +430,7 @@ impl Lander<'_> {
             self.flush(&k)?;
         }
         if self.buffered_bytes > self.cfg.land.max_buffer_bytes {
-            let mut by_size: Vec<((i32, Bucket), usize)> = self
+            let mut by_size: Vec<(Key, usize)> = self
                 .open
                 .iter()
                 .map(|(k, b)| (k.clone(), b.bytes))
@@ -385,19 +450,19 @@ impl Lander<'_> {
     /// Commits, per partition, the first offset that is not yet in the lake.
     fn commit(&mut self, consumer: &KafkaConsumer) {
         let mut offsets = Vec::new();
-        for p in &self.assigned {
-            let Some(next) = self.next_offset.get(p).copied() else {
+        for tp in &self.assigned {
+            let Some(next) = self.next_offset.get(tp).copied() else {
                 continue;
             };
             let safe = self
                 .open
                 .iter()
-                .filter(|((bp, _), _)| bp == p)
+                .filter(|((t, p, _), _)| *t == tp.0 && *p == tp.1)
                 .map(|(_, b)| b.first_offset)
                 .min()
                 .unwrap_or(next);
-            if self.committed.get(p).is_none_or(|c| *c < safe) {
-                offsets.push((self.topic.clone(), *p, safe));
+            if self.committed.get(tp).is_none_or(|c| *c < safe) {
+                offsets.push((tp.0.clone(), tp.1, safe));
             }
         }
         if offsets.is_empty() {
@@ -405,8 +470,8 @@ impl Lander<'_> {
         }
         match consumer.commit(&offsets) {
             Ok(()) => {
-                for (_, p, o) in offsets {
-                    self.committed.insert(p, o);
+                for (t, p, o) in offsets {
+                    self.committed.insert((t, p), o);
                 }
             }
             // not fatal: the lake decides what has landed; a later commit catches up
@@ -418,12 +483,12 @@ impl Lander<'_> {
         if self.assigned.is_empty() {
             return Ok(false);
         }
-        for p in self.assigned.clone() {
-            let (low, high) = consumer.watermarks(&self.topic, p, Duration::from_secs(10))?;
+        for tp in &self.assigned {
+            let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
             let position = self
                 .next_offset
-                .get(&p)
-                .or(self.committed.get(&p))
+                .get(tp)
+                .or(self.committed.get(tp))
                 .copied()
                 .unwrap_or(low);
             if position < high {
@@ -433,7 +498,7 @@ impl Lander<'_> {
         Ok(true)
     }
 
-    fn flush(&mut self, key: &(i32, Bucket)) -> Result<(), LandError> {
+    fn flush(&mut self, key: &Key) -> Result<(), LandError> {
         let Some(mut buf) = self.open.remove(key) else {
             return Ok(());
         };
@@ -441,7 +506,7 @@ impl Lander<'_> {
         if buf.rows() == 0 {
             return Ok(());
         }
-        let (partition, bucket) = key;
+        let (topic, partition, bucket) = key;
         let kind = match bucket {
             Bucket::Hour { dt, hour } => FileKind::Events {
                 dt: dt.clone(),
@@ -450,10 +515,13 @@ impl Lander<'_> {
             Bucket::DeadLetters => FileKind::DeadLetters {
                 dt: layout::hour_bucket(&Utc::now()).0,
             },
+            Bucket::Cdc { table } => FileKind::Cdc {
+                table: table.clone(),
+            },
         };
         let file = DataFile {
             kind,
-            topic: self.topic.clone(),
+            topic: topic.clone(),
             partition: *partition,
             first_offset: buf.first_offset,
             last_offset: buf.last_offset,
@@ -471,7 +539,8 @@ impl Lander<'_> {
                 });
                 events_batch(*partition, &buf.events)
             }
-            Bucket::DeadLetters => dead_batch(&self.topic, *partition, &buf.dead),
+            Bucket::DeadLetters => dead_batch(topic, *partition, &buf.dead),
+            Bucket::Cdc { .. } => changes_batch(*partition, &buf.changes),
         }
         .map_err(|reason| LandError::Build {
             path: path.clone(),
@@ -488,9 +557,30 @@ impl Lander<'_> {
         self.report.bytes += n;
         self.report.events += buf.events.len() as u64;
         self.report.dead_letters += buf.dead.len() as u64;
+        self.report.changes += buf.changes.len() as u64;
         tracing::debug!(%path, rows = buf.rows(), bytes = n, "landed");
         Ok(())
     }
+}
+
+fn changes_batch(partition: i32, rows: &[(cdc::Change, i64)]) -> Result<RecordBatch, String> {
+    let s = |f: &dyn Fn(&cdc::Change) -> Option<&str>| -> ArrayRef {
+        Arc::new(StringArray::from_iter(rows.iter().map(|(c, _)| f(c))))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        s(&|c| Some(c.op.as_str())),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|(c, _)| c.ts_ms),
+        )),
+        s(&|c| Some(c.key.as_str())),
+        s(&|c| c.before.as_deref()),
+        s(&|c| c.after.as_deref()),
+        s(&|c| c.source_db.as_deref()),
+        s(&|c| c.source_table.as_deref()),
+        Arc::new(Int32Array::from(vec![partition; rows.len()])),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, o)| *o))),
+    ];
+    RecordBatch::try_new(crate::lake::cdc_changes_schema(), columns).map_err(|e| e.to_string())
 }
 
 fn events_batch(partition: i32, rows: &[(Event, i64)]) -> Result<RecordBatch, String> {

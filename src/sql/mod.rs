@@ -23,12 +23,14 @@ use crate::lake::Lake;
 pub enum SqlError {
     #[error("registering lake table {table} at {url}: {source}")]
     Register {
-        table: &'static str,
+        table: String,
         url: String,
         source: DataFusionError,
     },
     #[error("{0}")]
     Query(DataFusionError),
+    #[error("listing the lake: {0}")]
+    Lake(String),
     #[error("writing {format} output: {reason}")]
     Output {
         format: &'static str,
@@ -38,8 +40,8 @@ pub enum SqlError {
 
 /// A lake table: its name, folder, file schema and Hive partition columns.
 struct LakeTable {
-    name: &'static str,
-    folder: &'static str,
+    name: String,
+    folder: String,
     schema: SchemaRef,
     partitions: Vec<(String, DataType)>,
 }
@@ -47,8 +49,8 @@ struct LakeTable {
 fn lake_tables() -> Vec<LakeTable> {
     vec![
         LakeTable {
-            name: "events",
-            folder: "events",
+            name: "events".into(),
+            folder: "events".into(),
             schema: crate::lake::events_file_schema(),
             partitions: vec![
                 ("dt".into(), DataType::Utf8),
@@ -56,22 +58,43 @@ fn lake_tables() -> Vec<LakeTable> {
             ],
         },
         LakeTable {
-            name: "dead_letters",
-            folder: "dlq/land",
+            name: "dead_letters".into(),
+            folder: "dlq/land".into(),
             schema: crate::lake::dead_letters_schema(),
             partitions: vec![("dt".into(), DataType::Utf8)],
         },
     ]
 }
 
-/// A DataFusion session with the lake's store and tables registered.
-pub fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
+/// A DataFusion session with the lake's store and tables registered: `events`,
+/// `dead_letters`, and per CDC table `<table>_changes` (every change) and `<table>` (the
+/// current state, computed when the session opens).
+pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
     let ctx = SessionContext::new();
     ctx.register_object_store(lake.store_url(), lake.store());
-    for t in lake_tables() {
-        let url = lake.folder_url(t.folder);
+    let mut tables = lake_tables();
+    let cdc_tables: std::collections::BTreeSet<String> = lake
+        .data_files(crate::lake::layout::CDC)
+        .await
+        .map_err(|e| SqlError::Lake(e.to_string()))?
+        .into_iter()
+        .filter_map(|f| match f.kind {
+            crate::lake::FileKind::Cdc { table } => Some(table),
+            _ => None,
+        })
+        .collect();
+    for table in &cdc_tables {
+        tables.push(LakeTable {
+            name: format!("{table}_changes"),
+            folder: format!("cdc/{table}"),
+            schema: crate::lake::cdc_changes_schema(),
+            partitions: vec![],
+        });
+    }
+    for t in tables {
+        let url = lake.folder_url(&t.folder);
         let register = |source| SqlError::Register {
-            table: t.name,
+            table: t.name.clone(),
             url: url.clone(),
             source,
         };
@@ -83,10 +106,95 @@ pub fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
             .with_listing_options(options)
             .with_schema(t.schema.clone());
         let table = ListingTable::try_new(config).map_err(register)?;
-        ctx.register_table(t.name, Arc::new(table))
+        ctx.register_table(t.name.as_str(), Arc::new(table))
             .map_err(register)?;
     }
+    for table in &cdc_tables {
+        let current = current_state(&ctx, table).await?;
+        ctx.register_table(table.as_str(), Arc::new(current))
+            .map_err(|source| SqlError::Register {
+                table: table.clone(),
+                url: "cdc current state".into(),
+                source,
+            })?;
+    }
     Ok(ctx)
+}
+
+/// The current state of a CDC table: per key the latest change (source time, then Kafka
+/// offset), deletes removed, the row's JSON fields as columns (types inferred from the
+/// data), plus `_key` and `_ts_ms`.
+async fn current_state(
+    ctx: &SessionContext,
+    table: &str,
+) -> Result<datafusion::datasource::MemTable, SqlError> {
+    let batches = query(
+        ctx,
+        &format!(
+            "SELECT key, op, after, ts_ms FROM {table}_changes \
+             ORDER BY ts_ms, kafka_partition, kafka_offset"
+        ),
+    )
+    .await?;
+    let mut latest: std::collections::HashMap<String, (String, Option<String>, i64)> =
+        std::collections::HashMap::new();
+    for b in &batches {
+        let col = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+        };
+        let ts = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>();
+        let (Some(keys), Some(ops), Some(afters), Some(ts)) = (col(0), col(1), col(2), ts) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            use arrow::array::Array;
+            let after = afters.is_valid(i).then(|| afters.value(i).to_string());
+            latest.insert(
+                keys.value(i).to_string(),
+                (ops.value(i).to_string(), after, ts.value(i)),
+            );
+        }
+    }
+    let mut rows: Vec<(String, String, i64)> = latest
+        .into_iter()
+        .filter(|(_, (op, _, _))| op != "d")
+        .filter_map(|(k, (_, after, ts))| after.map(|a| (k, a, ts)))
+        .collect();
+    rows.sort();
+    let mut ndjson = Vec::new();
+    for (key, after, ts) in &rows {
+        let mut obj = match serde_json::from_str::<serde_json::Value>(after) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => continue,
+        };
+        obj.insert("_key".into(), serde_json::Value::String(key.clone()));
+        obj.insert("_ts_ms".into(), serde_json::Value::from(*ts));
+        ndjson.extend_from_slice(serde_json::Value::Object(obj).to_string().as_bytes());
+        ndjson.push(b'\n');
+    }
+    let json_err = |e: arrow::error::ArrowError| SqlError::Output {
+        format: "cdc current state",
+        reason: format!("{table}: {e}"),
+    };
+    let (schema, _) = arrow::json::reader::infer_json_schema(std::io::Cursor::new(&ndjson), None)
+        .map_err(json_err)?;
+    let schema = Arc::new(schema);
+    let reader = arrow::json::ReaderBuilder::new(schema.clone())
+        .build(std::io::Cursor::new(&ndjson))
+        .map_err(json_err)?;
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(json_err)?;
+    datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(|source| {
+        SqlError::Register {
+            table: table.to_string(),
+            url: "cdc current state".into(),
+            source,
+        }
+    })
 }
 
 /// Runs one statement and collects the result.

@@ -76,7 +76,7 @@ async fn land(cfg: &Config) -> bookrec::land::LandReport {
 
 async fn counts(cfg: &Config) -> (i64, i64) {
     let lake = Lake::open(&cfg.lake).expect("lake");
-    let ctx = bookrec::sql::session(&lake).expect("session");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
     let b = bookrec::sql::query(
         &ctx,
         "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events",
@@ -110,7 +110,7 @@ async fn lands_exactly_once_on(lake_url: &str) {
 
     // partition pruning: a filter on dt/hour reads only that folder
     let lake = Lake::open(&cfg.lake).expect("lake");
-    let ctx = bookrec::sql::session(&lake).expect("session");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
     let plan = bookrec::sql::query(
         &ctx,
         "EXPLAIN SELECT count(*) FROM events WHERE dt = '2026-11-25' AND hour = 21",
@@ -324,7 +324,7 @@ async fn bad_records_go_to_the_lake_dlq_with_coordinates() {
     assert_eq!(report.events, 300);
     assert_eq!(report.dead_letters, 5);
     let lake = Lake::open(&cfg.lake).expect("lake");
-    let ctx = bookrec::sql::session(&lake).expect("session");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
     let rows = bookrec::sql::query(
         &ctx,
         "SELECT kafka_partition, kafka_offset, code, reason FROM dead_letters ORDER BY code",
@@ -346,4 +346,183 @@ async fn bad_records_go_to_the_lake_dlq_with_coordinates() {
     let second = land(&again).await;
     assert_eq!(second.dead_letters, 0);
     assert_eq!(second.events, 0);
+}
+
+async fn produce_raw(cfg: &Config, topic: &str, records: &[(Option<String>, Option<String>)]) {
+    bookrec::bus::ensure_topics(&cfg.kafka, &[topic])
+        .await
+        .expect("topic");
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        let mut r = FutureRecord::<str, str>::to(topic);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(v) = v {
+            r = r.payload(v);
+        }
+        p.send(r, Duration::from_secs(10)).await.expect("send");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_mysql_and_mongodb_envelopes_give_the_current_state() {
+    let b = brokers();
+    support::require_broker(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = land_config(&b, &format!("file://{}", dir.path().display()));
+    let users_topic = unique("auth_db.users");
+    let books_topic = unique("book_db_mongo.books");
+    cfg.land.cdc.insert(users_topic.clone(), "users".into());
+    cfg.land.cdc.insert(books_topic.clone(), "books".into());
+    // MySQL connector, JSON converter with schemas
+    let mysql = |op: &str, before: serde_json::Value, after: serde_json::Value, ts: i64| {
+        Some(
+            json!({"schema": {"type": "struct"}, "payload": {
+                "before": before, "after": after, "op": op, "ts_ms": ts + 5,
+                "source": {"db": "auth_db", "table": "users", "ts_ms": ts}}})
+            .to_string(),
+        )
+    };
+    let key =
+        |id: i64| Some(json!({"schema": {"type": "struct"}, "payload": {"id": id}}).to_string());
+    produce_raw(
+        &cfg,
+        &users_topic,
+        &[
+            (
+                key(1),
+                mysql(
+                    "c",
+                    json!(null),
+                    json!({"id": 1, "name": "ann", "age": 30}),
+                    1000,
+                ),
+            ),
+            (
+                key(2),
+                mysql(
+                    "c",
+                    json!(null),
+                    json!({"id": 2, "name": "bob", "age": 41}),
+                    1001,
+                ),
+            ),
+            (
+                key(1),
+                mysql(
+                    "u",
+                    json!({"id": 1, "name": "ann", "age": 30}),
+                    json!({"id": 1, "name": "ann2", "age": 31}),
+                    1002,
+                ),
+            ),
+            (
+                key(2),
+                mysql(
+                    "d",
+                    json!({"id": 2, "name": "bob", "age": 41}),
+                    json!(null),
+                    1003,
+                ),
+            ),
+            (key(2), None), // tombstone
+            (
+                key(3),
+                mysql(
+                    "c",
+                    json!(null),
+                    json!({"id": 3, "name": "cy", "age": 22}),
+                    1004,
+                ),
+            ),
+            (None, Some("{broken".into())),
+        ],
+    )
+    .await;
+    // MongoDB connector: after is a JSON string in extended JSON, no schema wrapper
+    let mongo = |op: &str, after: Option<&str>, ts: i64| {
+        Some(
+            json!({"after": after, "op": op, "ts_ms": ts,
+                "source": {"db": "book_db_mongo", "collection": "books", "ts_ms": ts}})
+            .to_string(),
+        )
+    };
+    let oid = |id: &str| Some(json!({"id": format!("{{\"$oid\": \"{id}\"}}")}).to_string());
+    produce_raw(
+        &cfg,
+        &books_topic,
+        &[
+            (
+                oid("a1"),
+                mongo(
+                    "r",
+                    Some(r#"{"_id": {"$oid": "a1"}, "title": "Dune", "year": 1965}"#),
+                    10,
+                ),
+            ),
+            (
+                oid("b2"),
+                mongo(
+                    "c",
+                    Some(r#"{"_id": {"$oid": "b2"}, "title": "Emma", "year": 1815}"#),
+                    11,
+                ),
+            ),
+            (
+                oid("a1"),
+                mongo(
+                    "u",
+                    Some(r#"{"_id": {"$oid": "a1"}, "title": "Dune Messiah", "year": 1969}"#),
+                    12,
+                ),
+            ),
+            (oid("b2"), mongo("d", None, 13)),
+        ],
+    )
+    .await;
+    let report = land(&cfg).await;
+    assert_eq!(report.changes, 9, "{report:?}");
+    assert_eq!(report.dead_letters, 1, "{report:?}");
+
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
+    let users = bookrec::sql::query(&ctx, "SELECT id, name, age FROM users ORDER BY id")
+        .await
+        .expect("users");
+    let text = arrow::util::pretty::pretty_format_batches(&users)
+        .expect("fmt")
+        .to_string();
+    assert!(text.contains("| 1  | ann2 | 31  |"), "{text}");
+    assert!(text.contains("| 3  | cy   | 22  |"), "{text}");
+    assert!(!text.contains("bob"), "{text}");
+    let books = bookrec::sql::query(&ctx, "SELECT _id, title, year FROM books ORDER BY _id")
+        .await
+        .expect("books");
+    let text = arrow::util::pretty::pretty_format_batches(&books)
+        .expect("fmt")
+        .to_string();
+    assert!(text.contains("| a1  | Dune Messiah | 1969 |"), "{text}");
+    assert!(!text.contains("Emma"), "{text}");
+    let changes = bookrec::sql::query(&ctx, "SELECT count(*) FROM books_changes")
+        .await
+        .expect("changes");
+    assert_eq!(
+        changes[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64")
+            .value(0),
+        4
+    );
+    // a rerun in a fresh group lands nothing twice
+    let mut again = cfg.clone();
+    again.land.group_id = unique("again");
+    let second = land(&again).await;
+    assert_eq!((second.changes, second.dead_letters), (0, 0), "{second:?}");
 }
