@@ -44,6 +44,11 @@ pub enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Lake maintenance.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
     /// Ad-hoc SQL over the lake (tables: events, dead_letters).
     Sql {
         /// The statement, e.g. "SELECT event_type, count(*) FROM events GROUP BY 1"
@@ -84,6 +89,17 @@ pub enum Command {
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LakeCommand {
+    /// Merges the small files of closed event-hour partitions into one file each,
+    /// atomically for readers (old set or new set, never both or neither).
+    Compact {
+        /// An hour is closed this many hours after it ends (late events land until then)
+        #[arg(long, default_value_t = 2)]
+        grace_hours: u64,
     },
 }
 
@@ -159,6 +175,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("lander thread")?
                 .map_err(anyhow::Error::from)
             })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Lake {
+            command: LakeCommand::Compact { grace_hours },
+        } => {
+            init_logging(&config)?;
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let report = runtime()?.block_on(lake.compact_events(
+                std::time::Duration::from_secs(grace_hours * 3600),
+                chrono::Utc::now(),
+            ))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

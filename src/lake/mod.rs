@@ -10,6 +10,7 @@
 //! reader never sees half a file. File names carry the Kafka coordinates of their rows; the
 //! lander derives "what has landed" from them (see [`crate::land`]).
 
+pub mod compact;
 pub mod layout;
 
 use std::sync::Arc;
@@ -58,7 +59,10 @@ pub enum LakeError {
 /// An opened lake: the store and where the lake starts inside it.
 #[derive(Clone, Debug)]
 pub struct Lake {
+    /// what readers use: listings show committed data only (see [`compact`])
     store: Arc<dyn ObjectStore>,
+    /// the store itself, for the lander's and compactor's bookkeeping
+    raw: Arc<dyn ObjectStore>,
     /// `scheme://authority` under which the store is registered with DataFusion.
     store_url: Url,
     /// Where the lake starts inside the store.
@@ -83,12 +87,12 @@ impl Lake {
                 .canonicalize()
                 .map_err(|e| bad(&format!("resolving {path}: {e}")))?;
             let root = Path::from_absolute_path(&abs).map_err(|e| bad(&e.to_string()))?;
-            Ok(Lake {
-                store: Arc::new(LocalFileSystem::new()),
-                store_url: Url::parse("file:///").map_err(|e| bad(&e.to_string()))?,
+            Ok(Lake::with_store(
+                Arc::new(LocalFileSystem::new()),
+                Url::parse("file:///").map_err(|e| bad(&e.to_string()))?,
                 root,
-                display: format!("file://{}", abs.display()),
-            })
+                format!("file://{}", abs.display()),
+            ))
         } else if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -111,13 +115,12 @@ impl Lake {
                 url: url.to_string(),
                 source,
             })?;
-            Ok(Lake {
-                store: Arc::new(store),
-                store_url: Url::parse(&format!("s3://{bucket}"))
-                    .map_err(|e| bad(&e.to_string()))?,
-                root: Path::from(prefix.trim_matches('/')),
-                display: url.to_string(),
-            })
+            Ok(Lake::with_store(
+                Arc::new(store),
+                Url::parse(&format!("s3://{bucket}")).map_err(|e| bad(&e.to_string()))?,
+                Path::from(prefix.trim_matches('/')),
+                url.to_string(),
+            ))
         } else if url.starts_with("memory://") {
             Lake::in_memory()
         } else {
@@ -131,12 +134,22 @@ impl Lake {
             url: "memory://".into(),
             reason: e.to_string(),
         })?;
-        Ok(Lake {
-            store: Arc::new(InMemory::new()),
+        Ok(Lake::with_store(
+            Arc::new(InMemory::new()),
             store_url,
-            root: Path::default(),
-            display: "memory://".into(),
-        })
+            Path::default(),
+            "memory://".into(),
+        ))
+    }
+
+    fn with_store(raw: Arc<dyn ObjectStore>, store_url: Url, root: Path, display: String) -> Lake {
+        Lake {
+            store: Arc::new(compact::VisibleStore::new(raw.clone())),
+            raw,
+            store_url,
+            root,
+            display,
+        }
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
@@ -232,14 +245,44 @@ impl Lake {
             })
     }
 
-    /// The data files under a folder, parsed from their names (other objects are ignored).
+    /// Every data file ever landed under a folder, parsed from the names: the files that
+    /// exist (visible or not) and those that compaction manifests say they replaced.
     pub async fn data_files(&self, folder: &str) -> Result<Vec<DataFile>, LakeError> {
-        Ok(self
-            .list(folder)
-            .await?
-            .into_iter()
-            .filter_map(|m| self.relative(&m.location).and_then(DataFile::parse))
-            .collect())
+        let prefix = self.path(folder);
+        let objects: Vec<ObjectMeta> =
+            self.raw
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| LakeError::Object {
+                    path: prefix.to_string(),
+                    source,
+                })?;
+        let mut out = Vec::new();
+        for m in &objects {
+            let Some(rel) = self.relative(&m.location) else {
+                continue;
+            };
+            if let Some(f) = DataFile::parse(rel) {
+                out.push(f);
+            } else if let Some((dir, name)) = rel.rsplit_once('/')
+                && name.starts_with(compact::MANIFEST_PREFIX)
+            {
+                let bytes = self.get(rel).await?;
+                let manifest: compact::Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| LakeError::Data {
+                        path: rel.to_string(),
+                        reason: format!("compaction manifest: {e}"),
+                    })?;
+                out.extend(
+                    manifest
+                        .replaced
+                        .iter()
+                        .filter_map(|r| DataFile::parse(&format!("{dir}/{r}"))),
+                );
+            }
+        }
+        Ok(out)
     }
 }
 
