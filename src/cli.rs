@@ -71,6 +71,10 @@ pub enum Command {
         /// Produce stamped events straight to kafka.topic instead (event_ts = client_ts)
         #[arg(long)]
         kafka: bool,
+        /// With --kafka: event time = now (as the collector would stamp) instead of the
+        /// dataset's time
+        #[arg(long, requires = "kafka")]
+        live: bool,
         /// One event per request on POST /api/log instead of batches on /api/logs
         #[arg(long, conflicts_with = "kafka")]
         single: bool,
@@ -125,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             to,
             kafka,
+            live,
             single,
             batch_size,
             concurrency,
@@ -136,7 +141,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (dataset, rows) = crate::replay::load(&file, skip, limit)?;
             let base = to.unwrap_or_else(|| format!("http://{}", config.collect.listen));
             let target = if kafka {
-                crate::replay::Target::Kafka(Box::new(config.kafka.clone()))
+                crate::replay::Target::Kafka {
+                    cfg: Box::new(config.kafka.clone()),
+                    live,
+                }
             } else if single {
                 crate::replay::Target::Single { base }
             } else {

@@ -223,8 +223,9 @@ pub enum Target {
     Batches { base: String, batch_size: usize },
     /// `POST {base}/api/log`, one event per request.
     Single { base: String },
-    /// Produce stamped events straight to Kafka.
-    Kafka(Box<KafkaConfig>),
+    /// Produce stamped events straight to Kafka. `live`: event time = now (as if the
+    /// collector received them now) instead of the dataset's time.
+    Kafka { cfg: Box<KafkaConfig>, live: bool },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -311,7 +312,7 @@ pub async fn run(
             )
             .await
         }
-        Target::Kafka(cfg) => produce_all(dataset, interactions, cfg).await,
+        Target::Kafka { cfg, live } => produce_all(dataset, interactions, cfg, *live).await,
     }
 }
 
@@ -392,6 +393,7 @@ async fn produce_all(
     dataset: Dataset,
     interactions: &[Interaction],
     cfg: &KafkaConfig,
+    live: bool,
 ) -> Result<Report, ReplayError> {
     crate::bus::ensure_topics(cfg, &[&cfg.topic]).await?;
     let received_at = Utc::now();
@@ -399,7 +401,9 @@ async fn produce_all(
         .iter()
         .filter_map(|it| {
             let mut ev = event::validate(client_event(dataset, it), received_at).ok()?;
-            ev.event_ts = ev.client_ts.unwrap_or(ev.received_at);
+            if !live {
+                ev.event_ts = ev.client_ts.unwrap_or(ev.received_at);
+            }
             Some((ev.key().to_string(), ev.to_json()))
         })
         .collect();
