@@ -31,7 +31,8 @@ fn main() -> anyhow::Result<()> {
             let high = match highs.get(&r.partition) {
                 Some(h) => *h,
                 None => {
-                    let (_, h) = consumer.watermarks(&topic, r.partition, Duration::from_secs(10))?;
+                    let (_, h) =
+                        consumer.watermarks(&topic, r.partition, Duration::from_secs(10))?;
                     highs.insert(r.partition, h);
                     h
                 }

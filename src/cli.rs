@@ -44,6 +44,25 @@ pub enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Parses and plans every query in queries/batch against the lake schema; prints the
+    /// dependency order; exits non-zero on any error (reported as file:line).
+    Check {
+        /// The folder of feature queries (overrides batch.queries_dir)
+        #[arg(long, value_name = "DIR")]
+        queries: Option<PathBuf>,
+    },
+    /// One batch run: the feature queries in dependency order, outputs to the lake.
+    Batch {
+        /// Run only these queries (and the ones they read)
+        #[arg(long = "select", value_name = "NAME")]
+        select: Vec<String>,
+        /// The run's cut-off time, RFC 3339 (default: now)
+        #[arg(long, value_name = "TS")]
+        as_of: Option<String>,
+        /// The folder of feature queries (overrides batch.queries_dir)
+        #[arg(long, value_name = "DIR")]
+        queries: Option<PathBuf>,
+    },
     /// Lake maintenance.
     Lake {
         #[command(subcommand)]
@@ -184,6 +203,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
             })?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Check { queries } => {
+            let dir = queries.unwrap_or(config.batch.queries_dir.clone());
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let report = runtime()?.block_on(crate::sql::runner::check(&lake, &dir))?;
+            println!("{} queries OK, in dependency order:", report.order.len());
+            for (i, name) in report.order.iter().enumerate() {
+                println!("  {}. {name}", i + 1);
+            }
+            Ok(())
+        }
+        Command::Batch {
+            select,
+            as_of,
+            queries,
+        } => {
+            init_logging(&config)?;
+            let dir = queries.unwrap_or(config.batch.queries_dir.clone());
+            let as_of = match as_of {
+                Some(ts) => chrono::DateTime::parse_from_rfc3339(&ts)
+                    .with_context(|| format!("--as-of {ts:?}: not an RFC 3339 timestamp"))?
+                    .to_utc(),
+                None => chrono::Utc::now(),
+            };
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let record = runtime()?.block_on(crate::sql::runner::run(
+                &lake,
+                &dir,
+                &select,
+                as_of,
+                &mut |line| eprintln!("{line}"),
+            ))?;
+            println!("{}", serde_json::to_string(&record)?);
             Ok(())
         }
         Command::Lake {

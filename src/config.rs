@@ -41,6 +41,13 @@ pub struct Config {
     pub collect: CollectConfig,
     pub lake: LakeConfig,
     pub land: LandConfig,
+    pub batch: BatchConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub queries_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -19,6 +19,9 @@ use datafusion::prelude::SessionContext;
 
 use crate::lake::Lake;
 
+pub mod catalog;
+pub mod runner;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
     #[error("registering lake table {table} at {url}: {source}")]
@@ -109,6 +112,23 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
         ctx.register_table(t.name.as_str(), Arc::new(table))
             .map_err(register)?;
     }
+    register_features(&ctx, lake).await?;
+    if !cdc_tables.contains("books") {
+        // the catalogue contract, empty until CDC (or the demo's loader) fills it
+        let t = datafusion::datasource::MemTable::try_new(books_schema(), vec![vec![]]).map_err(
+            |source| SqlError::Register {
+                table: "books".into(),
+                url: "(empty catalogue)".into(),
+                source,
+            },
+        )?;
+        ctx.register_table("books", Arc::new(t))
+            .map_err(|source| SqlError::Register {
+                table: "books".into(),
+                url: "(empty catalogue)".into(),
+                source,
+            })?;
+    }
     for table in &cdc_tables {
         let current = current_state(&ctx, table).await?;
         ctx.register_table(table.as_str(), Arc::new(current))
@@ -119,6 +139,61 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
             })?;
     }
     Ok(ctx)
+}
+
+/// The columns feature queries may use from `books`. The CDC source (or the demo's
+/// loader) provides at least these; more columns are fine.
+pub fn books_schema() -> SchemaRef {
+    Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("book_id", DataType::Utf8, false),
+        arrow::datatypes::Field::new("title", DataType::Utf8, true),
+        arrow::datatypes::Field::new("author", DataType::Utf8, true),
+        arrow::datatypes::Field::new("publisher", DataType::Utf8, true),
+        arrow::datatypes::Field::new("year", DataType::Int64, true),
+        arrow::datatypes::Field::new("category", DataType::Utf8, true),
+    ]))
+}
+
+/// Registers each batch feature's current run (`features/<name>/_current`) as `<name>`.
+async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlError> {
+    let objects = lake
+        .list("features")
+        .await
+        .map_err(|e| SqlError::Lake(e.to_string()))?;
+    for m in objects {
+        let Some(rel) = lake.relative(&m.location).map(str::to_string) else {
+            continue;
+        };
+        let Some(name) = rel
+            .strip_prefix("features/")
+            .and_then(|r| r.strip_suffix("/_current"))
+        else {
+            continue;
+        };
+        let pointer = lake
+            .get(&rel)
+            .await
+            .map_err(|e| SqlError::Lake(e.to_string()))?;
+        let run = String::from_utf8_lossy(&pointer).trim().to_string();
+        let url = lake.folder_url(&format!("features/{name}/{run}"));
+        let register = |source| SqlError::Register {
+            table: name.to_string(),
+            url: url.clone(),
+            source,
+        };
+        let table_url = ListingTableUrl::parse(&url).map_err(register)?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(table_url)
+            .with_listing_options(options)
+            .infer_schema(&ctx.state())
+            .await
+            .map_err(register)?;
+        let table = ListingTable::try_new(config).map_err(register)?;
+        ctx.register_table(name, Arc::new(table))
+            .map_err(register)?;
+    }
+    Ok(())
 }
 
 /// The current state of a CDC table: per key the latest change (source time, then Kafka

@@ -614,3 +614,87 @@ async fn compaction_is_atomic_for_readers_and_keeps_landing_exactly_once() {
 fn object_store_path(s: &str) -> object_store::path::Path {
     object_store::path::Path::from(s)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_open_files_and_sql_prints_every_format() {
+    let b = brokers();
+    support::require_broker(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake_url = format!("file://{}", dir.path().display());
+    let cfg = land_config(&b, &lake_url);
+    let events = stamped_events(500);
+    let records: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    produce(&cfg, &records).await;
+    let env = [
+        ("BOOKREC__KAFKA__BROKERS", b.clone()),
+        ("BOOKREC__KAFKA__TOPIC", cfg.kafka.topic.clone()),
+        ("BOOKREC__LAKE__URL", lake_url.clone()),
+        ("BOOKREC__LAND__GROUP_ID", cfg.land.group_id.clone()),
+        // nothing rolls by itself: only the shutdown writes the files
+        ("BOOKREC__LAND__MAX_FILE_AGE_MS", "3600000".to_string()),
+        ("BOOKREC__LOG__FILTER", "warn".to_string()),
+    ];
+    let bin = env!("CARGO_BIN_EXE_bookrec");
+    let child = std::process::Command::new(bin)
+        .arg("land")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        walk(dir.path()).iter().all(|p| !p.ends_with(".parquet")),
+        "nothing written yet"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "exit 0 on SIGTERM");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the report is JSON");
+    assert_eq!(report["events"], 500, "{report}");
+    assert_eq!(counts(&cfg).await, (500, 500));
+
+    let sql = |format: &str| {
+        let out = std::process::Command::new(bin)
+            .args([
+                "sql",
+                "SELECT event_type, count(*) AS n FROM events GROUP BY event_type ORDER BY event_type",
+                "--format",
+                format,
+            ])
+            .env("BOOKREC__LAKE__URL", &lake_url)
+            .output()
+            .expect("sql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let table = String::from_utf8(sql("table")).expect("utf8");
+    assert!(table.contains("| click      | 167 |"), "{table}");
+    let csv = String::from_utf8(sql("csv")).expect("utf8");
+    assert_eq!(csv, "event_type,n\nclick,167\npurchase,166\nview,167\n");
+    let json = String::from_utf8(sql("json")).expect("utf8");
+    assert_eq!(
+        json.lines().next(),
+        Some(r#"{"event_type":"click","n":167}"#)
+    );
+    let parquet = sql("parquet");
+    assert_eq!(&parquet[..4], b"PAR1");
+    // a bad statement fails with DataFusion's message
+    let out = std::process::Command::new(bin)
+        .args(["sql", "SELECT nope FROM events"])
+        .env("BOOKREC__LAKE__URL", &lake_url)
+        .output()
+        .expect("sql");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}

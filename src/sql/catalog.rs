@@ -1,0 +1,471 @@
+//! The query catalog: analysts' SQL files with a header, their parameters, and the
+//! dependency order. Pure (reads text, no IO).
+//!
+//! A batch feature is one `.sql` file:
+//!
+//! ```sql
+//! -- name: book_popularity
+//! -- description: Views, clicks, … per book over 1/7/30 days, trend, time-decayed score.
+//! -- output: lake
+//! -- keys: book_id
+//! -- param: half_life_days = 7
+//! SELECT … FROM events WHERE event_ts <= ${as_of} …
+//! ```
+//!
+//! Header lines are `-- key: value` comments before the statement; `description` may
+//! continue on following `--` lines. `output` is `lake`, `db` or `lake, db`. Parameters are
+//! written `${name}` in the SQL and replaced by SQL literals: numbers as they are, anything
+//! else quoted. `${as_of}` is always defined: the run's cut-off time as a TIMESTAMP literal.
+//! Dependencies come from the tables a query reads: another query's `name` makes it a
+//! dependency; anything else must be a lake table.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Where a feature's result goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Outputs {
+    pub lake: bool,
+    pub db: bool,
+}
+
+/// One feature query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    pub outputs: Outputs,
+    pub keys: Vec<String>,
+    /// parameter → default (as written)
+    pub params: BTreeMap<String, String>,
+    /// the SQL text after the header
+    pub sql: String,
+    /// 1-based line of the file where `sql` starts
+    pub sql_line: usize,
+}
+
+/// An error with the file and line it is about.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}:{line}: {message}", path.display())]
+pub struct CatalogError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+fn at(path: &Path, line: usize, message: impl Into<String>) -> CatalogError {
+    CatalogError {
+        path: path.to_path_buf(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// Parses one file's text.
+pub fn parse(path: &Path, text: &str) -> Result<Query, CatalogError> {
+    let mut name = None;
+    let mut description = String::new();
+    let mut outputs = None;
+    let mut keys = Vec::new();
+    let mut params = BTreeMap::new();
+    let mut last_key = String::new();
+    let mut sql_line = 0;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let Some(comment) = trimmed.strip_prefix("--") else {
+            sql_line = n;
+            break;
+        };
+        let comment = comment.trim();
+        let Some((key, value)) = comment.split_once(':').filter(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        }) else {
+            if last_key == "description" && !comment.is_empty() {
+                description.push(' ');
+                description.push_str(comment);
+            }
+            continue;
+        };
+        let value = value.trim();
+        last_key = key.to_string();
+        match key {
+            "name" => {
+                if value.is_empty()
+                    || !value
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    return Err(at(path, n, format!("name {value:?}: use [a-z0-9_]+")));
+                }
+                name = Some(value.to_string());
+            }
+            "description" => description = value.to_string(),
+            "output" => {
+                let mut o = Outputs {
+                    lake: false,
+                    db: false,
+                };
+                for part in value.split(',').map(str::trim) {
+                    match part {
+                        "lake" => o.lake = true,
+                        "db" => o.db = true,
+                        other => {
+                            return Err(at(
+                                path,
+                                n,
+                                format!("output {other:?}: use lake, db or both"),
+                            ));
+                        }
+                    }
+                }
+                outputs = Some(o);
+            }
+            "keys" => {
+                keys = value
+                    .split(',')
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .collect()
+            }
+            "param" => {
+                let Some((p, default)) = value.split_once('=') else {
+                    return Err(at(path, n, "param: write `param: name = default`"));
+                };
+                let p = p.trim();
+                if p == "as_of" {
+                    return Err(at(path, n, "as_of is set by the run, not a parameter"));
+                }
+                params.insert(p.to_string(), default.trim().to_string());
+            }
+            other => return Err(at(path, n, format!("unknown header key {other:?}"))),
+        }
+    }
+    if sql_line == 0 {
+        return Err(at(path, 1, "the file holds no SQL statement"));
+    }
+    let name = name.ok_or_else(|| at(path, 1, "the header needs `-- name: …`"))?;
+    let outputs = outputs.ok_or_else(|| at(path, 1, "the header needs `-- output: lake|db`"))?;
+    let sql: String = text
+        .lines()
+        .skip(sql_line - 1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    // every ${param} must be declared
+    for (offset, used) in placeholders(&sql) {
+        if used != "as_of" && !params.contains_key(&used) {
+            let line = sql_line + sql[..offset].matches('\n').count();
+            return Err(at(
+                path,
+                line,
+                format!("${{{used}}} is not a declared param"),
+            ));
+        }
+    }
+    Ok(Query {
+        name,
+        path: path.to_path_buf(),
+        description,
+        outputs,
+        keys,
+        params,
+        sql,
+        sql_line,
+    })
+}
+
+/// `${name}` occurrences: (byte offset, name).
+fn placeholders(sql: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut rest = sql;
+    let mut base = 0;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        if let Some(j) = after.find('}') {
+            out.push((base + i, after[..j].trim().to_string()));
+            base += i + 2 + j + 1;
+            rest = &after[j + 1..];
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// A parameter value as a SQL literal.
+fn literal(value: &str) -> String {
+    if value.parse::<f64>().is_ok() {
+        value.to_string()
+    } else {
+        let unquoted = value.trim_matches('\'');
+        format!("'{}'", unquoted.replace('\'', "''"))
+    }
+}
+
+impl Query {
+    /// The SQL with parameters (defaults overridden by `overrides`) and `as_of` filled in.
+    pub fn render(
+        &self,
+        as_of: &chrono::DateTime<chrono::Utc>,
+        overrides: &HashMap<String, String>,
+    ) -> String {
+        let mut sql = self.sql.clone();
+        let as_of = format!(
+            "TIMESTAMP '{}'",
+            as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+        sql = sql.replace("${as_of}", &as_of);
+        for (p, default) in &self.params {
+            let v = overrides.get(p).unwrap_or(default);
+            sql = sql.replace(&format!("${{{p}}}"), &literal(v));
+        }
+        sql
+    }
+
+    /// The file line of a 1-based line within `sql`.
+    pub fn file_line(&self, sql_line: usize) -> usize {
+        self.sql_line + sql_line.saturating_sub(1)
+    }
+
+    /// The first file line where `table` appears as a word, for error messages.
+    pub fn line_of(&self, table: &str) -> usize {
+        for (i, line) in self.sql.lines().enumerate() {
+            let lower = line.to_ascii_lowercase();
+            let t = table.to_ascii_lowercase();
+            let mut from = 0;
+            while let Some(pos) = lower[from..].find(&t) {
+                let s = from + pos;
+                let e = s + t.len();
+                let word =
+                    |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !word(lower[..s].chars().last()) && !word(lower[e..].chars().next()) {
+                    return self.sql_line + i;
+                }
+                from = e;
+            }
+        }
+        self.sql_line
+    }
+}
+
+/// Loads every `*.sql` file of a folder, sorted by file name; names must be unique.
+pub fn load_dir(dir: &Path) -> Result<Vec<Query>, Vec<CatalogError>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return Err(vec![at(dir, 0, format!("cannot read the folder: {e}"))]),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    let mut queries = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match std::fs::read_to_string(&p) {
+            Ok(text) => match parse(&p, &text) {
+                Ok(q) => queries.push(q),
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(at(&p, 0, format!("cannot read: {e}"))),
+        }
+    }
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for q in &queries {
+        if let Some(first) = seen.insert(q.name.clone(), q.path.clone()) {
+            errors.push(at(
+                &q.path,
+                1,
+                format!("name {} is already used by {}", q.name, first.display()),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(queries)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Orders queries so each comes after the queries it reads. `reads[i]` are the table names
+/// query `i` references; `known_tables` are the lake's. Unknown tables and cycles are errors
+/// naming the file and line.
+pub fn order(
+    queries: &[Query],
+    reads: &[BTreeSet<String>],
+    known_tables: &BTreeSet<String>,
+) -> Result<Vec<usize>, Vec<CatalogError>> {
+    let index: HashMap<&str, usize> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.name.as_str(), i))
+        .collect();
+    let mut errors = Vec::new();
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); queries.len()];
+    for (i, tables) in reads.iter().enumerate() {
+        for t in tables {
+            if let Some(&j) = index.get(t.as_str()) {
+                if j == i {
+                    errors.push(at(
+                        &queries[i].path,
+                        queries[i].line_of(t),
+                        format!("{} reads its own output", queries[i].name),
+                    ));
+                } else {
+                    deps[i].insert(j);
+                }
+            } else if !known_tables.contains(t) {
+                errors.push(at(
+                    &queries[i].path,
+                    queries[i].line_of(t),
+                    format!(
+                        "unknown table {t}: not a lake table ({}) nor a query name",
+                        known_tables.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Kahn's algorithm, ties by name for a stable order
+    let mut indegree: Vec<usize> = deps.iter().map(BTreeSet::len).collect();
+    let mut ready: BTreeSet<(String, usize)> = indegree
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d == 0)
+        .map(|(i, _)| (queries[i].name.clone(), i))
+        .collect();
+    let mut out = Vec::new();
+    while let Some(first) = ready.iter().next().cloned() {
+        ready.remove(&first);
+        let i = first.1;
+        out.push(i);
+        for (k, d) in deps.iter().enumerate() {
+            if d.contains(&i) {
+                indegree[k] -= 1;
+                if indegree[k] == 0 {
+                    ready.insert((queries[k].name.clone(), k));
+                }
+            }
+        }
+    }
+    if out.len() < queries.len() {
+        let stuck: Vec<usize> = (0..queries.len()).filter(|i| !out.contains(i)).collect();
+        let names: Vec<&str> = stuck.iter().map(|i| queries[*i].name.as_str()).collect();
+        for &i in &stuck {
+            let on: Vec<&str> = deps[i]
+                .iter()
+                .filter(|j| stuck.contains(j))
+                .map(|j| queries[*j].name.as_str())
+                .collect();
+            let line = on
+                .first()
+                .map_or(queries[i].sql_line, |t| queries[i].line_of(t));
+            errors.push(at(
+                &queries[i].path,
+                line,
+                format!(
+                    "dependency cycle among {}: reads {}",
+                    names.join(", "),
+                    on.join(", ")
+                ),
+            ));
+        }
+        return Err(errors);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(name: &str, sql: &str) -> Query {
+        parse(
+            Path::new(&format!("queries/batch/{name}.sql")),
+            &format!("-- name: {name}\n-- output: lake\n{sql}\n"),
+        )
+        .expect("parses")
+    }
+
+    #[test]
+    fn header_params_and_rendering() {
+        let text = "-- name: pop\n-- description: Book popularity,\n--   decayed.\n-- output: lake, db\n-- keys: book_id\n-- param: half_life_days = 7\n-- param: kind = view\n\nSELECT ${half_life_days} AS h, ${kind} AS k, ${as_of} AS t\n";
+        let q = parse(Path::new("pop.sql"), text).expect("parses");
+        assert_eq!(q.description, "Book popularity, decayed.");
+        assert_eq!(
+            q.outputs,
+            Outputs {
+                lake: true,
+                db: true
+            }
+        );
+        assert_eq!(q.keys, vec!["book_id"]);
+        assert_eq!(q.sql_line, 9);
+        let as_of = chrono::DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z")
+            .expect("ts")
+            .to_utc();
+        let mut o = HashMap::new();
+        o.insert("kind".to_string(), "it's".to_string());
+        assert_eq!(
+            q.render(&as_of, &o),
+            "SELECT 7 AS h, 'it''s' AS k, TIMESTAMP '2026-11-26T00:00:00.000000Z' AS t"
+        );
+    }
+
+    #[test]
+    fn header_errors_point_at_the_line() {
+        let e = parse(
+            Path::new("a.sql"),
+            "-- name: a\n-- output: lake\n-- colour: red\nSELECT 1",
+        )
+        .expect_err("unknown key");
+        assert_eq!((e.line, e.to_string().starts_with("a.sql:3:")), (3, true));
+        let e = parse(
+            Path::new("a.sql"),
+            "-- name: a\n-- output: lake\n\nSELECT\n  ${nope}",
+        )
+        .expect_err("undeclared");
+        assert_eq!(e.line, 5);
+        let e = parse(Path::new("a.sql"), "-- output: lake\nSELECT 1").expect_err("no name");
+        assert!(e.message.contains("name"));
+    }
+
+    #[test]
+    fn order_follows_reads_and_reports_unknowns_and_cycles() {
+        let qs = vec![
+            q("b", "SELECT * FROM a"),
+            q("a", "SELECT * FROM events"),
+            q("c", "SELECT * FROM b JOIN a USING (x)"),
+        ];
+        let known: BTreeSet<String> = ["events".to_string()].into();
+        let reads: Vec<BTreeSet<String>> = vec![
+            ["a".to_string()].into(),
+            ["events".to_string()].into(),
+            ["a".to_string(), "b".to_string()].into(),
+        ];
+        let ord = order(&qs, &reads, &known).expect("acyclic");
+        let names: Vec<&str> = ord.iter().map(|i| qs[*i].name.as_str()).collect();
+        assert_eq!(names, vec!["a", "b", "c"]);
+
+        let unknown = order(&qs[..1], &[["nope".to_string()].into()], &known).expect_err("unknown");
+        assert!(unknown[0].message.contains("unknown table nope"));
+
+        let cyc = vec![q("x", "SELECT * FROM y"), q("y", "SELECT *\nFROM x")];
+        let errs = order(
+            &cyc,
+            &[["y".to_string()].into(), ["x".to_string()].into()],
+            &known,
+        )
+        .expect_err("cycle");
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].message.contains("cycle"));
+        assert_eq!(errs[1].line, 4, "y.sql line of `FROM x`");
+    }
+}

@@ -1,0 +1,358 @@
+//! Checking and running the batch feature queries as a DAG on DataFusion.
+//!
+//! Lake outputs are written per run: `features/<name>/run=<run_id>/part-0.parquet`, then the
+//! pointer `features/<name>/_current` (one atomic put) switches readers to the new run, so a
+//! reader sees the previous run's output or this one's, never a mix. A run record goes to
+//! `features/_runs/<run_id>.json` (start, end, status, rows per output, input watermark).
+//! Reruns with the same `--as-of` produce the same outputs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use chrono::{DateTime, Utc};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+
+use super::catalog::{self, CatalogError, Query};
+use crate::lake::Lake;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Catalog(Vec<CatalogError>),
+    #[error("{0}")]
+    Session(#[from] super::SqlError),
+    #[error("{path}: writing output: {reason}")]
+    Output { path: String, reason: String },
+    #[error("--select {0}: no query has that name")]
+    UnknownSelect(String),
+}
+
+/// Maps a DataFusion error to the query file and line when it carries one.
+fn located(q: &Query, e: &datafusion::error::DataFusionError) -> CatalogError {
+    let msg = e.to_string();
+    // sqlparser reports "… at Line: N, Column: M"
+    let line = msg
+        .split("Line: ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .map(|n| q.file_line(n))
+        .or_else(|| {
+            // unknown columns/tables: point at the first mention in the file
+            let named = msg.split("named ").nth(1).map(|r| {
+                r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches('.')
+            });
+            let quoted = msg.split('\'').nth(1).or_else(|| msg.split('"').nth(1));
+            let name = named
+                .filter(|n| !n.is_empty())
+                .or(quoted)?
+                .rsplit('.')
+                .next()?;
+            Some(q.line_of(name))
+        })
+        .unwrap_or(q.sql_line);
+    CatalogError {
+        path: q.path.clone(),
+        line,
+        message: msg,
+    }
+}
+
+/// Tables a query reads (CTE names excluded).
+fn reads(
+    ctx: &SessionContext,
+    q: &Query,
+    as_of: &DateTime<Utc>,
+) -> Result<BTreeSet<String>, CatalogError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let sql = q.render(as_of, &HashMap::new());
+    let stmt = state
+        .sql_to_statement(&sql, &dialect)
+        .map_err(|e| located(q, &e))?;
+    let refs = state
+        .resolve_table_references(&stmt)
+        .map_err(|e| located(q, &e))?;
+    Ok(refs.iter().map(|r| r.table().to_string()).collect())
+}
+
+/// The queries of `dir` in dependency order, checked against the lake's tables.
+async fn ordered(
+    ctx: &SessionContext,
+    dir: &Path,
+    as_of: &DateTime<Utc>,
+) -> Result<Vec<Query>, RunError> {
+    let queries = catalog::load_dir(dir).map_err(RunError::Catalog)?;
+    let mut all_reads = Vec::new();
+    let mut errors = Vec::new();
+    for q in &queries {
+        match reads(ctx, q, as_of) {
+            Ok(r) => all_reads.push(r),
+            Err(e) => {
+                errors.push(e);
+                all_reads.push(BTreeSet::new());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RunError::Catalog(errors));
+    }
+    let known: BTreeSet<String> = ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .map(|s| s.table_names().into_iter().collect())
+        .unwrap_or_default();
+    let order = catalog::order(&queries, &all_reads, &known).map_err(RunError::Catalog)?;
+    Ok(order.into_iter().map(|i| queries[i].clone()).collect())
+}
+
+/// What `bookrec check` found.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// query names in dependency order
+    pub order: Vec<String>,
+}
+
+/// Parses and plans every query (with default parameters) in dependency order; each
+/// query's output schema is registered (empty) for the ones after it. Reports every error.
+pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
+    let ctx = super::session(lake).await?;
+    let as_of = Utc::now();
+    let queries = ordered(&ctx, dir, &as_of).await?;
+    let mut errors = Vec::new();
+    for q in &queries {
+        let sql = q.render(&as_of, &HashMap::new());
+        match ctx.sql(&sql).await {
+            Ok(df) => {
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                if let Ok(t) = MemTable::try_new(schema, vec![vec![]]) {
+                    let _ = ctx.register_table(q.name.as_str(), Arc::new(t));
+                }
+            }
+            Err(e) => errors.push(located(q, &e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(CheckReport {
+            order: queries.into_iter().map(|q| q.name).collect(),
+        })
+    } else {
+        Err(RunError::Catalog(errors))
+    }
+}
+
+/// One output of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputReport {
+    pub name: String,
+    pub rows: usize,
+    pub seconds: f64,
+    pub lake_path: Option<String>,
+}
+
+/// The record of one batch run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub as_of: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub status: String,
+    pub outputs: Vec<OutputReport>,
+    /// the newest event time and the highest Kafka offset per partition among the input
+    /// events (at or before as_of)
+    pub input_watermark: serde_json::Value,
+    pub error: Option<String>,
+}
+
+/// Runs the selected queries (all when `select` is empty; a selected query brings the
+/// queries it reads) in dependency order. `progress` receives one line per query.
+pub async fn run(
+    lake: &Lake,
+    dir: &Path,
+    select: &[String],
+    as_of: DateTime<Utc>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RunRecord, RunError> {
+    let ctx = super::session(lake).await?;
+    let queries = ordered(&ctx, dir, &as_of).await?;
+    for s in select {
+        if !queries.iter().any(|q| &q.name == s) {
+            return Err(RunError::UnknownSelect(s.clone()));
+        }
+    }
+    let wanted = closure(&ctx, &queries, select, &as_of);
+    let started = Utc::now();
+    let run_id = format!(
+        "{}-{}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let watermark = input_watermark(&ctx, &as_of).await;
+    let mut record = RunRecord {
+        run_id: run_id.clone(),
+        as_of: crate::event::format_ts(&as_of),
+        started_at: crate::event::format_ts(&started),
+        finished_at: String::new(),
+        status: "running".into(),
+        outputs: Vec::new(),
+        input_watermark: watermark,
+        error: None,
+    };
+    let total = wanted.len();
+    let mut done = 0;
+    let mut failure = None;
+    for q in queries.iter().filter(|q| wanted.contains(&q.name)) {
+        done += 1;
+        let t0 = Instant::now();
+        match run_one(&ctx, lake, q, &as_of, &run_id).await {
+            Ok(out) => {
+                progress(&format!(
+                    "[{done}/{total}] {} ({}): {} rows in {:.2} s",
+                    q.name,
+                    q.path.display(),
+                    out.rows,
+                    t0.elapsed().as_secs_f64()
+                ));
+                record.outputs.push(out);
+            }
+            Err(e) => {
+                progress(&format!("[{done}/{total}] {} FAILED", q.name));
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    record.finished_at = crate::event::format_ts(&Utc::now());
+    record.status = if failure.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    }
+    .into();
+    record.error = failure.as_ref().map(ToString::to_string);
+    let text = serde_json::to_vec_pretty(&record).map_err(|e| RunError::Output {
+        path: "features/_runs".into(),
+        reason: e.to_string(),
+    })?;
+    let path = format!("features/_runs/{run_id}.json");
+    lake.put(&path, bytes::Bytes::from(text))
+        .await
+        .map_err(|e| RunError::Output {
+            path,
+            reason: e.to_string(),
+        })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(record),
+    }
+}
+
+/// The selected queries and everything they read, transitively.
+fn closure(
+    ctx: &SessionContext,
+    queries: &[Query],
+    select: &[String],
+    as_of: &DateTime<Utc>,
+) -> BTreeSet<String> {
+    if select.is_empty() {
+        return queries.iter().map(|q| q.name.clone()).collect();
+    }
+    let by_name: BTreeMap<&str, &Query> = queries.iter().map(|q| (q.name.as_str(), q)).collect();
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = select.to_vec();
+    while let Some(n) = todo.pop() {
+        if !out.insert(n.clone()) {
+            continue;
+        }
+        if let Some(q) = by_name.get(n.as_str()) {
+            for r in reads(ctx, q, as_of).unwrap_or_default() {
+                if by_name.contains_key(r.as_str()) {
+                    todo.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn run_one(
+    ctx: &SessionContext,
+    lake: &Lake,
+    q: &Query,
+    as_of: &DateTime<Utc>,
+    run_id: &str,
+) -> Result<OutputReport, RunError> {
+    let t0 = Instant::now();
+    let sql = q.render(as_of, &HashMap::new());
+    let fail = |e: datafusion::error::DataFusionError| RunError::Catalog(vec![located(q, &e)]);
+    let df = ctx.sql(&sql).await.map_err(fail)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches: Vec<RecordBatch> = df.collect().await.map_err(fail)?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    // later queries of this run read this result
+    let table = MemTable::try_new(schema.clone(), vec![batches.clone()]).map_err(fail)?;
+    ctx.deregister_table(q.name.as_str()).map_err(fail)?;
+    ctx.register_table(q.name.as_str(), Arc::new(table))
+        .map_err(fail)?;
+    let mut lake_path = None;
+    if q.outputs.lake {
+        let folder = format!("features/{}/run={run_id}", q.name);
+        let out_err = |reason: String| RunError::Output {
+            path: format!("{folder}/part-0.parquet"),
+            reason,
+        };
+        let all = arrow::compute::concat_batches(&schema, &batches)
+            .map_err(|e| out_err(e.to_string()))?;
+        let bytes = crate::lake::write_parquet(&all).map_err(out_err)?;
+        lake.put(&format!("{folder}/part-0.parquet"), bytes)
+            .await
+            .map_err(|e| out_err(e.to_string()))?;
+        // the switch: readers follow _current
+        lake.put(
+            &format!("features/{}/_current", q.name),
+            bytes::Bytes::from(format!("run={run_id}")),
+        )
+        .await
+        .map_err(|e| out_err(e.to_string()))?;
+        lake_path = Some(folder);
+    }
+    Ok(OutputReport {
+        name: q.name.clone(),
+        rows,
+        seconds: t0.elapsed().as_secs_f64(),
+        lake_path,
+    })
+}
+
+async fn input_watermark(ctx: &SessionContext, as_of: &DateTime<Utc>) -> serde_json::Value {
+    let sql = format!(
+        "SELECT kafka_partition, max(kafka_offset) AS last_offset, max(event_ts) AS last_event_ts \
+         FROM events WHERE event_ts <= TIMESTAMP '{}' GROUP BY kafka_partition ORDER BY 1",
+        as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    );
+    let Ok(batches) = super::query(ctx, &sql).await else {
+        return serde_json::Value::Null;
+    };
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::ArrayWriter::new(&mut buf);
+        for b in &batches {
+            if w.write(b).is_err() {
+                return serde_json::Value::Null;
+            }
+        }
+        if w.finish().is_err() {
+            return serde_json::Value::Null;
+        }
+    }
+    serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)
+}
