@@ -229,13 +229,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => chrono::Utc::now(),
             };
             let lake = crate::lake::Lake::open(&config.lake)?;
-            let record = runtime()?.block_on(crate::sql::runner::run(
-                &lake,
-                &dir,
-                &select,
-                as_of,
-                &mut |line| eprintln!("{line}"),
-            ))?;
+            let record = runtime()?.block_on(async {
+                let store = crate::store::Store::connect(&config.store.url).await?;
+                crate::sql::runner::run(&lake, Some(&store), &dir, &select, as_of, &mut |line| {
+                    eprintln!("{line}")
+                })
+                .await
+                .map_err(anyhow::Error::from)
+            })?;
             println!("{}", serde_json::to_string(&record)?);
             Ok(())
         }

@@ -42,6 +42,13 @@ pub struct Config {
     pub lake: LakeConfig,
     pub land: LandConfig,
     pub batch: BatchConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -295,6 +302,7 @@ impl Config {
             redacted.lake.s3_secret_access_key = REDACTED.to_string();
         }
         redacted.lake.url = redact_url(&redacted.lake.url);
+        redacted.store.url = redact_url(&redacted.store.url);
         for (key, value) in redacted.kafka.extra.iter_mut() {
             if is_secret_key(key) {
                 *value = REDACTED.to_string();

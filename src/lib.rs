@@ -6,7 +6,8 @@
 //! - [`bus`]: the event bus (Kafka);
 //! - [`lake`]: Parquet on object storage (local, S3, memory), its layout;
 //! - [`land`]: Kafka → lake, exactly once;
-//! - [`sql`]: DataFusion sessions over the lake;
+//! - [`sql`]: DataFusion sessions over the lake, the feature DAG;
+//! - [`store`]: the recommendation / feature database (sqlx);
 //! - [`config`]: the one typed configuration tree;
 //! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
 //! - [`cli`]: the command line, which only composes the modules above.
@@ -20,3 +21,4 @@ pub mod lake;
 pub mod land;
 pub mod replay;
 pub mod sql;
+pub mod store;

@@ -2,7 +2,7 @@
 -- description: Activity per book over the last 1, 7 and 30 days (views, clicks, favourites,
 --   cart adds, purchases), the 7-day trend (last 7 days against the 7 before, +1 smoothed)
 --   and a time-decayed popularity score (type weight × 2^(−age / half-life)).
--- output: lake
+-- output: lake, db
 -- keys: book_id
 -- param: half_life_days = 7
 -- param: w_view = 1

@@ -1,7 +1,7 @@
 -- name: category_popularity
 -- description: Popularity per book category for cold start: events and distinct users over
 --   the last 7 days, a time-decayed score summed over the category's books, and the rank.
--- output: lake
+-- output: lake, db
 -- keys: category
 -- param: half_life_days = 7
 SELECT

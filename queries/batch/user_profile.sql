@@ -2,7 +2,7 @@
 -- description: Long-term interest profile per user: activity by event type, the top
 --   categories and authors with their share of the user's book events, first and last seen,
 --   and recency in days.
--- output: lake
+-- output: lake, db
 -- keys: user_id
 -- param: top_n = 5
 WITH ev AS (

@@ -156,6 +156,7 @@ pub struct OutputReport {
     pub rows: usize,
     pub seconds: f64,
     pub lake_path: Option<String>,
+    pub db_table: Option<String>,
 }
 
 /// The record of one batch run.
@@ -177,6 +178,7 @@ pub struct RunRecord {
 /// queries it reads) in dependency order. `progress` receives one line per query.
 pub async fn run(
     lake: &Lake,
+    store: Option<&crate::store::Store>,
     dir: &Path,
     select: &[String],
     as_of: DateTime<Utc>,
@@ -213,7 +215,7 @@ pub async fn run(
     for q in queries.iter().filter(|q| wanted.contains(&q.name)) {
         done += 1;
         let t0 = Instant::now();
-        match run_one(&ctx, lake, q, &as_of, &run_id).await {
+        match run_one(&ctx, lake, store, q, &as_of, &run_id).await {
             Ok(out) => {
                 progress(&format!(
                     "[{done}/{total}] {} ({}): {} rows in {:.2} s",
@@ -250,6 +252,25 @@ pub async fn run(
             path,
             reason: e.to_string(),
         })?;
+    if let Some(store) = store {
+        let outputs = serde_json::to_string(&record.outputs).unwrap_or_default();
+        store
+            .record_run(
+                &record.run_id,
+                &record.as_of,
+                &record.started_at,
+                &record.finished_at,
+                &record.status,
+                &outputs,
+                &record.input_watermark.to_string(),
+                record.error.as_deref(),
+            )
+            .await
+            .map_err(|e| RunError::Output {
+                path: "batch_runs".into(),
+                reason: e.to_string(),
+            })?;
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(record),
@@ -287,6 +308,7 @@ fn closure(
 async fn run_one(
     ctx: &SessionContext,
     lake: &Lake,
+    store: Option<&crate::store::Store>,
     q: &Query,
     as_of: &DateTime<Utc>,
     run_id: &str,
@@ -325,9 +347,27 @@ async fn run_one(
         .map_err(|e| out_err(e.to_string()))?;
         lake_path = Some(folder);
     }
+    let mut db_table = None;
+    if q.outputs.db {
+        let Some(store) = store else {
+            return Err(RunError::Output {
+                path: q.path.display().to_string(),
+                reason: "output: db, but no store is configured".into(),
+            });
+        };
+        store
+            .replace_feature(&q.name, &schema, &q.keys, &batches)
+            .await
+            .map_err(|e| RunError::Output {
+                path: format!("feat_{}", q.name),
+                reason: e.to_string(),
+            })?;
+        db_table = Some(format!("feat_{}", q.name));
+    }
     Ok(OutputReport {
         name: q.name.clone(),
         rows,
+        db_table,
         seconds: t0.elapsed().as_secs_f64(),
         lake_path,
     })

@@ -11,7 +11,7 @@ use bookrec::event::{Event, EventType};
 use bookrec::lake::Lake;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-fn as_of() -> DateTime<Utc> {
+pub fn as_of() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0)
         .single()
         .expect("date")
@@ -40,7 +40,7 @@ fn ev(user: &str, kind: &str, book: &str, days_ago: f64, rating: Option<f64>) ->
 }
 
 /// The fixture: 6 events of 3 users on 2 books, and the 2 books via CDC.
-async fn fixture_lake(dir: &Path) -> Lake {
+pub async fn fixture_lake(dir: &Path) -> Lake {
     let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
     cfg.lake.url = format!("file://{}", dir.display());
     let lake = Lake::open(&cfg.lake).expect("lake");
@@ -102,7 +102,7 @@ async fn fixture_lake(dir: &Path) -> Lake {
     lake
 }
 
-fn queries_dir() -> std::path::PathBuf {
+pub fn queries_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/batch")
 }
 
@@ -158,7 +158,7 @@ async fn shipped_features_match_hand_computed_values() {
         .await
         .expect("every shipped query plans");
     assert_eq!(check.order.len(), 4);
-    let record = bookrec::sql::runner::run(&lake, &queries_dir(), &[], as_of(), &mut |_| {})
+    let record = bookrec::sql::runner::run(&lake, None, &queries_dir(), &[], as_of(), &mut |_| {})
         .await
         .expect("batch run");
     assert_eq!(record.status, "succeeded");
@@ -224,6 +224,7 @@ async fn shipped_features_match_hand_computed_values() {
     // a rerun with the same as_of gives the same outputs, switched atomically
     let again = bookrec::sql::runner::run(
         &lake,
+        None,
         &queries_dir(),
         &["interactions".into()],
         as_of(),

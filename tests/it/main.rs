@@ -7,4 +7,5 @@ mod cli;
 mod collect;
 mod compose;
 mod land;
+mod store;
 mod support;

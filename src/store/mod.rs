@@ -1,0 +1,493 @@
+//! The recommendation / feature database through sqlx: SQLite (default), MySQL/MariaDB and
+//! PostgreSQL with one code path (sqlx's `Any` driver) and portable SQL. The only module
+//! that names `sqlx`.
+//!
+//! Migrations are a numbered list applied once each (`bookrec_migrations`). Feature outputs
+//! (`feat_<name>`) are replaced whole in one transaction per run, so a reader sees the last
+//! run's rows or the new run's, and a rerun writes the same rows again.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef, TimeUnit};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store.url {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migration {version} ({name}) on {url}: {source}")]
+    Migrate {
+        version: i64,
+        name: &'static str,
+        url: String,
+        source: sqlx::Error,
+    },
+    #[error("table {table}: {source}")]
+    Table { table: String, source: sqlx::Error },
+    #[error("table {table}: column {column} has type {data_type}, which the store cannot hold")]
+    Unsupported {
+        table: String,
+        column: String,
+        data_type: String,
+    },
+}
+
+/// Which SQL dialect the URL speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    MySql,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    url: String,
+}
+
+/// `(version, name, statements)`: portable DDL, applied in order, once.
+const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
+    1,
+    "batch runs",
+    &["CREATE TABLE IF NOT EXISTS batch_runs (
+        run_id VARCHAR(64) PRIMARY KEY,
+        as_of VARCHAR(40) NOT NULL,
+        started_at VARCHAR(40) NOT NULL,
+        finished_at VARCHAR(40) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        outputs TEXT NOT NULL,
+        input_watermark TEXT NOT NULL,
+        error TEXT
+    )"],
+)];
+
+impl Store {
+    /// Connects (creating a SQLite file when needed) and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let shown = crate::config::redact_url(url);
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Dialect::MySql
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Connect {
+                url: shown,
+                source: sqlx::Error::Configuration(
+                    "use sqlite://PATH, mysql://… or postgres://…".into(),
+                ),
+            });
+        };
+        let mut connect_url = url.replacen("mariadb:", "mysql:", 1);
+        if dialect == Dialect::Sqlite {
+            if let Some(path) = connect_url
+                .strip_prefix("sqlite://")
+                .map(|p| p.split('?').next().unwrap_or(p).to_string())
+                && let Some(parent) = std::path::Path::new(&path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            if !connect_url.contains("mode=") {
+                connect_url.push_str(if connect_url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 1 } else { 5 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&connect_url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+        let store = Store {
+            pool,
+            dialect,
+            url: shown,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let err = |version, name, source| StoreError::Migrate {
+            version,
+            name,
+            url: self.url.clone(),
+            source,
+        };
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bookrec_migrations (
+                version BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, applied_at VARCHAR(40) NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| err(0, "migrations table", e))?;
+        for (version, name, statements) in MIGRATIONS {
+            let select = format!(
+                "SELECT version FROM bookrec_migrations WHERE version = {}",
+                self.placeholders(1, 0)
+            );
+            let done: Option<AnyRow> = sqlx::query(&select)
+                .bind(*version)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| err(*version, name, e))?;
+            if done.is_some() {
+                continue;
+            }
+            for stmt in *statements {
+                sqlx::query(stmt)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| err(*version, name, e))?;
+            }
+            let insert = format!(
+                "INSERT INTO bookrec_migrations (version, name, applied_at) VALUES ({})",
+                self.placeholders(3, 0)
+            );
+            sqlx::query(&insert)
+                .bind(*version)
+                .bind(*name)
+                .bind(crate::event::format_ts(&chrono::Utc::now()))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| err(*version, name, e))?;
+        }
+        Ok(())
+    }
+
+    fn placeholders(&self, n: usize, offset: usize) -> String {
+        (0..n)
+            .map(|i| match self.dialect {
+                Dialect::MySql => "?".to_string(),
+                _ => format!("${}", offset + i + 1),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Records a batch run.
+    #[allow(clippy::too_many_arguments, reason = "one column each")]
+    pub async fn record_run(
+        &self,
+        run_id: &str,
+        as_of: &str,
+        started_at: &str,
+        finished_at: &str,
+        status: &str,
+        outputs: &str,
+        input_watermark: &str,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO batch_runs (run_id, as_of, started_at, finished_at, status, outputs, input_watermark, error) VALUES ({})",
+            self.placeholders(8, 0)
+        );
+        sqlx::query(&sql)
+            .bind(run_id)
+            .bind(as_of)
+            .bind(started_at)
+            .bind(finished_at)
+            .bind(status)
+            .bind(outputs)
+            .bind(input_watermark)
+            .bind(error)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Table {
+                table: "batch_runs".into(),
+                source,
+            })
+    }
+
+    /// Replaces the contents of `feat_<name>` with `batches`, in one transaction (the
+    /// table is recreated first when its columns changed).
+    pub async fn replace_feature(
+        &self,
+        name: &str,
+        schema: &SchemaRef,
+        keys: &[String],
+        batches: &[RecordBatch],
+    ) -> Result<u64, StoreError> {
+        let table = format!("feat_{name}");
+        let terr = |source| StoreError::Table {
+            table: table.clone(),
+            source,
+        };
+        let mut columns = Vec::new();
+        for f in schema.fields() {
+            let sql_type = match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    if keys.contains(f.name()) {
+                        "VARCHAR(255)"
+                    } else {
+                        "TEXT"
+                    }
+                }
+                DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64 => "BIGINT",
+                DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
+                    "DOUBLE PRECISION"
+                }
+                DataType::Timestamp(_, _) | DataType::Date32 => "VARCHAR(40)",
+                DataType::Boolean => "BOOLEAN",
+                other => {
+                    return Err(StoreError::Unsupported {
+                        table: table.clone(),
+                        column: f.name().clone(),
+                        data_type: other.to_string(),
+                    });
+                }
+            };
+            columns.push((f.name().clone(), sql_type));
+        }
+        let want: Vec<String> = columns.iter().map(|(c, _)| c.to_lowercase()).collect();
+        // recreate the table when its columns differ from this run's
+        let same = self.columns_of(&table).await.is_some_and(|c| c == want);
+        let mut tx = self.pool.begin().await.map_err(terr)?;
+        if !same {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(terr)?;
+            let mut ddl = columns
+                .iter()
+                .map(|(c, t)| format!("{c} {t}"))
+                .collect::<Vec<_>>();
+            let key_cols: Vec<&String> = keys
+                .iter()
+                .filter(|k| want.contains(&k.to_lowercase()))
+                .collect();
+            if !key_cols.is_empty() {
+                ddl.push(format!(
+                    "PRIMARY KEY ({})",
+                    key_cols
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            sqlx::query(&format!("CREATE TABLE {table} ({})", ddl.join(", ")))
+                .execute(&mut *tx)
+                .await
+                .map_err(terr)?;
+        } else {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(terr)?;
+        }
+        let names = columns
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ncols = columns.len().max(1);
+        let rows_per_stmt = (500 / ncols).max(1);
+        let mut written = 0u64;
+        for batch in batches {
+            let batch = &normalize_types(batch).map_err(|e| StoreError::Unsupported {
+                table: table.clone(),
+                column: "(cast)".into(),
+                data_type: e.to_string(),
+            })?;
+            let mut start = 0;
+            while start < batch.num_rows() {
+                let end = (start + rows_per_stmt).min(batch.num_rows());
+                let values = (start..end)
+                    .map(|r| format!("({})", self.placeholders(ncols, (r - start) * ncols)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("INSERT INTO {table} ({names}) VALUES {values}");
+                let mut q = sqlx::query(&sql);
+                for r in start..end {
+                    for col in batch.columns() {
+                        q = bind_cell(q, col.as_ref(), r);
+                    }
+                }
+                q.execute(&mut *tx).await.map_err(terr)?;
+                written += (end - start) as u64;
+                start = end;
+            }
+        }
+        tx.commit().await.map_err(terr)?;
+        Ok(written)
+    }
+
+    /// Lower-case column names of a table, or None when it does not exist.
+    async fn columns_of(&self, table: &str) -> Option<Vec<String>> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid")
+            }
+            Dialect::MySql => format!(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = '{table}' ORDER BY ordinal_position"
+            ),
+            Dialect::Postgres => format!(
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = '{table}' ORDER BY ordinal_position"
+            ),
+        };
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.ok()?;
+        let cols: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .map(|c| c.to_lowercase())
+            .collect();
+        (!cols.is_empty()).then_some(cols)
+    }
+
+    /// All rows of a feature table as text cells (NULL as None), sorted: for comparisons
+    /// across databases and for tools.
+    pub async fn dump(&self, name: &str) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let table = format!("feat_{name}");
+        let cols = self.columns_of(&table).await.unwrap_or_default();
+        let select = cols
+            .iter()
+            .map(|c| match self.dialect {
+                Dialect::MySql => format!("CAST({c} AS CHAR(16000))"),
+                _ => format!("CAST({c} AS TEXT)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!("SELECT {select} FROM {table}"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Table {
+                table: table.clone(),
+                source,
+            })?;
+        let mut out: Vec<Vec<Option<String>>> = rows
+            .iter()
+            .map(|r| {
+                (0..cols.len())
+                    .map(|i| r.try_get::<Option<String>, _>(i).ok().flatten())
+                    .collect()
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Runs recorded, newest first: `(run_id, status)`.
+    pub async fn runs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, status FROM batch_runs ORDER BY started_at DESC, run_id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::Table {
+            table: "batch_runs".into(),
+            source,
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+            .collect())
+    }
+}
+
+/// Integers as Int64 and floats as Float64, the two numeric types bound to the database.
+fn normalize_types(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => arrow::compute::cast(c, &DataType::Int64),
+            DataType::Float32 | DataType::Decimal128(_, _) => {
+                arrow::compute::cast(c, &DataType::Float64)
+            }
+            _ => Ok(c.clone()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds one Arrow cell. Floats are rounded to 12 significant digits so that the three
+/// databases (whose float text forms differ) hold the same values.
+fn bind_cell<'q>(q: AnyQuery<'q>, col: &dyn Array, row: usize) -> AnyQuery<'q> {
+    if col.is_null(row) {
+        return match col.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => q.bind(None::<i64>),
+            DataType::Float32 | DataType::Float64 => q.bind(None::<f64>),
+            DataType::Boolean => q.bind(None::<bool>),
+            _ => q.bind(None::<String>),
+        };
+    }
+    match col.data_type() {
+        DataType::Int64 => q.bind(col.as_primitive::<Int64Type>().value(row)),
+        DataType::Int32 => q.bind(i64::from(col.as_primitive::<Int32Type>().value(row))),
+        DataType::Float64 => q.bind(round12(col.as_primitive::<Float64Type>().value(row))),
+        DataType::Boolean => q.bind(col.as_boolean().value(row)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let us = col
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row);
+            let ts = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+            q.bind(crate::event::format_ts(&ts))
+        }
+        _ => {
+            let text = arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
+            q.bind(text)
+        }
+    }
+}
+
+fn round12(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let digits = 12 - x.abs().log10().ceil() as i32;
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Shared handle type for services.
+pub type SharedStore = Arc<Store>;
