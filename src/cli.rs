@@ -63,6 +63,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         queries: Option<PathBuf>,
     },
+    /// Long-running scheduler of batch runs (cron jobs from config), one run at a time
+    /// across machines (a lease in the store).
+    Schedule,
     /// Lake maintenance.
     Lake {
         #[command(subcommand)]
@@ -239,6 +242,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!("{}", serde_json::to_string(&record)?);
             Ok(())
+        }
+        Command::Schedule => {
+            init_logging(&config)?;
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            runtime()?.block_on(async {
+                let store = crate::store::Store::connect(&config.store.url).await?;
+                let cancel = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(cancel.clone()));
+                let holder = format!(
+                    "{}:{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+                    std::process::id()
+                );
+                crate::sql::schedule::run(
+                    &config.schedule,
+                    &lake,
+                    &store,
+                    &config.batch.queries_dir,
+                    &holder,
+                    cancel,
+                )
+                .await?;
+                Ok::<(), anyhow::Error>(())
+            })
         }
         Command::Lake {
             command: LakeCommand::Compact { grace_hours },

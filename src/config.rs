@@ -43,6 +43,36 @@ pub struct Config {
     pub land: LandConfig,
     pub batch: BatchConfig,
     pub store: StoreConfig,
+    pub schedule: ScheduleConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub missed_run_policy: MissedRunPolicy,
+    pub lease_ttl_secs: u64,
+    pub tick_ms: u64,
+    pub jobs: Vec<JobConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub name: String,
+    /// cron with seconds: `sec min hour day-of-month month day-of-week`
+    pub cron: String,
+    /// the queries to run (empty: all)
+    #[serde(default)]
+    pub select: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRunPolicy {
+    /// one catch-up run as soon as possible
+    RunOnce,
+    /// wait for the next scheduled time
+    Skip,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

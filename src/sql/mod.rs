@@ -21,6 +21,7 @@ use crate::lake::Lake;
 
 pub mod catalog;
 pub mod runner;
+pub mod schedule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {

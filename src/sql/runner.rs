@@ -182,7 +182,7 @@ pub async fn run(
     dir: &Path,
     select: &[String],
     as_of: DateTime<Utc>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
     let ctx = super::session(lake).await?;
     let queries = ordered(&ctx, dir, &as_of).await?;

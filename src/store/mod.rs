@@ -50,10 +50,11 @@ pub struct Store {
 }
 
 /// `(version, name, statements)`: portable DDL, applied in order, once.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "batch runs",
-    &["CREATE TABLE IF NOT EXISTS batch_runs (
+const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+    (
+        1,
+        "batch runs",
+        &["CREATE TABLE IF NOT EXISTS batch_runs (
         run_id VARCHAR(64) PRIMARY KEY,
         as_of VARCHAR(40) NOT NULL,
         started_at VARCHAR(40) NOT NULL,
@@ -63,7 +64,23 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
         input_watermark TEXT NOT NULL,
         error TEXT
     )"],
-)];
+    ),
+    (
+        2,
+        "scheduler lease and state",
+        &[
+            "CREATE TABLE IF NOT EXISTS scheduler_lease (
+            name VARCHAR(64) PRIMARY KEY,
+            holder VARCHAR(200) NOT NULL,
+            expires_at_ms BIGINT NOT NULL
+        )",
+            "CREATE TABLE IF NOT EXISTS schedule_state (
+            job VARCHAR(64) PRIMARY KEY,
+            last_fire VARCHAR(40) NOT NULL
+        )",
+        ],
+    ),
+];
 
 impl Store {
     /// Connects (creating a SQLite file when needed) and applies pending migrations.
@@ -390,6 +407,157 @@ impl Store {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Takes (or renews) the lease `name` for `holder` until now + `ttl`. True when this
+    /// holder has it: nobody held it, it expired, or this holder already had it.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let expires = now + ttl.as_millis() as i64;
+        let terr = |source| StoreError::Table {
+            table: "scheduler_lease".into(),
+            source,
+        };
+        let insert = format!(
+            "INSERT INTO scheduler_lease (name, holder, expires_at_ms) VALUES ({})",
+            self.placeholders(3, 0)
+        );
+        if sqlx::query(&insert)
+            .bind(name)
+            .bind(holder)
+            .bind(expires)
+            .execute(&self.pool)
+            .await
+            .is_ok()
+        {
+            return Ok(true);
+        }
+        let p = |i| self.placeholders(1, i);
+        let update = format!(
+            "UPDATE scheduler_lease SET holder = {}, expires_at_ms = {} WHERE name = {} AND (holder = {} OR expires_at_ms < {})",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4)
+        );
+        let done = sqlx::query(&update)
+            .bind(holder)
+            .bind(expires)
+            .bind(name)
+            .bind(holder)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(terr)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up (when `holder` has it).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE scheduler_lease SET expires_at_ms = 0 WHERE name = {} AND holder = {}",
+            self.placeholders(1, 0),
+            self.placeholders(1, 1)
+        );
+        sqlx::query(&sql)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Table {
+                table: "scheduler_lease".into(),
+                source,
+            })
+    }
+
+    /// The last scheduled time a job was started for.
+    pub async fn last_fire(
+        &self,
+        job: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let sql = format!(
+            "SELECT last_fire FROM schedule_state WHERE job = {}",
+            self.placeholders(1, 0)
+        );
+        let row = sqlx::query(&sql)
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Table {
+                table: "schedule_state".into(),
+                source,
+            })?;
+        Ok(row
+            .and_then(|r| r.try_get::<String, _>(0).ok())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.to_utc()))
+    }
+
+    pub async fn set_last_fire(
+        &self,
+        job: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        let terr = |source| StoreError::Table {
+            table: "schedule_state".into(),
+            source,
+        };
+        let ts = crate::event::format_ts(&at);
+        let update = format!(
+            "UPDATE schedule_state SET last_fire = {} WHERE job = {}",
+            self.placeholders(1, 0),
+            self.placeholders(1, 1)
+        );
+        let done = sqlx::query(&update)
+            .bind(ts.clone())
+            .bind(job)
+            .execute(&self.pool)
+            .await
+            .map_err(terr)?;
+        if done.rows_affected() == 0 {
+            let insert = format!(
+                "INSERT INTO schedule_state (job, last_fire) VALUES ({})",
+                self.placeholders(2, 0)
+            );
+            sqlx::query(&insert)
+                .bind(job)
+                .bind(ts)
+                .execute(&self.pool)
+                .await
+                .map_err(terr)?;
+        }
+        Ok(())
+    }
+
+    /// Runs recorded, oldest first: `(run_id, status, started_at, finished_at)`.
+    pub async fn run_times(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, status, started_at, finished_at FROM batch_runs ORDER BY started_at, run_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::Table {
+            table: "batch_runs".into(),
+            source,
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.try_get(0).ok()?,
+                    r.try_get(1).ok()?,
+                    r.try_get(2).ok()?,
+                    r.try_get(3).ok()?,
+                ))
+            })
+            .collect())
     }
 
     /// Runs recorded, newest first: `(run_id, status)`.

@@ -158,9 +158,20 @@ async fn shipped_features_match_hand_computed_values() {
         .await
         .expect("every shipped query plans");
     assert_eq!(check.order.len(), 4);
-    let record = bookrec::sql::runner::run(&lake, None, &queries_dir(), &[], as_of(), &mut |_| {})
-        .await
-        .expect("batch run");
+    let store =
+        bookrec::store::Store::connect(&format!("sqlite://{}/bookrec.db", dir.path().display()))
+            .await
+            .expect("sqlite store");
+    let record = bookrec::sql::runner::run(
+        &lake,
+        Some(&store),
+        &queries_dir(),
+        &[],
+        as_of(),
+        &mut |_| {},
+    )
+    .await
+    .expect("batch run");
     assert_eq!(record.status, "succeeded");
     let h = |days: f64, half: f64| 2f64.powf(-days / half);
 
@@ -224,7 +235,7 @@ async fn shipped_features_match_hand_computed_values() {
     // a rerun with the same as_of gives the same outputs, switched atomically
     let again = bookrec::sql::runner::run(
         &lake,
-        None,
+        Some(&store),
         &queries_dir(),
         &["interactions".into()],
         as_of(),

@@ -7,5 +7,6 @@ mod cli;
 mod collect;
 mod compose;
 mod land;
+mod schedule;
 mod store;
 mod support;

@@ -7,8 +7,8 @@ use crate::batch::{as_of, fixture_lake, queries_dir};
 use crate::support::unique;
 
 /// A fresh database on each server (dropped at the end), and a SQLite file.
-struct Databases {
-    urls: Vec<String>,
+pub struct Databases {
+    pub urls: Vec<String>,
     mysql_db: String,
     pg_db: String,
     _dir: tempfile::TempDir,
@@ -18,7 +18,7 @@ const MYSQL_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl Databases {
-    async fn create() -> Databases {
+    pub async fn create() -> Databases {
         let name = unique("bookrec_it").replace('-', "_");
         let mut my = sqlx::MySqlConnection::connect(MYSQL_ADMIN)
             .await
@@ -47,7 +47,7 @@ impl Databases {
         }
     }
 
-    async fn drop_all(self) {
+    pub async fn drop_all(self) {
         if let Ok(mut my) = sqlx::MySqlConnection::connect(MYSQL_ADMIN).await {
             let _ = sqlx::query(&format!("DROP DATABASE {}", self.mysql_db))
                 .execute(&mut my)
