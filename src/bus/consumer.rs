@@ -26,6 +26,19 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+impl From<&rdkafka::message::BorrowedMessage<'_>> for Record {
+    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
 /// A change of the partitions this member owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -125,17 +138,9 @@ impl KafkaConsumer {
     /// The next record, or `None` when nothing arrived within `timeout`. Rebalances happen
     /// inside this call; collect them with [`KafkaConsumer::take_rebalances`].
     pub fn poll(&self, timeout: Duration) -> Option<Result<Record, BusError>> {
-        self.consumer.poll(timeout).map(|r| {
-            r.map(|m| Record {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                timestamp_ms: m.timestamp().to_millis(),
-            })
-            .map_err(|e| self.err(e))
-        })
+        self.consumer
+            .poll(timeout)
+            .map(|r| r.map(|m| Record::from(&m)).map_err(|e| self.err(e)))
     }
 
     pub fn take_rebalances(&self) -> Vec<Membership> {
@@ -255,14 +260,7 @@ pub fn read_topic(
             if m.offset() + 1 >= highs.get(&m.partition()).copied().unwrap_or(0) {
                 done.insert(m.partition());
             }
-            out.push(Record {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                timestamp_ms: m.timestamp().to_millis(),
-            });
+            out.push(Record::from(&m));
         }
     }
     drop(tpl);

@@ -189,15 +189,7 @@ impl super::Lake {
     ) -> Result<CompactReport, super::LakeError> {
         use super::LakeError;
         let prefix = self.path(super::layout::EVENTS);
-        let all: Vec<ObjectMeta> =
-            self.raw
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| LakeError::Object {
-                    path: prefix.to_string(),
-                    source,
-                })?;
+        let all = self.list_raw(super::layout::EVENTS).await?;
         let visible_now = visible(&self.raw, all)
             .await
             .map_err(|source| LakeError::Object {

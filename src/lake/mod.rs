@@ -232,32 +232,20 @@ impl Lake {
         }
     }
 
-    /// Every object under a lake folder (recursively).
+    /// Every object under a lake folder (recursively), as readers see it.
     pub async fn list(&self, folder: &str) -> Result<Vec<ObjectMeta>, LakeError> {
-        let prefix = self.path(folder);
-        self.store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|source| LakeError::Object {
-                path: prefix.to_string(),
-                source,
-            })
+        list_all(&self.store, &self.path(folder)).await
+    }
+
+    /// Every object under a lake folder, including ones readers do not see.
+    async fn list_raw(&self, folder: &str) -> Result<Vec<ObjectMeta>, LakeError> {
+        list_all(&self.raw, &self.path(folder)).await
     }
 
     /// Every data file ever landed under a folder, parsed from the names: the files that
     /// exist (visible or not) and those that compaction manifests say they replaced.
     pub async fn data_files(&self, folder: &str) -> Result<Vec<DataFile>, LakeError> {
-        let prefix = self.path(folder);
-        let objects: Vec<ObjectMeta> =
-            self.raw
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| LakeError::Object {
-                    path: prefix.to_string(),
-                    source,
-                })?;
+        let objects = self.list_raw(folder).await?;
         let mut out = Vec::new();
         for m in &objects {
             let Some(rel) = self.relative(&m.location) else {
@@ -284,6 +272,20 @@ impl Lake {
         }
         Ok(out)
     }
+}
+
+async fn list_all(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<ObjectMeta>, LakeError> {
+    store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|source| LakeError::Object {
+            path: prefix.to_string(),
+            source,
+        })
 }
 
 impl std::fmt::Display for Lake {

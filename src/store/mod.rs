@@ -562,19 +562,14 @@ impl Store {
 
     /// Runs recorded, newest first: `(run_id, status)`.
     pub async fn runs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT run_id, status FROM batch_runs ORDER BY started_at DESC, run_id DESC",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|source| StoreError::Table {
-            table: "batch_runs".into(),
-            source,
-        })?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
-            .collect())
+        let mut runs: Vec<(String, String)> = self
+            .run_times()
+            .await?
+            .into_iter()
+            .map(|(id, status, _, _)| (id, status))
+            .collect();
+        runs.reverse();
+        Ok(runs)
     }
 }
 
