@@ -237,7 +237,6 @@ pub fn read_topic(
             source,
         })?;
     let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0i64;
     let mut highs = std::collections::HashMap::new();
     for p in md.topics().iter().flat_map(|t| t.partitions()) {
         let (low, high) = consumer
@@ -246,7 +245,6 @@ pub fn read_topic(
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .map_err(client)?;
-            remaining += high - low;
             highs.insert(p.id(), high);
         }
     }
@@ -254,7 +252,7 @@ pub fn read_topic(
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + timeout;
     let mut done: std::collections::HashSet<i32> = std::collections::HashSet::new();
-    while done.len() < highs.len() && std::time::Instant::now() < deadline && remaining > 0 {
+    while done.len() < highs.len() && std::time::Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.map_err(client)?;
             if m.offset() + 1 >= highs.get(&m.partition()).copied().unwrap_or(0) {

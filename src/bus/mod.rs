@@ -18,7 +18,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
-use crate::config::{KafkaConfig, is_secret_key};
+use crate::config::KafkaConfig;
 
 pub use consumer::{KafkaConsumer, Membership, Record};
 
@@ -68,22 +68,6 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         cc.set(k, v);
     }
     cc
-}
-
-/// The `extra` map, printable (secrets redacted).
-pub fn describe_extra(cfg: &KafkaConfig) -> String {
-    cfg.extra
-        .iter()
-        .map(|(k, v)| {
-            let v = if is_secret_key(k) {
-                crate::config::REDACTED
-            } else {
-                v
-            };
-            format!("{k}={v}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// librdkafka reports a down broker many times a second; this context logs such errors
@@ -137,7 +121,6 @@ impl ClientContext for QuietContext {
 
 pub struct KafkaProducer {
     producer: FutureProducer<QuietContext>,
-    brokers: String,
 }
 
 impl KafkaProducer {
@@ -160,20 +143,7 @@ impl KafkaProducer {
                 brokers: cfg.brokers.clone(),
                 source,
             })?;
-        Ok(KafkaProducer {
-            producer,
-            brokers: cfg.brokers.clone(),
-        })
-    }
-
-    /// Waits up to `timeout` for every queued record to be delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        self.producer
-            .flush(timeout)
-            .map_err(|source| BusError::Client {
-                brokers: self.brokers.clone(),
-                source,
-            })
+        Ok(KafkaProducer { producer })
     }
 }
 

@@ -6,7 +6,7 @@
 //! `features/_runs/<run_id>.json` (start, end, status, rows per output, input watermark).
 //! Reruns with the same `--as-of` produce the same outputs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,12 +84,16 @@ fn reads(
     Ok(refs.iter().map(|r| r.table().to_string()).collect())
 }
 
-/// The queries of `dir` in dependency order, checked against the lake's tables.
+/// The tables each query reads, by query name.
+type Reads = HashMap<String, BTreeSet<String>>;
+
+/// The queries of `dir` in dependency order, checked against the lake's tables, and what
+/// each reads.
 async fn ordered(
     ctx: &SessionContext,
     dir: &Path,
     as_of: &DateTime<Utc>,
-) -> Result<Vec<Query>, RunError> {
+) -> Result<(Vec<Query>, Reads), RunError> {
     let queries = catalog::load_dir(dir).map_err(RunError::Catalog)?;
     let mut all_reads = Vec::new();
     let mut errors = Vec::new();
@@ -111,7 +115,15 @@ async fn ordered(
         .map(|s| s.table_names().into_iter().collect())
         .unwrap_or_default();
     let order = catalog::order(&queries, &all_reads, &known).map_err(RunError::Catalog)?;
-    Ok(order.into_iter().map(|i| queries[i].clone()).collect())
+    let reads = queries
+        .iter()
+        .map(|q| q.name.clone())
+        .zip(all_reads)
+        .collect();
+    Ok((
+        order.into_iter().map(|i| queries[i].clone()).collect(),
+        reads,
+    ))
 }
 
 /// What `bookrec check` found.
@@ -126,7 +138,7 @@ pub struct CheckReport {
 pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
     let ctx = super::session(lake).await?;
     let as_of = Utc::now();
-    let queries = ordered(&ctx, dir, &as_of).await?;
+    let (queries, _) = ordered(&ctx, dir, &as_of).await?;
     let mut errors = Vec::new();
     for q in &queries {
         let sql = q.render(&as_of, &HashMap::new());
@@ -185,13 +197,13 @@ pub async fn run(
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
     let ctx = super::session(lake).await?;
-    let queries = ordered(&ctx, dir, &as_of).await?;
+    let (queries, reads) = ordered(&ctx, dir, &as_of).await?;
     for s in select {
         if !queries.iter().any(|q| &q.name == s) {
             return Err(RunError::UnknownSelect(s.clone()));
         }
     }
-    let wanted = closure(&ctx, &queries, select, &as_of);
+    let wanted = closure(&queries, &reads, select);
     let started = Utc::now();
     let run_id = format!(
         "{}-{}",
@@ -278,27 +290,19 @@ pub async fn run(
 }
 
 /// The selected queries and everything they read, transitively.
-fn closure(
-    ctx: &SessionContext,
-    queries: &[Query],
-    select: &[String],
-    as_of: &DateTime<Utc>,
-) -> BTreeSet<String> {
+fn closure(queries: &[Query], reads: &Reads, select: &[String]) -> BTreeSet<String> {
     if select.is_empty() {
         return queries.iter().map(|q| q.name.clone()).collect();
     }
-    let by_name: BTreeMap<&str, &Query> = queries.iter().map(|q| (q.name.as_str(), q)).collect();
     let mut out = BTreeSet::new();
     let mut todo: Vec<String> = select.to_vec();
     while let Some(n) = todo.pop() {
         if !out.insert(n.clone()) {
             continue;
         }
-        if let Some(q) = by_name.get(n.as_str()) {
-            for r in reads(ctx, q, as_of).unwrap_or_default() {
-                if by_name.contains_key(r.as_str()) {
-                    todo.push(r);
-                }
+        for r in reads.get(&n).into_iter().flatten() {
+            if reads.contains_key(r) {
+                todo.push(r.clone());
             }
         }
     }

@@ -6,8 +6,6 @@
 //! (`feat_<name>`) are replaced whole in one transaction per run, so a reader sees the last
 //! run's rows or the new run's, and a rerun writes the same rows again.
 
-use std::sync::Arc;
-
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef, TimeUnit};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -137,10 +135,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     async fn migrate(&self) -> Result<(), StoreError> {
         let err = |version, name, source| StoreError::Migrate {
             version,
@@ -189,6 +183,17 @@ impl Store {
         Ok(())
     }
 
+    /// Runs one statement; an error names `table`.
+    async fn execute(&self, table: &str, q: AnyQuery<'_>) -> Result<u64, StoreError> {
+        q.execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(|source| StoreError::Table {
+                table: table.to_string(),
+                source,
+            })
+    }
+
     fn placeholders(&self, n: usize, offset: usize) -> String {
         (0..n)
             .map(|i| match self.dialect {
@@ -216,7 +221,7 @@ impl Store {
             "INSERT INTO batch_runs (run_id, as_of, started_at, finished_at, status, outputs, input_watermark, error) VALUES ({})",
             self.placeholders(8, 0)
         );
-        sqlx::query(&sql)
+        let q = sqlx::query(&sql)
             .bind(run_id)
             .bind(as_of)
             .bind(started_at)
@@ -224,14 +229,8 @@ impl Store {
             .bind(status)
             .bind(outputs)
             .bind(input_watermark)
-            .bind(error)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|source| StoreError::Table {
-                table: "batch_runs".into(),
-                source,
-            })
+            .bind(error);
+        self.execute("batch_runs", q).await.map(|_| ())
     }
 
     /// Replaces the contents of `feat_<name>` with `batches`, in one transaction (the
@@ -419,10 +418,6 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
         let expires = now + ttl.as_millis() as i64;
-        let terr = |source| StoreError::Table {
-            table: "scheduler_lease".into(),
-            source,
-        };
         let insert = format!(
             "INSERT INTO scheduler_lease (name, holder, expires_at_ms) VALUES ({})",
             self.placeholders(3, 0)
@@ -446,16 +441,13 @@ impl Store {
             p(3),
             p(4)
         );
-        let done = sqlx::query(&update)
+        let q = sqlx::query(&update)
             .bind(holder)
             .bind(expires)
             .bind(name)
             .bind(holder)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(terr)?;
-        Ok(done.rows_affected() == 1)
+            .bind(now);
+        Ok(self.execute("scheduler_lease", q).await? == 1)
     }
 
     /// Gives the lease up (when `holder` has it).
@@ -465,16 +457,8 @@ impl Store {
             self.placeholders(1, 0),
             self.placeholders(1, 1)
         );
-        sqlx::query(&sql)
-            .bind(name)
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|source| StoreError::Table {
-                table: "scheduler_lease".into(),
-                source,
-            })
+        let q = sqlx::query(&sql).bind(name).bind(holder);
+        self.execute("scheduler_lease", q).await.map(|_| ())
     }
 
     /// The last scheduled time a job was started for.
@@ -505,33 +489,20 @@ impl Store {
         job: &str,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), StoreError> {
-        let terr = |source| StoreError::Table {
-            table: "schedule_state".into(),
-            source,
-        };
         let ts = crate::event::format_ts(&at);
         let update = format!(
             "UPDATE schedule_state SET last_fire = {} WHERE job = {}",
             self.placeholders(1, 0),
             self.placeholders(1, 1)
         );
-        let done = sqlx::query(&update)
-            .bind(ts.clone())
-            .bind(job)
-            .execute(&self.pool)
-            .await
-            .map_err(terr)?;
-        if done.rows_affected() == 0 {
+        let q = sqlx::query(&update).bind(ts.clone()).bind(job);
+        if self.execute("schedule_state", q).await? == 0 {
             let insert = format!(
                 "INSERT INTO schedule_state (job, last_fire) VALUES ({})",
                 self.placeholders(2, 0)
             );
-            sqlx::query(&insert)
-                .bind(job)
-                .bind(ts)
-                .execute(&self.pool)
-                .await
-                .map_err(terr)?;
+            let q = sqlx::query(&insert).bind(job).bind(ts);
+            self.execute("schedule_state", q).await?;
         }
         Ok(())
     }
@@ -651,6 +622,3 @@ fn round12(x: f64) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }
-
-/// Shared handle type for services.
-pub type SharedStore = Arc<Store>;

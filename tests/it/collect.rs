@@ -74,7 +74,7 @@ async fn posted_events_arrive_in_kafka_once_in_user_order() {
         posted.push(e);
     }
     collector.wait_drained(Duration::from_secs(60)).await;
-    let records = read_topic(&b, &cfg.kafka.topic, posted.len(), Duration::from_secs(60));
+    let records = read_topic(&b, &cfg.kafka.topic, Duration::from_secs(60));
     assert_eq!(records.len(), posted.len(), "same count");
     let counts = support::id_counts(&records);
     let want: HashSet<String> = posted
@@ -499,24 +499,14 @@ async fn malformed_and_hostile_bodies_get_stable_codes_and_dead_letters() {
     expected_events += 2;
 
     collector.wait_drained(Duration::from_secs(60)).await;
-    let dlq = read_topic(
-        &b,
-        &cfg.kafka.dlq_topic,
-        expected_dead_letters,
-        Duration::from_secs(30),
-    );
+    let dlq = read_topic(&b, &cfg.kafka.dlq_topic, Duration::from_secs(30));
     assert_eq!(dlq.len(), expected_dead_letters);
     for d in &dlq {
         assert!(d.value["code"].is_string(), "{}", d.value);
         assert!(d.value["message"].is_string());
         assert!(d.value["raw"].is_string());
     }
-    let events = read_topic(
-        &b,
-        &cfg.kafka.topic,
-        expected_events,
-        Duration::from_secs(30),
-    );
+    let events = read_topic(&b, &cfg.kafka.topic, Duration::from_secs(30));
     assert_eq!(events.len(), expected_events);
     collector.stop().await;
 }
@@ -544,7 +534,7 @@ async fn a_retried_event_id_is_accepted_once() {
         assert_eq!(v["duplicates"], if attempt == 0 { 0 } else { 1 });
     }
     collector.wait_drained(Duration::from_secs(30)).await;
-    let records = read_topic(&b, &cfg.kafka.topic, 1, Duration::from_secs(20));
+    let records = read_topic(&b, &cfg.kafka.topic, Duration::from_secs(20));
     assert_eq!(records.len(), 1);
     collector.stop().await;
 }
@@ -605,12 +595,7 @@ async fn broker_down_mid_load_loses_nothing_and_duplicates_nothing() {
         .await;
     }
     collector.wait_drained(Duration::from_secs(120)).await;
-    let records = read_topic(
-        &broker.brokers(),
-        &cfg.kafka.topic,
-        accepted.len(),
-        Duration::from_secs(60),
-    );
+    let records = read_topic(&broker.brokers(), &cfg.kafka.topic, Duration::from_secs(60));
     let counts = support::id_counts(&records);
     let missing = accepted
         .iter()
@@ -705,7 +690,7 @@ async fn spooled_events_survive_a_restart_and_drain_later() {
     cfg.kafka.brokers = b.clone();
     let collector = Collector::start(&cfg).await;
     collector.wait_drained(Duration::from_secs(60)).await;
-    let records = read_topic(&b, &cfg.kafka.topic, 25, Duration::from_secs(30));
+    let records = read_topic(&b, &cfg.kafka.topic, Duration::from_secs(30));
     assert_eq!(records.len(), 25);
     collector.stop().await;
 }

@@ -63,6 +63,31 @@ async fn produce(cfg: &Config, records: &[(String, Vec<u8>)]) {
     }
 }
 
+/// `stamped_events(n)` produced to the config's topic; returns them.
+async fn produce_events(cfg: &Config, n: usize) -> Vec<(String, Vec<u8>, String)> {
+    let events = stamped_events(n);
+    let records: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    produce(cfg, &records).await;
+    events
+}
+
+/// The environment that points a `bookrec land` process at `cfg`'s broker, topic, lake and
+/// group, plus `extra` settings.
+fn lander_env(cfg: &Config, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("BOOKREC__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("BOOKREC__KAFKA__TOPIC", cfg.kafka.topic.clone()),
+        ("BOOKREC__LAKE__URL", cfg.lake.url.clone()),
+        ("BOOKREC__LAND__GROUP_ID", cfg.land.group_id.clone()),
+        ("BOOKREC__LOG__FILTER", "warn".to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    env
+}
+
 async fn land(cfg: &Config) -> bookrec::land::LandReport {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
@@ -97,12 +122,7 @@ async fn lands_exactly_once_on(lake_url: &str) {
     let b = brokers();
     support::require_broker(&b);
     let cfg = land_config(&b, lake_url);
-    let events = stamped_events(3000);
-    let records: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v, _)| (k.clone(), v.clone()))
-        .collect();
-    produce(&cfg, &records).await;
+    let events = produce_events(&cfg, 3000).await;
     let report = land(&cfg).await;
     assert_eq!(report.events, 3000, "{report:?}");
     assert!(report.files > 5, "rolled into several files: {report:?}");
@@ -162,12 +182,7 @@ async fn lands_every_event_once_on_s3() {
     support::require_broker(&b);
     let mut cfg = land_config(&b, &url);
     s3.configure(&mut cfg);
-    let events = stamped_events(2000);
-    let records: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v, _)| (k.clone(), v.clone()))
-        .collect();
-    produce(&cfg, &records).await;
+    produce_events(&cfg, 2000).await;
     let report = land(&cfg).await;
     assert_eq!(report.events, 2000);
     assert_eq!(counts(&cfg).await, (2000, 2000));
@@ -226,20 +241,8 @@ async fn killed_mid_run_then_rerun_lands_each_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake_url = format!("file://{}", dir.path().display());
     let cfg = land_config(&b, &lake_url);
-    let events = stamped_events(20_000);
-    let records: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v, _)| (k.clone(), v.clone()))
-        .collect();
-    produce(&cfg, &records).await;
-    let env = [
-        ("BOOKREC__KAFKA__BROKERS", b.clone()),
-        ("BOOKREC__KAFKA__TOPIC", cfg.kafka.topic.clone()),
-        ("BOOKREC__LAKE__URL", lake_url.clone()),
-        ("BOOKREC__LAND__GROUP_ID", cfg.land.group_id.clone()),
-        ("BOOKREC__LAND__MAX_FILE_ROWS", "100".to_string()),
-        ("BOOKREC__LOG__FILTER", "warn".to_string()),
-    ];
+    produce_events(&cfg, 20_000).await;
+    let env = lander_env(&cfg, &[("BOOKREC__LAND__MAX_FILE_ROWS", "100")]);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bookrec"))
         .args(["land", "--until-caught-up"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -280,12 +283,7 @@ async fn two_landers_in_one_group_split_the_partitions() {
     support::require_broker(&b);
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = land_config(&b, &format!("file://{}", dir.path().display()));
-    let events = stamped_events(30_000);
-    let records: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v, _)| (k.clone(), v.clone()))
-        .collect();
-    produce(&cfg, &records).await;
+    produce_events(&cfg, 30_000).await;
     let (a, bb) = tokio::join!(land(&cfg), land(&cfg));
     assert!(
         !a.partitions.is_empty() && !bb.partitions.is_empty(),
@@ -543,12 +541,7 @@ async fn compaction_is_atomic_for_readers_and_keeps_landing_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = land_config(&b, &format!("file://{}", dir.path().display()));
     cfg.land.max_file_rows = 50; // many small files
-    let events = stamped_events(2000);
-    let records: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v, _)| (k.clone(), v.clone()))
-        .collect();
-    produce(&cfg, &records).await;
+    produce_events(&cfg, 2000).await;
     land(&cfg).await;
     let lake = Lake::open(&cfg.lake).expect("lake");
     let before = file_names(&lake).await;
@@ -622,21 +615,9 @@ async fn sigterm_writes_open_files_and_sql_prints_every_format() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake_url = format!("file://{}", dir.path().display());
     let cfg = land_config(&b, &lake_url);
-    let events = stamped_events(500);
-    let records: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|(k, v, _)| (k.clone(), v.clone()))
-        .collect();
-    produce(&cfg, &records).await;
-    let env = [
-        ("BOOKREC__KAFKA__BROKERS", b.clone()),
-        ("BOOKREC__KAFKA__TOPIC", cfg.kafka.topic.clone()),
-        ("BOOKREC__LAKE__URL", lake_url.clone()),
-        ("BOOKREC__LAND__GROUP_ID", cfg.land.group_id.clone()),
-        // nothing rolls by itself: only the shutdown writes the files
-        ("BOOKREC__LAND__MAX_FILE_AGE_MS", "3600000".to_string()),
-        ("BOOKREC__LOG__FILTER", "warn".to_string()),
-    ];
+    produce_events(&cfg, 500).await;
+    // nothing rolls by itself: only the shutdown writes the files
+    let env = lander_env(&cfg, &[("BOOKREC__LAND__MAX_FILE_AGE_MS", "3600000")]);
     let bin = env!("CARGO_BIN_EXE_bookrec");
     let child = std::process::Command::new(bin)
         .arg("land")

@@ -9,10 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bookrec::config::Config;
-use rdkafka::Message;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -109,65 +105,29 @@ impl Collector {
 #[derive(Debug, Clone)]
 pub struct Read {
     pub partition: i32,
-    pub offset: i64,
     pub key: Option<String>,
     pub value: serde_json::Value,
 }
 
-/// Reads every record of `topic` until `expected` are seen (or `timeout`), then a little
-/// longer to catch extras. Sorted by (partition, offset).
-pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("it-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut settle: Option<Instant> = None;
-    loop {
-        if out.len() >= expected && settle.is_none() {
-            settle = Some(Instant::now() + Duration::from_millis(1500));
-        }
-        if settle.is_some_and(|s| Instant::now() > s) || Instant::now() > deadline {
-            break;
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let value = m
-                    .payload()
-                    .map(|p| serde_json::from_slice(p).expect("record value is JSON"))
-                    .unwrap_or(serde_json::Value::Null);
-                out.push(Read {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value,
-                });
-            }
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
-            None => {}
-        }
-    }
-    drop(tpl);
-    out.sort_by_key(|r| (r.partition, r.offset));
-    out
+/// Every record of `topic` up to its high watermarks (call it once the producer side is
+/// drained), sorted by (partition, offset), values parsed as JSON.
+pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Vec<Read> {
+    let mut cfg = Config::load_with_env(None, Vec::new())
+        .expect("defaults")
+        .kafka;
+    cfg.brokers = brokers.to_string();
+    bookrec::bus::consumer::read_topic(&cfg, topic, timeout)
+        .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
+        .into_iter()
+        .map(|r| Read {
+            partition: r.partition,
+            key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            value: r
+                .payload
+                .map(|p| serde_json::from_slice(&p).expect("record value is JSON"))
+                .unwrap_or(serde_json::Value::Null),
+        })
+        .collect()
 }
 
 /// Count of each event_id among records.
