@@ -62,10 +62,60 @@ pub enum Command {
         /// The folder of feature queries (overrides batch.queries_dir)
         #[arg(long, value_name = "DIR")]
         queries: Option<PathBuf>,
+        /// Do not train and publish the ALS model at the end (`--select als` runs only it
+        /// and what it reads)
+        #[arg(long)]
+        skip_als: bool,
     },
     /// Long-running scheduler of batch runs (cron jobs from config), one run at a time
     /// across machines (a lease in the store).
     Schedule,
+    /// Implicit ALS on a file, outside the pipeline.
+    Als {
+        #[command(subcommand)]
+        command: AlsCommand,
+    },
+    /// Offline evaluation of ALS against popularity and item-kNN baselines: precision,
+    /// recall, NDCG, MAP, MRR and coverage at K, as a table or JSON.
+    Eval {
+        /// Parquet or CSV of (user_id, item_id[, weight][, time])
+        #[arg(long, value_name = "FILE")]
+        interactions: PathBuf,
+        #[arg(long, value_enum, default_value = "kfold")]
+        split: SplitKind,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 1)]
+        leave_out: usize,
+        /// Temporal split: test = interactions at or after this epoch second
+        #[arg(long, value_name = "EPOCH_SECS")]
+        cutoff: Option<i64>,
+        /// Temporal split without --cutoff: the newest share held out
+        #[arg(long, default_value_t = 0.2)]
+        test_fraction: f64,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        k: u32,
+        /// Neighbours per item of the item-kNN baseline
+        #[arg(long, default_value_t = 100)]
+        neighbours: usize,
+        /// Grid search over factors × regularization × alpha on a validation split of the
+        /// first fold's training data; the best point is then evaluated
+        #[arg(long)]
+        search: bool,
+        #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
+        grid_factors: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.05,0.5")]
+        grid_regularization: Vec<f32>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,5,10")]
+        grid_alpha: Vec<f32>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        params: AlsArgs,
+        #[command(flatten)]
+        columns: ColumnArgs,
+    },
     /// Lake maintenance.
     Lake {
         #[command(subcommand)]
@@ -115,6 +165,99 @@ pub enum Command {
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// ALS parameters on the command line; each overrides the `[als]` config value.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AlsArgs {
+    #[arg(long, value_name = "N")]
+    factors: Option<usize>,
+    #[arg(long, value_name = "N")]
+    iterations: Option<usize>,
+    #[arg(long, value_name = "X")]
+    regularization: Option<f32>,
+    #[arg(long, value_name = "X")]
+    alpha: Option<f32>,
+    #[arg(long, value_name = "N")]
+    cg_steps: Option<usize>,
+    #[arg(long, value_enum)]
+    solver: Option<crate::als::Solver>,
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Worker threads (0 = one per core)
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+impl AlsArgs {
+    fn apply(&self, mut p: crate::als::Params) -> anyhow::Result<crate::als::Params> {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { p.$f = v; } )* };
+        }
+        set!(factors, iterations, regularization, alpha, cg_steps, solver, seed, threads);
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Which input columns hold the user, the item, the weight and the time.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ColumnArgs {
+    /// User id column (default: user_id)
+    #[arg(long, value_name = "NAME")]
+    user_col: Option<String>,
+    /// Item id column (default: item_id, else book_id)
+    #[arg(long, value_name = "NAME")]
+    item_col: Option<String>,
+    /// Weight column (default: weight when present, else every row weighs 1)
+    #[arg(long, value_name = "NAME")]
+    weight_col: Option<String>,
+    /// Time column, epoch seconds or a timestamp (default: last_ts, timestamp, event_ts or ts)
+    #[arg(long, value_name = "NAME")]
+    time_col: Option<String>,
+}
+
+impl ColumnArgs {
+    fn columns(&self) -> crate::als::files::Columns {
+        crate::als::files::Columns {
+            user: self.user_col.clone(),
+            item: self.item_col.clone(),
+            weight: self.weight_col.clone(),
+            time: self.time_col.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitKind {
+    /// One global time cut-off (--cutoff, or the time leaving --test-fraction after it)
+    Temporal,
+    /// Each user's last --leave-out interactions
+    LeaveLastOut,
+    /// Random --folds-fold cross-validation
+    Kfold,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlsCommand {
+    /// Trains on a Parquet or CSV file of (user_id, item_id[, weight]) and writes
+    /// recommendations.parquet, similar_items.parquet, the factors and model.json to --out.
+    Fit {
+        #[arg(long, value_name = "FILE")]
+        interactions: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Recommendations per user
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        k: u32,
+        /// Similar items per item
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        similar_k: u32,
+        #[command(flatten)]
+        params: AlsArgs,
+        #[command(flatten)]
+        columns: ColumnArgs,
     },
 }
 
@@ -222,6 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             select,
             as_of,
             queries,
+            skip_als,
         } => {
             init_logging(&config)?;
             let dir = queries.unwrap_or(config.batch.queries_dir.clone());
@@ -234,9 +378,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let lake = crate::lake::Lake::open(&config.lake)?;
             let record = runtime()?.block_on(async {
                 let store = crate::store::Store::connect(&config.store.url).await?;
-                crate::sql::runner::run(&lake, Some(&store), &dir, &select, as_of, &mut |line| {
-                    eprintln!("{line}")
-                })
+                let training = crate::sql::runner::Training {
+                    params: config.als.clone(),
+                    publish: config.publish.clone(),
+                };
+                crate::sql::runner::run(
+                    &lake,
+                    Some(&store),
+                    &dir,
+                    &select,
+                    as_of,
+                    (!skip_als).then_some(&training),
+                    &mut |line| eprintln!("{line}"),
+                )
                 .await
                 .map_err(anyhow::Error::from)
             })?;
@@ -260,12 +414,114 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &lake,
                     &store,
                     &config.batch.queries_dir,
+                    Some(&crate::sql::runner::Training {
+                        params: config.als.clone(),
+                        publish: config.publish.clone(),
+                    }),
                     &holder,
                     cancel,
                 )
                 .await?;
                 Ok::<(), anyhow::Error>(())
             })
+        }
+        Command::Als {
+            command:
+                AlsCommand::Fit {
+                    interactions,
+                    out,
+                    k,
+                    similar_k,
+                    params,
+                    columns,
+                },
+        } => {
+            init_logging(&config)?;
+            let params = params.apply(config.als.clone())?;
+            let mut bar = iteration_bar(params.iterations);
+            let report = crate::als::files::fit_to_dir(
+                &interactions,
+                &columns.columns(),
+                &params,
+                k as usize,
+                similar_k as usize,
+                &out,
+                &mut |p| bar(p),
+            )?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Eval {
+            interactions,
+            split,
+            folds,
+            leave_out,
+            cutoff,
+            test_fraction,
+            k,
+            neighbours,
+            search,
+            grid_factors,
+            grid_regularization,
+            grid_alpha,
+            json,
+            params,
+            columns,
+        } => {
+            use crate::als::eval;
+            init_logging(&config)?;
+            let mut params = params.apply(config.als.clone())?;
+            let loaded = crate::als::files::read_interactions(&interactions, &columns.columns())?;
+            let how = match split {
+                SplitKind::Temporal => eval::Split::Temporal {
+                    cutoff,
+                    test_fraction,
+                },
+                SplitKind::LeaveLastOut => eval::Split::LeaveLastOut { k: leave_out },
+                SplitKind::Kfold => eval::Split::KFold {
+                    folds,
+                    seed: params.seed,
+                },
+            };
+            let parts = eval::split(&loaded.data, &how)?;
+            let k = k as usize;
+            let trials = if search {
+                let grid = eval::Grid {
+                    factors: grid_factors,
+                    regularization: grid_regularization,
+                    alpha: grid_alpha,
+                };
+                let trials = eval::search(&parts[0].train, &params, &grid, k, params.seed)?;
+                if let Some(best) = trials.first() {
+                    params = best.params.clone();
+                }
+                Some(trials)
+            } else {
+                None
+            };
+            let algorithms = [
+                eval::Algorithm::Als(params),
+                eval::Algorithm::Popularity,
+                eval::Algorithm::ItemKnn { neighbours },
+            ];
+            let catalogue = loaded.data.items.len();
+            let rows = eval::evaluate(&parts, &algorithms, k, catalogue)?;
+            let report = eval::Report {
+                split: how,
+                folds: parts.iter().map(|p| p.description.clone()).collect(),
+                k,
+                users: loaded.data.users.len(),
+                items: catalogue,
+                interactions: loaded.data.triples.len(),
+                rows,
+                search: trials,
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
         }
         Command::Lake {
             command: LakeCommand::Compact { grace_hours },
@@ -323,6 +579,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+/// Per-iteration progress of a fit: a bar on a TTY, a log line otherwise.
+fn iteration_bar(iterations: usize) -> impl FnMut(crate::als::Progress) {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(iterations as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("als {bar:30} {pos}/{len} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    move |p: crate::als::Progress| match &bar {
+        Some(b) => {
+            b.set_position(p.iteration as u64);
+            b.set_message(format!("loss {:.6}", p.loss));
+            if p.iteration == p.iterations {
+                b.finish();
+            }
+        }
+        None => tracing::info!(
+            iteration = p.iteration,
+            of = p.iterations,
+            loss = p.loss,
+            seconds = p.seconds,
+            "als iteration"
+        ),
     }
 }
 

@@ -44,6 +44,27 @@ pub struct Config {
     pub batch: BatchConfig,
     pub store: StoreConfig,
     pub schedule: ScheduleConfig,
+    /// ALS training parameters (`bookrec batch`, and the defaults of `bookrec als fit`)
+    pub als: crate::als::Params,
+    pub publish: PublishConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// recommendations kept per user
+    pub k: usize,
+    /// similar books kept per book
+    pub similar_k: usize,
+    /// popular books kept (overall and per category)
+    pub popular_k: usize,
+    /// model versions kept in the recommendation DB (the current one included)
+    pub keep_versions: usize,
+    /// a new model whose validation NDCG@k is more than this below the current model's is
+    /// not promoted (absolute, e.g. 0.02)
+    pub ndcg_tolerance: f64,
+    /// share of each user's interactions held out (newest first) to validate a new model
+    pub validation_fraction: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -266,6 +287,28 @@ impl Config {
                     "{} is larger than collect.max_batch_bytes ({})",
                     c.max_event_bytes, c.max_batch_bytes
                 ),
+            });
+        }
+        self.als
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("als: {e}")))?;
+        let p = &self.publish;
+        if p.k == 0 || p.similar_k == 0 || p.popular_k == 0 || p.keep_versions == 0 {
+            return Err(ConfigError::Value {
+                key: "publish",
+                reason: "k, similar_k, popular_k and keep_versions must be greater than 0".into(),
+            });
+        }
+        if !(p.validation_fraction > 0.0 && p.validation_fraction < 1.0) {
+            return Err(ConfigError::Value {
+                key: "publish.validation_fraction",
+                reason: format!("{} is not between 0 and 1", p.validation_fraction),
+            });
+        }
+        if !(p.ndcg_tolerance >= 0.0) {
+            return Err(ConfigError::Value {
+                key: "publish.ndcg_tolerance",
+                reason: format!("{} is not a number >= 0", p.ndcg_tolerance),
             });
         }
         for (topic, table) in &self.land.cdc {

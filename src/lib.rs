@@ -7,11 +7,13 @@
 //! - [`lake`]: Parquet on object storage (local, S3, memory), its layout;
 //! - [`land`]: Kafka → lake, exactly once;
 //! - [`sql`]: DataFusion sessions over the lake, the feature DAG;
+//! - [`als`]: implicit ALS training, ranking and offline evaluation;
 //! - [`store`]: the recommendation / feature database (sqlx);
 //! - [`config`]: the one typed configuration tree;
 //! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
 //! - [`cli`]: the command line, which only composes the modules above.
 
+pub mod als;
 pub mod bus;
 pub mod cli;
 pub mod collect;

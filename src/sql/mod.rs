@@ -20,6 +20,7 @@ use datafusion::prelude::SessionContext;
 use crate::lake::Lake;
 
 pub mod catalog;
+pub mod publish;
 pub mod runner;
 pub mod schedule;
 

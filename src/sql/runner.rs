@@ -28,8 +28,18 @@ pub enum RunError {
     Session(#[from] super::SqlError),
     #[error("{path}: writing output: {reason}")]
     Output { path: String, reason: String },
-    #[error("--select {0}: no query has that name")]
+    #[error("--select {0}: no query has that name (nor is it the als step)")]
     UnknownSelect(String),
+    #[error("{0}")]
+    Publish(#[from] super::publish::PublishError),
+}
+
+/// The ALS step's settings: when given (with a store), a run whose selection includes the
+/// step (an empty selection, or `als`) ends by training and publishing.
+#[derive(Debug, Clone)]
+pub struct Training {
+    pub params: crate::als::Params,
+    pub publish: crate::config::PublishConfig,
 }
 
 /// Maps a DataFusion error to the query file and line when it carries one.
@@ -184,6 +194,9 @@ pub struct RunRecord {
     /// events (at or before as_of)
     pub input_watermark: serde_json::Value,
     pub error: Option<String>,
+    /// the ALS step, when it ran
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<super::publish::PublishReport>,
 }
 
 /// Runs the selected queries (all when `select` is empty; a selected query brings the
@@ -194,16 +207,29 @@ pub async fn run(
     dir: &Path,
     select: &[String],
     as_of: DateTime<Utc>,
+    training: Option<&Training>,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
+    use super::publish;
     let ctx = super::session(lake).await?;
     let (queries, reads) = ordered(&ctx, dir, &as_of).await?;
-    for s in select {
+    let train_step = select.is_empty() || select.iter().any(|s| s == publish::STEP);
+    let train_step = train_step && training.is_some() && store.is_some();
+    let mut select: Vec<String> = select
+        .iter()
+        .filter(|s| s.as_str() != publish::STEP)
+        .cloned()
+        .collect();
+    if train_step && !select.is_empty() {
+        select.push(publish::INPUT.to_owned());
+    }
+    for s in &select {
         if !queries.iter().any(|q| &q.name == s) {
             return Err(RunError::UnknownSelect(s.clone()));
         }
     }
-    let wanted = closure(&queries, &reads, select);
+    let train_step = train_step && queries.iter().any(|q| q.name == publish::INPUT);
+    let wanted = closure(&queries, &reads, &select);
     let started = Utc::now();
     let run_id = format!(
         "{}-{}",
@@ -220,6 +246,7 @@ pub async fn run(
         outputs: Vec::new(),
         input_watermark: watermark,
         error: None,
+        model: None,
     };
     let total = wanted.len();
     let mut done = 0;
@@ -242,6 +269,38 @@ pub async fn run(
                 progress(&format!("[{done}/{total}] {} FAILED", q.name));
                 failure = Some(e);
                 break;
+            }
+        }
+    }
+    if failure.is_none()
+        && train_step
+        && let (Some(t), Some(store)) = (training, store)
+    {
+        let t0 = Instant::now();
+        match publish::train_and_publish(
+            &ctx,
+            lake,
+            store,
+            &t.params,
+            &t.publish,
+            &run_id,
+            &as_of,
+            &record.input_watermark,
+            progress,
+        )
+        .await
+        {
+            Ok(report) => {
+                progress(&format!(
+                    "[als] published {} in {:.2} s",
+                    report.version,
+                    t0.elapsed().as_secs_f64()
+                ));
+                record.model = Some(report);
+            }
+            Err(e) => {
+                progress("[als] FAILED");
+                failure = Some(e.into());
             }
         }
     }

@@ -54,6 +54,7 @@ pub async fn run(
     lake: &Lake,
     store: &Store,
     queries: &std::path::Path,
+    training: Option<&super::runner::Training>,
     holder: &str,
     cancel: CancellationToken,
 ) -> Result<ScheduleReport, ScheduleError> {
@@ -136,6 +137,7 @@ pub async fn run(
                 queries,
                 &job.select,
                 Utc::now(),
+                training,
                 &mut |l| tracing::info!(job = %job.name, "{l}"),
             )
             .await;

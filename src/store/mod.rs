@@ -11,6 +11,9 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef, T
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+mod models;
+pub use models::{ModelVersion, Ranked, RecRow, RecTable};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store.url {url}: {source}")]
@@ -24,6 +27,8 @@ pub enum StoreError {
     },
     #[error("table {table}: {source}")]
     Table { table: String, source: sqlx::Error },
+    #[error("model versions: {reason}")]
+    Model { reason: String },
     #[error("table {table}: column {column} has type {data_type}, which the store cannot hold")]
     Unsupported {
         table: String,
@@ -78,6 +83,7 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         )",
         ],
     ),
+    (3, "model versions and published recommendations", models::MODEL_TABLES),
 ];
 
 impl Store {

@@ -168,6 +168,7 @@ async fn shipped_features_match_hand_computed_values() {
         &queries_dir(),
         &[],
         as_of(),
+        None,
         &mut |_| {},
     )
     .await
@@ -239,6 +240,7 @@ async fn shipped_features_match_hand_computed_values() {
         &queries_dir(),
         &["interactions".into()],
         as_of(),
+        None,
         &mut |_| {},
     )
     .await

@@ -36,7 +36,7 @@ async fn two_schedulers_never_run_at_once() {
         let store = Store::connect(&url).await.expect("store");
         let (lake, cfg, cancel) = (lake.clone(), cfg.clone(), cancel.clone());
         handles.push(tokio::spawn(async move {
-            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), holder, cancel).await
+            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, holder, cancel).await
         }));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -73,7 +73,7 @@ async fn a_missed_run_runs_once_on_start() {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             c.cancel();
         });
-        let report = bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), "me", cancel)
+        let report = bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, "me", cancel)
             .await
             .expect("scheduler");
         assert_eq!(report.runs.len(), expected, "{report:?}");
@@ -94,6 +94,7 @@ async fn a_missed_run_runs_once_on_start() {
         &lake,
         &store2,
         &queries_dir(),
+        None,
         "me",
         cancel,
     )

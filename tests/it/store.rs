@@ -77,6 +77,7 @@ async fn the_same_batch_gives_the_same_outputs_on_sqlite_mariadb_and_postgres() 
                 &queries_dir(),
                 &[],
                 as_of(),
+                None,
                 &mut |_| {},
             )
             .await

@@ -1,0 +1,601 @@
+//! Offline evaluation: splits, ranking metrics at K, baselines, and a small parameter search.
+//!
+//! Protocol (the one the published ML-100k tables use): train on the training part, rank
+//! *every* item for each user (full ranking) with the items the user has in training
+//! excluded, and compare the top K with the user's held-out items. Users without held-out
+//! items are not scored; held-out items the user already has in training are dropped.
+//!
+//! Metric definitions, per user with held-out set T and ranked list L (|L| ≤ K), averaged over
+//! users: precision = hits/K; recall = hits/|T|; NDCG = Σ_hits 1/log2(rank+1) divided by the
+//! same sum over the first min(|T|, K) ranks; MAP = Σ_hits precision@rank / min(|T|, K);
+//! MRR = 1/rank of the first hit; coverage = distinct recommended items / catalogue size.
+
+use std::collections::HashSet;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::AlsError;
+use super::matrix::{Csr, Interactions, Triple};
+use super::recommend::{Scored, recommend_all, top_k};
+use super::train::{Params, fit};
+
+/// How to hold data out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Split {
+    /// Everything at or after `cutoff` (epoch seconds) is test; without a cutoff, the time
+    /// that leaves `test_fraction` of the interactions after it.
+    Temporal {
+        cutoff: Option<i64>,
+        test_fraction: f64,
+    },
+    /// Each user's last `k` interactions (by time, then input order) are test.
+    LeaveLastOut { k: usize },
+    /// Each user's newest `fraction` of interactions (rounded up; users with one
+    /// interaction keep it for training) are test: the validation split of a publish.
+    UserNewest { fraction: f64 },
+    /// Interactions shuffled with `seed` into `folds` parts; each part is test once.
+    KFold { folds: usize, seed: u64 },
+}
+
+/// One train/test split, in the dense indices of the whole data set.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    pub train: Csr,
+    /// Held-out items per user (sorted, without the user's training items).
+    pub test: Vec<Vec<u32>>,
+    pub description: String,
+}
+
+pub fn split(data: &Interactions, how: &Split) -> Result<Vec<Fold>, AlsError> {
+    let (nu, ni) = (data.users.len(), data.items.len());
+    let fold = |train: Vec<&Triple>, test: Vec<&Triple>, description: String| {
+        let train = Csr::build(nu, ni, train.iter().map(|t| (t.user, t.item, t.weight)));
+        let mut held: Vec<Vec<u32>> = vec![Vec::new(); nu];
+        for t in test {
+            if !train.contains(t.user as usize, t.item) {
+                held[t.user as usize].push(t.item);
+            }
+        }
+        for h in &mut held {
+            h.sort_unstable();
+            h.dedup();
+        }
+        Fold {
+            train,
+            test: held,
+            description,
+        }
+    };
+    match how {
+        Split::Temporal {
+            cutoff,
+            test_fraction,
+        } => {
+            let times = data.times.as_ref().ok_or(AlsError::NoTimes)?;
+            let cutoff = match cutoff {
+                Some(c) => *c,
+                None => {
+                    if !(*test_fraction > 0.0 && *test_fraction < 1.0) {
+                        return Err(AlsError::Param {
+                            name: "test_fraction",
+                            reason: "must be between 0 and 1".into(),
+                        });
+                    }
+                    let mut sorted = times.clone();
+                    sorted.sort_unstable();
+                    let at = ((sorted.len() as f64) * (1.0 - test_fraction)) as usize;
+                    sorted[at.min(sorted.len() - 1)]
+                }
+            };
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for (t, &ts) in data.triples.iter().zip(times) {
+                if ts < cutoff { train.push(t) } else { test.push(t) }
+            }
+            Ok(vec![fold(train, test, format!("temporal cutoff {cutoff}"))])
+        }
+        Split::LeaveLastOut { k } => {
+            let (train, test) = newest_per_user(data, |_| *k)?;
+            Ok(vec![fold(train, test, format!("leave last {k} out"))])
+        }
+        Split::UserNewest { fraction } => {
+            if !(*fraction > 0.0 && *fraction < 1.0) {
+                return Err(AlsError::Param {
+                    name: "fraction",
+                    reason: "must be between 0 and 1".into(),
+                });
+            }
+            let (train, test) =
+                newest_per_user(data, |n| ((n as f64) * fraction).ceil() as usize)?;
+            Ok(vec![fold(
+                train,
+                test,
+                format!("newest {:.0}% per user", fraction * 100.0),
+            )])
+        }
+        Split::KFold { folds, seed } => {
+            if *folds < 2 {
+                return Err(AlsError::Param {
+                    name: "folds",
+                    reason: "must be at least 2".into(),
+                });
+            }
+            let mut order: Vec<usize> = (0..data.triples.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(*seed));
+            Ok((0..*folds)
+                .map(|f| {
+                    let (mut train, mut test) = (Vec::new(), Vec::new());
+                    for (pos, &n) in order.iter().enumerate() {
+                        if pos % folds == f {
+                            test.push(&data.triples[n]);
+                        } else {
+                            train.push(&data.triples[n]);
+                        }
+                    }
+                    fold(train, test, format!("fold {}/{folds}", f + 1))
+                })
+                .collect())
+        }
+    }
+}
+
+/// Splits each user's interactions by time (then input order): the newest `held(n)` of the
+/// user's `n` go to test, always leaving at least one for training.
+#[allow(clippy::type_complexity)]
+fn newest_per_user(
+    data: &Interactions,
+    held: impl Fn(usize) -> usize,
+) -> Result<(Vec<&Triple>, Vec<&Triple>), AlsError> {
+    let times = data.times.as_ref().ok_or(AlsError::NoTimes)?;
+    let mut by_user: Vec<Vec<usize>> = vec![Vec::new(); data.users.len()];
+    for (n, t) in data.triples.iter().enumerate() {
+        by_user[t.user as usize].push(n);
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for rows in &mut by_user {
+        rows.sort_by_key(|&n| (times[n], n));
+        let keep = rows.len().saturating_sub(held(rows.len())).max(1.min(rows.len()));
+        let (a, b) = rows.split_at(keep);
+        train.extend(a.iter().map(|&n| &data.triples[n]));
+        test.extend(b.iter().map(|&n| &data.triples[n]));
+    }
+    Ok((train, test))
+}
+
+/// Ranking quality at K, averaged over the evaluated users.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    pub precision: f64,
+    pub recall: f64,
+    pub ndcg: f64,
+    pub map: f64,
+    pub mrr: f64,
+    pub coverage: f64,
+    pub users: usize,
+}
+
+impl Metrics {
+    /// The mean of several folds' metrics (users summed).
+    pub fn mean(all: &[Metrics]) -> Metrics {
+        let n = all.len().max(1) as f64;
+        let avg = |g: fn(&Metrics) -> f64| all.iter().map(g).sum::<f64>() / n;
+        Metrics {
+            precision: avg(|m| m.precision),
+            recall: avg(|m| m.recall),
+            ndcg: avg(|m| m.ndcg),
+            map: avg(|m| m.map),
+            mrr: avg(|m| m.mrr),
+            coverage: avg(|m| m.coverage),
+            users: all.iter().map(|m| m.users).sum(),
+        }
+    }
+}
+
+/// Scores ranked lists (`recs[u]`) against held-out sets (`test[u]`, sorted).
+pub fn metrics(recs: &[Vec<Scored>], test: &[Vec<u32>], k: usize, catalogue: usize) -> Metrics {
+    let mut m = Metrics::default();
+    let mut covered: HashSet<u32> = HashSet::new();
+    for (list, held) in recs.iter().zip(test) {
+        if held.is_empty() {
+            continue;
+        }
+        m.users += 1;
+        let (mut hits, mut dcg, mut ap, mut rr) = (0usize, 0f64, 0f64, 0f64);
+        for (pos, s) in list.iter().take(k).enumerate() {
+            covered.insert(s.item);
+            if held.binary_search(&s.item).is_ok() {
+                hits += 1;
+                dcg += 1.0 / ((pos + 2) as f64).log2();
+                ap += hits as f64 / (pos + 1) as f64;
+                if rr == 0.0 {
+                    rr = 1.0 / (pos + 1) as f64;
+                }
+            }
+        }
+        let ideal = held.len().min(k);
+        let idcg: f64 = (0..ideal).map(|p| 1.0 / ((p + 2) as f64).log2()).sum();
+        m.precision += hits as f64 / k as f64;
+        m.recall += hits as f64 / held.len() as f64;
+        m.ndcg += dcg / idcg;
+        m.map += ap / ideal as f64;
+        m.mrr += rr;
+    }
+    if m.users > 0 {
+        let n = m.users as f64;
+        m.precision /= n;
+        m.recall /= n;
+        m.ndcg /= n;
+        m.map /= n;
+        m.mrr /= n;
+    }
+    m.coverage = covered.len() as f64 / catalogue.max(1) as f64;
+    m
+}
+
+/// A recommender under evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum Algorithm {
+    Als(Params),
+    /// Most-interacted items first (the cold-start fallback).
+    Popularity,
+    /// Item-based kNN: cosine on the binary matrix, `neighbours` kept per item.
+    ItemKnn { neighbours: usize },
+}
+
+impl Algorithm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Als(_) => "als",
+            Algorithm::Popularity => "popularity",
+            Algorithm::ItemKnn { .. } => "item_knn",
+        }
+    }
+
+    /// Top-`k` for every user of `train`, training items excluded.
+    pub fn recommend(&self, train: &Csr, k: usize) -> Result<Vec<Vec<Scored>>, AlsError> {
+        match self {
+            Algorithm::Als(p) => {
+                let model = fit(train, p, &mut |_| {})?;
+                Ok(recommend_all(&model, train, k))
+            }
+            Algorithm::Popularity => {
+                let mut counts = vec![0f32; train.cols];
+                for &i in &train.idx {
+                    counts[i as usize] += 1.0;
+                }
+                Ok(masked_top_k(train, k, |_, scores| {
+                    scores.copy_from_slice(&counts)
+                }))
+            }
+            Algorithm::ItemKnn { neighbours } => {
+                let sims = item_neighbours(train, *neighbours);
+                Ok(masked_top_k(train, k, |u, scores| {
+                    scores.iter_mut().for_each(|s| *s = 0.0);
+                    for &j in train.row(u).0 {
+                        for &(i, s) in &sims[j as usize] {
+                            scores[i as usize] += s;
+                        }
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// Per user: fill scores, hide the user's training items, keep the top `k`.
+fn masked_top_k(
+    train: &Csr,
+    k: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<Vec<Scored>> {
+    (0..train.rows)
+        .into_par_iter()
+        .map_init(
+            || vec![0f32; train.cols],
+            |scores, u| {
+                fill(u, scores);
+                for &i in train.row(u).0 {
+                    scores[i as usize] = f32::NEG_INFINITY;
+                }
+                top_k(scores, k)
+            },
+        )
+        .collect()
+}
+
+/// For each item, its `keep` most cosine-similar items on the binary user × item matrix.
+fn item_neighbours(train: &Csr, keep: usize) -> Vec<Vec<(u32, f32)>> {
+    let by_item = train.transpose();
+    let norms: Vec<f32> = (0..by_item.rows)
+        .map(|i| (by_item.row(i).0.len() as f32).sqrt())
+        .collect();
+    (0..by_item.rows)
+        .into_par_iter()
+        .map_init(
+            || vec![0f32; by_item.rows],
+            |acc, i| {
+                let mut touched: Vec<u32> = Vec::new();
+                for &u in by_item.row(i).0 {
+                    for &j in train.row(u as usize).0 {
+                        if acc[j as usize] == 0.0 {
+                            touched.push(j);
+                        }
+                        acc[j as usize] += 1.0;
+                    }
+                }
+                let mut sims: Vec<(u32, f32)> = touched
+                    .iter()
+                    .filter(|&&j| j as usize != i)
+                    .map(|&j| (j, acc[j as usize] / (norms[i] * norms[j as usize])))
+                    .collect();
+                for &j in &touched {
+                    acc[j as usize] = 0.0;
+                }
+                sims.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                sims.truncate(keep);
+                sims
+            },
+        )
+        .collect()
+}
+
+/// One row of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub algorithm: Algorithm,
+    pub metrics: Metrics,
+    /// Per fold, in order.
+    pub folds: Vec<Metrics>,
+    pub seconds: f64,
+}
+
+/// Evaluates each algorithm on every fold.
+pub fn evaluate(
+    folds: &[Fold],
+    algorithms: &[Algorithm],
+    k: usize,
+    catalogue: usize,
+) -> Result<Vec<Row>, AlsError> {
+    algorithms
+        .iter()
+        .map(|a| {
+            let started = std::time::Instant::now();
+            let per_fold = folds
+                .iter()
+                .map(|f| Ok(metrics(&a.recommend(&f.train, k)?, &f.test, k, catalogue)))
+                .collect::<Result<Vec<_>, AlsError>>()?;
+            Ok(Row {
+                algorithm: a.clone(),
+                metrics: Metrics::mean(&per_fold),
+                folds: per_fold,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        })
+        .collect()
+}
+
+/// The grid of a parameter search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grid {
+    pub factors: Vec<usize>,
+    pub regularization: Vec<f32>,
+    pub alpha: Vec<f32>,
+}
+
+/// One tried point of the search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub params: Params,
+    pub metrics: Metrics,
+}
+
+/// Grid search on a validation split carved out of `train` (a random `1/folds` of its
+/// interactions, by `seed`), ranked by NDCG@k, best first. The test data is never touched.
+pub fn search(
+    train: &Csr,
+    base: &Params,
+    grid: &Grid,
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Trial>, AlsError> {
+    let mut cells: Vec<(u32, u32, f32)> = (0..train.rows)
+        .flat_map(|u| {
+            let (c, v) = train.row(u);
+            c.iter().zip(v).map(move |(&i, &w)| (u as u32, i, w))
+        })
+        .collect();
+    cells.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed));
+    let holdout = cells.len() / 5;
+    let inner = Csr::build(train.rows, train.cols, cells[holdout..].iter().copied());
+    let mut valid: Vec<Vec<u32>> = vec![Vec::new(); train.rows];
+    for &(u, i, _) in &cells[..holdout] {
+        valid[u as usize].push(i);
+    }
+    valid.iter_mut().for_each(|v| v.sort_unstable());
+    let mut trials = Vec::new();
+    for &factors in &grid.factors {
+        for &regularization in &grid.regularization {
+            for &alpha in &grid.alpha {
+                let params = Params {
+                    factors,
+                    regularization,
+                    alpha,
+                    ..base.clone()
+                };
+                let recs = Algorithm::Als(params.clone()).recommend(&inner, k)?;
+                trials.push(Trial {
+                    params,
+                    metrics: metrics(&recs, &valid, k, train.cols),
+                });
+            }
+        }
+    }
+    trials.sort_by(|a, b| b.metrics.ndcg.total_cmp(&a.metrics.ndcg));
+    Ok(trials)
+}
+
+/// An evaluation report: one row per algorithm, the search trials when a search ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub split: Split,
+    pub folds: Vec<String>,
+    pub k: usize,
+    pub users: usize,
+    pub items: usize,
+    pub interactions: usize,
+    pub rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<Vec<Trial>>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} users, {} items, {} interactions; {} ({} fold(s)); metrics @{}",
+            self.users,
+            self.items,
+            self.interactions,
+            self.folds.first().map(String::as_str).unwrap_or("-"),
+            self.folds.len(),
+            self.k
+        )?;
+        if let Some(trials) = &self.search {
+            writeln!(f, "search (validation NDCG@{}), best first:", self.k)?;
+            for t in trials.iter().take(5) {
+                writeln!(
+                    f,
+                    "  factors={:<4} regularization={:<6} alpha={:<6} ndcg={:.4} precision={:.4}",
+                    t.params.factors,
+                    t.params.regularization,
+                    t.params.alpha,
+                    t.metrics.ndcg,
+                    t.metrics.precision
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "{:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "model", "precision", "recall", "ndcg", "map", "mrr", "coverage", "seconds"
+        )?;
+        for r in &self.rows {
+            let m = &r.metrics;
+            writeln!(
+                f,
+                "{:<11} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>8.2}",
+                r.algorithm.name(),
+                m.precision,
+                m.recall,
+                m.ndcg,
+                m.map,
+                m.mrr,
+                m.coverage,
+                r.seconds
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::als::matrix::IdMap;
+
+    #[test]
+    fn metrics_by_hand() {
+        // user 0: held {1, 5}, list [1, 2, 5] → hits at ranks 1 and 3
+        // user 1: held {9},    list [3, 4, 8] → no hit
+        // user 2: nothing held → not scored
+        let s = |i| Scored { item: i, score: 1.0 };
+        let recs = vec![vec![s(1), s(2), s(5)], vec![s(3), s(4), s(8)], vec![s(7)]];
+        let test = vec![vec![1, 5], vec![9], vec![]];
+        let m = metrics(&recs, &test, 3, 10);
+        let dcg0 = 1.0 + 1.0 / 4f64.log2();
+        let idcg0 = 1.0 + 1.0 / 3f64.log2();
+        assert_eq!(m.users, 2);
+        assert!((m.precision - (2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!((m.recall - 0.5).abs() < 1e-12);
+        assert!((m.ndcg - dcg0 / idcg0 / 2.0).abs() < 1e-12);
+        assert!((m.map - (1.0 + 2.0 / 3.0) / 2.0 / 2.0).abs() < 1e-12);
+        assert!((m.mrr - 0.5).abs() < 1e-12);
+        assert!((m.coverage - 6.0 / 10.0).abs() < 1e-12);
+    }
+
+    fn data(rows: &[(&str, &str, i64)]) -> Interactions {
+        let (mut users, mut items) = (IdMap::new(), IdMap::new());
+        let triples = rows
+            .iter()
+            .map(|(u, i, _)| Triple {
+                user: users.intern(u),
+                item: items.intern(i),
+                weight: 1.0,
+            })
+            .collect();
+        Interactions {
+            users,
+            items,
+            triples,
+            times: Some(rows.iter().map(|r| r.2).collect()),
+        }
+    }
+
+    #[test]
+    fn splits_hold_out_what_they_say() {
+        let d = data(&[
+            ("a", "x", 1),
+            ("a", "y", 5),
+            ("a", "z", 9),
+            ("b", "x", 2),
+            ("b", "w", 8),
+        ]);
+        let t = &split(
+            &d,
+            &Split::Temporal {
+                cutoff: Some(6),
+                test_fraction: 0.2,
+            },
+        )
+        .unwrap()[0];
+        assert_eq!(t.train.nnz(), 3);
+        assert_eq!(t.test, vec![vec![2], vec![3]]);
+        let l = &split(&d, &Split::LeaveLastOut { k: 1 }).unwrap()[0];
+        assert_eq!(l.test, vec![vec![2], vec![3]]);
+        let folds = split(&d, &Split::KFold { folds: 5, seed: 1 }).unwrap();
+        let held: usize = folds
+            .iter()
+            .map(|f| f.test.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        assert_eq!((folds.len(), held), (5, 5));
+        assert!(folds.iter().all(|f| f.train.nnz() == 4));
+    }
+
+    #[test]
+    fn baselines_rank_as_expected() {
+        // x is the most popular; c's neighbour items come from a and b, who share x and y
+        let d = data(&[
+            ("a", "x", 0),
+            ("a", "y", 0),
+            ("b", "x", 0),
+            ("b", "y", 0),
+            ("b", "z", 0),
+            ("c", "x", 0),
+            ("d", "q", 0),
+        ]);
+        let m = d.matrix();
+        let pop = Algorithm::Popularity.recommend(&m, 1).unwrap();
+        assert_eq!(pop[3][0].item, d.items.get("x").unwrap());
+        let knn = Algorithm::ItemKnn { neighbours: 10 }.recommend(&m, 2).unwrap();
+        let c: Vec<&str> = knn[2].iter().map(|s| d.items.id(s.item)).collect();
+        assert_eq!(c, vec!["y", "z"]);
+        // a has x and y: z is the only neighbour with a positive score
+        assert_eq!(d.items.id(knn[0][0].item), "z");
+        assert!(knn[0][0].score > 0.0 && knn[0][1].score == 0.0);
+    }
+}

@@ -1,0 +1,494 @@
+//! Implicit-feedback ALS (Hu, Koren & Volinsky 2008).
+//!
+//! Every observed cell `w > 0` becomes preference 1 with confidence `c = 1 + α·w`; every other
+//! cell is preference 0 with confidence 1. Each half-step solves, per user `u`,
+//! `(YᵀY + Yᵀ(Cᵤ − I)Y + λI) xᵤ = YᵀCᵤp(u)` — with a few conjugate-gradient steps warm-started
+//! from the previous factors (as the `implicit` library does) or exactly by Cholesky.
+//!
+//! Layout: factors are contiguous rows of `f32` (`rows × factors`), the matrix is read by
+//! user (CSR) in one half-step and by item (its transpose) in the other, and the inner loops
+//! are plain slices the compiler vectorises. Rows are solved in parallel on a rayon pool;
+//! each row's solve depends only on the other side's factors, and the Gram matrix is summed
+//! in fixed chunks in a fixed order, so the same seed gives the same model on any number of
+//! threads.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::AlsError;
+use super::matrix::Csr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    /// Conjugate gradient, `cg_steps` steps per row, warm-started (fast; the default).
+    Cg,
+    /// Exact solve by Cholesky factorisation (slower; a reference).
+    Cholesky,
+}
+
+/// Training parameters (defaults tuned on ML-100k, see BENCHMARKS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub factors: usize,
+    pub regularization: f32,
+    pub alpha: f32,
+    pub iterations: usize,
+    pub cg_steps: usize,
+    pub solver: Solver,
+    pub seed: u64,
+    /// Worker threads; 0 = one per core.
+    pub threads: usize,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            factors: 64,
+            regularization: 0.05,
+            alpha: 2.0,
+            iterations: 15,
+            cg_steps: 3,
+            solver: Solver::Cg,
+            seed: 42,
+            threads: 0,
+        }
+    }
+}
+
+impl Params {
+    pub fn validate(&self) -> Result<(), AlsError> {
+        let bad = |name: &'static str, why: &str| {
+            Err(AlsError::Param {
+                name,
+                reason: why.to_owned(),
+            })
+        };
+        if self.factors == 0 || self.factors > 4096 {
+            return bad("factors", "must be 1..=4096");
+        }
+        if !(self.regularization >= 0.0 && self.regularization.is_finite()) {
+            return bad("regularization", "must be a finite number >= 0");
+        }
+        if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
+            return bad("alpha", "must be a finite number >= 0");
+        }
+        if self.iterations == 0 {
+            return bad("iterations", "must be at least 1");
+        }
+        if self.solver == Solver::Cg && self.cg_steps == 0 {
+            return bad("cg_steps", "must be at least 1 with the cg solver");
+        }
+        Ok(())
+    }
+}
+
+/// A trained model: user and item factors as contiguous rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub factors: usize,
+    pub user_factors: Vec<f32>,
+    pub item_factors: Vec<f32>,
+    /// Training loss after each iteration.
+    pub loss: Vec<f64>,
+}
+
+impl Model {
+    pub fn users(&self) -> usize {
+        self.user_factors.len() / self.factors
+    }
+
+    pub fn items(&self) -> usize {
+        self.item_factors.len() / self.factors
+    }
+
+    pub fn user(&self, u: usize) -> &[f32] {
+        &self.user_factors[u * self.factors..(u + 1) * self.factors]
+    }
+
+    pub fn item(&self, i: usize) -> &[f32] {
+        &self.item_factors[i * self.factors..(i + 1) * self.factors]
+    }
+}
+
+/// What a caller sees after each iteration (for a progress bar or a log line).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub iteration: usize,
+    pub iterations: usize,
+    pub loss: f64,
+    pub seconds: f64,
+}
+
+/// Trains on `matrix` (users × items, values are the interaction weights `w`).
+pub fn fit(
+    matrix: &Csr,
+    params: &Params,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Model, AlsError> {
+    params.validate()?;
+    if matrix.nnz() == 0 {
+        return Err(AlsError::Empty);
+    }
+    if let Some(bad) = matrix.vals.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        return Err(AlsError::Weight(*bad));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(params.threads)
+        .build()
+        .map_err(|e| AlsError::Threads(e.to_string()))?;
+    let by_item = matrix.transpose();
+    let f = params.factors;
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let scale = 0.01 / (f as f32).sqrt();
+    let mut init = |n: usize| -> Vec<f32> {
+        (0..n * f)
+            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+            .collect()
+    };
+    let mut users = init(matrix.rows);
+    let mut items = init(matrix.cols);
+    let mut loss = Vec::with_capacity(params.iterations);
+    for it in 0..params.iterations {
+        let started = std::time::Instant::now();
+        let l = pool.install(|| {
+            solve_side(matrix, &items, &mut users, params);
+            solve_side(&by_item, &users, &mut items, params);
+            training_loss(matrix, &users, &items, params)
+        });
+        loss.push(l);
+        progress(Progress {
+            iteration: it + 1,
+            iterations: params.iterations,
+            loss: l,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(Model {
+        factors: f,
+        user_factors: users,
+        item_factors: items,
+        loss,
+    })
+}
+
+/// `YᵀY` (f × f, row-major) summed over fixed chunks of rows in a fixed order.
+pub(crate) fn gram(y: &[f32], f: usize) -> Vec<f32> {
+    const CHUNK_ROWS: usize = 1024;
+    let partials: Vec<Vec<f32>> = y
+        .par_chunks(CHUNK_ROWS * f)
+        .map(|chunk| {
+            let mut g = vec![0f32; f * f];
+            for row in chunk.chunks_exact(f) {
+                for (a, &ra) in row.iter().enumerate() {
+                    axpy(ra, row, &mut g[a * f..(a + 1) * f]);
+                }
+            }
+            g
+        })
+        .collect();
+    let mut g = vec![0f32; f * f];
+    for p in partials {
+        for (a, b) in g.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    g
+}
+
+/// Solves every row of `x` against the fixed factors `y`.
+fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
+    let f = params.factors;
+    let mut yty = gram(y, f);
+    for d in 0..f {
+        yty[d * f + d] += params.regularization;
+    }
+    let alpha = params.alpha;
+    match params.solver {
+        Solver::Cg => x.par_chunks_mut(f).enumerate().for_each_init(
+            || vec![0f32; 3 * f],
+            |scratch, (r, xr)| {
+                let (cols, vals) = m.row(r);
+                cg_row(&yty, y, f, cols, vals, alpha, params.cg_steps, xr, scratch);
+            },
+        ),
+        Solver::Cholesky => x.par_chunks_mut(f).enumerate().for_each_init(
+            || (vec![0f32; f * f], vec![0f32; f]),
+            |(a, b), (r, xr)| {
+                let (cols, vals) = m.row(r);
+                cholesky_row(&yty, y, f, cols, vals, alpha, a, b, xr);
+            },
+        ),
+    }
+}
+
+/// `A·v` for one row: `(YᵀY + λI)v + Σᵢ (cᵢ − 1)(yᵢ·v) yᵢ`.
+#[allow(clippy::too_many_arguments)]
+fn apply_a(
+    yty: &[f32],
+    y: &[f32],
+    f: usize,
+    cols: &[u32],
+    vals: &[f32],
+    alpha: f32,
+    v: &[f32],
+    out: &mut [f32],
+) {
+    for (a, o) in out.iter_mut().enumerate() {
+        *o = dot(&yty[a * f..(a + 1) * f], v);
+    }
+    for (&i, &w) in cols.iter().zip(vals) {
+        let yi = &y[i as usize * f..(i as usize + 1) * f];
+        axpy(alpha * w * dot(yi, v), yi, out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cg_row(
+    yty: &[f32],
+    y: &[f32],
+    f: usize,
+    cols: &[u32],
+    vals: &[f32],
+    alpha: f32,
+    steps: usize,
+    x: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (r, rest) = scratch.split_at_mut(f);
+    let (p, ap) = rest.split_at_mut(f);
+    // r = b − A·x, with b = Σ cᵢ yᵢ
+    apply_a(yty, y, f, cols, vals, alpha, x, ap);
+    for (ri, a) in r.iter_mut().zip(ap.iter()) {
+        *ri = -a;
+    }
+    for (&i, &w) in cols.iter().zip(vals) {
+        let yi = &y[i as usize * f..(i as usize + 1) * f];
+        axpy(1.0 + alpha * w, yi, r);
+    }
+    p.copy_from_slice(r);
+    let mut rs_old = dot(r, r);
+    if rs_old < 1e-20 {
+        return;
+    }
+    for _ in 0..steps {
+        apply_a(yty, y, f, cols, vals, alpha, p, ap);
+        let pap = dot(p, ap);
+        if pap <= 0.0 || !pap.is_finite() {
+            break;
+        }
+        let step = rs_old / pap;
+        axpy(step, p, x);
+        axpy(-step, ap, r);
+        let rs_new = dot(r, r);
+        if rs_new < 1e-20 {
+            break;
+        }
+        let beta = rs_new / rs_old;
+        for (pi, ri) in p.iter_mut().zip(r.iter()) {
+            *pi = ri + beta * *pi;
+        }
+        rs_old = rs_new;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cholesky_row(
+    yty: &[f32],
+    y: &[f32],
+    f: usize,
+    cols: &[u32],
+    vals: &[f32],
+    alpha: f32,
+    a: &mut [f32],
+    b: &mut [f32],
+    x: &mut [f32],
+) {
+    a.copy_from_slice(yty);
+    b.iter_mut().for_each(|v| *v = 0.0);
+    for (&i, &w) in cols.iter().zip(vals) {
+        let yi = &y[i as usize * f..(i as usize + 1) * f];
+        let extra = alpha * w;
+        for (d, &yd) in yi.iter().enumerate() {
+            axpy(extra * yd, yi, &mut a[d * f..(d + 1) * f]);
+        }
+        axpy(1.0 + extra, yi, b);
+    }
+    // in-place Cholesky: A = L·Lᵀ, L in the lower triangle (A is symmetric positive definite
+    // when λ > 0; a non-positive pivot leaves the row as it was)
+    for j in 0..f {
+        let mut d = a[j * f + j] - dot(&a[j * f..j * f + j], &a[j * f..j * f + j]);
+        if d <= 0.0 || !d.is_finite() {
+            return;
+        }
+        d = d.sqrt();
+        a[j * f + j] = d;
+        for i in j + 1..f {
+            let s = a[i * f + j] - dot(&a[i * f..i * f + j], &a[j * f..j * f + j]);
+            a[i * f + j] = s / d;
+        }
+    }
+    // forward: L·z = b, then back: Lᵀ·x = z
+    for i in 0..f {
+        let s = b[i] - dot(&a[i * f..i * f + i], &b[..i]);
+        b[i] = s / a[i * f + i];
+    }
+    for i in (0..f).rev() {
+        let mut s = b[i];
+        for k in i + 1..f {
+            s -= a[k * f + i] * x[k];
+        }
+        x[i] = s / a[i * f + i];
+    }
+}
+
+/// The weighted squared error of the objective plus the regularisation, divided by the total
+/// confidence (`users·items + Σ α·w`), as `implicit` reports it.
+fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 {
+    let f = params.factors;
+    let yty = gram(items, f);
+    let alpha = params.alpha;
+    let (sum, reg_users): (f64, f64) = users
+        .par_chunks(f)
+        .enumerate()
+        .map_init(
+            || vec![0f32; f],
+            |tmp, (u, xu)| {
+                for (a, t) in tmp.iter_mut().enumerate() {
+                    *t = dot(&yty[a * f..(a + 1) * f], xu);
+                }
+                // every cell as if unobserved: Σᵢ (xᵤ·yᵢ)² = xᵤᵀ YᵀY xᵤ
+                let mut l = dot(xu, tmp) as f64;
+                let (cols, vals) = m.row(u);
+                for (&i, &w) in cols.iter().zip(vals) {
+                    let s = dot(xu, &items[i as usize * f..(i as usize + 1) * f]) as f64;
+                    let c = 1.0 + (alpha * w) as f64;
+                    l += c * (1.0 - s) * (1.0 - s) - s * s;
+                }
+                (l, dot(xu, xu) as f64)
+            },
+        )
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let reg_items: f64 = items.chunks_exact(f).map(|y| dot(y, y) as f64).sum();
+    let total_conf =
+        (m.rows as f64) * (m.cols as f64) + m.vals.iter().map(|w| (alpha * w) as f64).sum::<f64>();
+    (sum + params.regularization as f64 * (reg_users + reg_items)) / total_conf
+}
+
+/// Dot product with eight independent accumulators (vectorises without fast-math).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += a·x`
+#[inline]
+pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Csr {
+        // users 0 and 1 share books 0..3; user 2 reads 4..6
+        Csr::build(
+            3,
+            7,
+            [
+                (0, 0, 1.0),
+                (0, 1, 1.0),
+                (0, 2, 1.0),
+                (1, 1, 1.0),
+                (1, 2, 1.0),
+                (1, 3, 1.0),
+                (2, 4, 1.0),
+                (2, 5, 1.0),
+                (2, 6, 1.0),
+            ]
+            .into_iter(),
+        )
+    }
+
+    #[test]
+    fn loss_falls_and_cg_agrees_with_cholesky() {
+        let m = small();
+        let base = Params {
+            factors: 4,
+            iterations: 10,
+            regularization: 0.1,
+            alpha: 10.0,
+            ..Params::default()
+        };
+        let cg = fit(&m, &base, &mut |_| {}).unwrap();
+        assert!(cg.loss.last().unwrap() < cg.loss.first().unwrap(), "{:?}", cg.loss);
+        let exact = fit(
+            &m,
+            &Params {
+                solver: Solver::Cholesky,
+                ..base.clone()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        let (a, b) = (cg.loss.last().unwrap(), exact.loss.last().unwrap());
+        assert!((a - b).abs() / b < 0.05, "cg {a} vs cholesky {b}");
+        assert!(exact.loss.windows(2).all(|w| w[1] <= w[0] * 1.0001), "{:?}", exact.loss);
+    }
+
+    #[test]
+    fn same_seed_same_model_on_any_thread_count() {
+        let m = small();
+        let one = Params {
+            factors: 8,
+            threads: 1,
+            ..Params::default()
+        };
+        let a = fit(&m, &one, &mut |_| {}).unwrap();
+        let b = fit(&m, &Params { threads: 2, ..one.clone() }, &mut |_| {}).unwrap();
+        assert_eq!(a, b);
+        let c = fit(&m, &Params { seed: 7, ..one }, &mut |_| {}).unwrap();
+        assert_ne!(a.user_factors, c.user_factors);
+    }
+
+    #[test]
+    fn bad_parameters_and_weights_are_named() {
+        let m = small();
+        let err = fit(&m, &Params { factors: 0, ..Params::default() }, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("factors"), "{err}");
+        let neg = Csr::build(1, 1, [(0, 0, -1.0)].into_iter());
+        let err = fit(&neg, &Params::default(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("-1"), "{err}");
+        let empty = Csr::build(2, 2, std::iter::empty());
+        assert!(matches!(fit(&empty, &Params::default(), &mut |_| {}), Err(AlsError::Empty)));
+    }
+
+    #[test]
+    fn dot_matches_naive_on_odd_lengths() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-3);
+    }
+}
