@@ -95,6 +95,9 @@ pub enum Command {
         test_fraction: f64,
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
         k: u32,
+        /// The models to evaluate
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "als,popularity,item-knn")]
+        models: Vec<ModelKind>,
         /// Neighbours per item of the item-kNN baseline
         #[arg(long, default_value_t = 100)]
         neighbours: usize,
@@ -115,6 +118,11 @@ pub enum Command {
         params: AlsArgs,
         #[command(flatten)]
         columns: ColumnArgs,
+    },
+    /// Model versions in the recommendation DB.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
     },
     /// Lake maintenance.
     Lake {
@@ -239,6 +247,13 @@ pub enum SplitKind {
     Kfold,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    Als,
+    Popularity,
+    ItemKnn,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AlsCommand {
     /// Trains on a Parquet or CSV file of (user_id, item_id[, weight]) and writes
@@ -258,6 +273,17 @@ pub enum AlsCommand {
         params: AlsArgs,
         #[command(flatten)]
         columns: ColumnArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Lists the versions, newest first (status, validation NDCG, reason), as JSON lines.
+    List,
+    /// Switches readers back to the previous kept version (or --to VERSION).
+    Rollback {
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
     },
 }
 
@@ -459,6 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cutoff,
             test_fraction,
             k,
+            models,
             neighbours,
             search,
             grid_factors,
@@ -499,11 +526,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let algorithms = [
-                eval::Algorithm::Als(params),
-                eval::Algorithm::Popularity,
-                eval::Algorithm::ItemKnn { neighbours },
-            ];
+            let algorithms: Vec<eval::Algorithm> = models
+                .iter()
+                .map(|m| match m {
+                    ModelKind::Als => eval::Algorithm::Als(params.clone()),
+                    ModelKind::Popularity => eval::Algorithm::Popularity,
+                    ModelKind::ItemKnn => eval::Algorithm::ItemKnn { neighbours },
+                })
+                .collect();
             let catalogue = loaded.data.items.len();
             let rows = eval::evaluate(&parts, &algorithms, k, catalogue)?;
             let report = eval::Report {
@@ -523,6 +553,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Model { command } => runtime()?.block_on(async {
+            let store = crate::store::Store::connect(&config.store.url).await?;
+            match command {
+                ModelCommand::List => {
+                    for v in store.versions().await? {
+                        println!("{}", serde_json::to_string(&v)?);
+                    }
+                }
+                ModelCommand::Rollback { to } => {
+                    let (from, to) = store.rollback(to.as_deref()).await?;
+                    println!("{}", serde_json::json!({ "from": from, "to": to }));
+                }
+            }
+            Ok(())
+        }),
         Command::Lake {
             command: LakeCommand::Compact { grace_hours },
         } => {

@@ -352,6 +352,8 @@ pub struct FitReport {
     pub interactions: usize,
     pub params: super::Params,
     pub loss: Vec<f64>,
+    /// wall time of each iteration (both half-steps and the loss)
+    pub iteration_seconds: Vec<f64>,
     pub seconds: f64,
     pub files: Vec<String>,
 }
@@ -372,7 +374,11 @@ pub fn fit_to_dir(
     let loaded = read_interactions(input, columns)?;
     let data = &loaded.data;
     let matrix = data.matrix();
-    let model = super::fit(&matrix, params, progress)?;
+    let mut iteration_seconds = Vec::new();
+    let model = super::fit(&matrix, params, &mut |p| {
+        iteration_seconds.push(p.seconds);
+        progress(p)
+    })?;
     let recs = super::recommend::recommend_all(&model, &matrix, k);
     let all_items: Vec<u32> = (0..data.items.len() as u32).collect();
     let similar = super::recommend::similar_items(&model, &all_items, similar_k);
@@ -414,6 +420,7 @@ pub fn fit_to_dir(
         interactions: matrix.nnz(),
         params: params.clone(),
         loss: model.loss.clone(),
+        iteration_seconds,
         seconds: started.elapsed().as_secs_f64(),
         files,
     };

@@ -14,25 +14,53 @@ pub struct Scored {
     pub score: f32,
 }
 
-/// The best `k` of `scores` (NaN and -inf never chosen), best first, ties by item index.
-pub fn top_k(scores: &[f32], k: usize) -> Vec<Scored> {
-    let mut cand: Vec<Scored> = scores
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.is_finite())
-        .map(|(i, &s)| Scored {
-            item: i as u32,
-            score: s,
-        })
-        .collect();
-    let order = |a: &Scored, b: &Scored| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item));
-    if cand.len() > k && k > 0 {
-        cand.select_nth_unstable_by(k - 1, order);
-        cand.truncate(k);
+/// Ordered so that greater = better: higher score, then lower item index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Better(Scored);
+
+impl Eq for Better {}
+
+impl PartialOrd for Better {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
-    cand.truncate(k);
-    cand.sort_unstable_by(order);
-    cand
+}
+
+impl Ord for Better {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .score
+            .total_cmp(&other.0.score)
+            .then(other.0.item.cmp(&self.0.item))
+    }
+}
+
+/// The best `k` of `scores` (NaN and -inf never chosen), best first, ties by item index.
+/// A bounded heap: O(n log k) time and O(k) memory, however many items there are.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<Scored> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut heap: BinaryHeap<Reverse<Better>> = BinaryHeap::with_capacity(k + 1);
+    for (i, &score) in scores.iter().enumerate() {
+        if !score.is_finite() {
+            continue;
+        }
+        let cand = Better(Scored {
+            item: i as u32,
+            score,
+        });
+        if heap.len() < k {
+            heap.push(Reverse(cand));
+        } else if heap.peek().is_some_and(|worst| cand > worst.0) {
+            heap.pop();
+            heap.push(Reverse(cand));
+        }
+    }
+    // ascending by Reverse = descending by Better: best first
+    heap.into_sorted_vec().into_iter().map(|r| r.0.0).collect()
 }
 
 /// Scores of every item for user `u` into `out`.
@@ -98,6 +126,61 @@ pub fn similar_items(model: &Model, items: &[u32], k: usize) -> Vec<Vec<Scored>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::als::train::{Params, fit};
+    use proptest::prelude::*;
+
+    #[test]
+    fn overlapping_shelves_recommend_each_other() {
+        // A {1,2,3} and B {2,3,4} overlap; C {5,6,7} and D {6,7,8} overlap
+        let shelves = [[1, 2, 3], [2, 3, 4], [5, 6, 7], [6, 7, 8]];
+        let m = Csr::build(
+            4,
+            9,
+            shelves
+                .iter()
+                .enumerate()
+                .flat_map(|(u, s)| s.iter().map(move |&i| (u as u32, i, 1.0))),
+        );
+        // two factors for two groups: the model must generalise, it cannot memorise
+        let p = Params {
+            factors: 2,
+            iterations: 20,
+            regularization: 0.1,
+            alpha: 10.0,
+            ..Params::default()
+        };
+        let model = fit(&m, &p, &mut |_| {}).unwrap();
+        let recs = recommend_all(&model, &m, 1);
+        let top: Vec<u32> = recs.iter().map(|r| r[0].item).collect();
+        assert_eq!(top, vec![4, 1, 8, 5]);
+        let sim = similar_items(&model, &[1, 5], 1);
+        assert!([2, 3, 4].contains(&sim[0][0].item), "{sim:?}");
+        assert!([6, 7, 8].contains(&sim[1][0].item), "{sim:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn lists_hold_at_most_k_unseen_distinct_items_with_finite_scores(
+            cells in proptest::collection::vec((0u32..12, 0u32..20, 0.1f32..5.0), 1..120),
+            k in 1usize..25,
+            factors in 1usize..9,
+        ) {
+            let m = Csr::build(12, 20, cells.into_iter());
+            let p = Params { factors, iterations: 3, ..Params::default() };
+            let model = fit(&m, &p, &mut |_| {}).unwrap();
+            for (u, list) in recommend_all(&model, &m, k).iter().enumerate() {
+                prop_assert!(list.len() <= k);
+                prop_assert_eq!(list.len(), k.min(20 - m.row(u).0.len()));
+                let mut items: Vec<u32> = list.iter().map(|s| s.item).collect();
+                prop_assert!(list.iter().all(|s| s.score.is_finite() && !m.contains(u, s.item)));
+                prop_assert!(list.windows(2).all(|w| w[0].score >= w[1].score));
+                items.sort_unstable();
+                items.dedup();
+                prop_assert_eq!(items.len(), list.len());
+            }
+        }
+    }
 
     #[test]
     fn top_k_is_ordered_skips_non_finite_and_breaks_ties_by_index() {

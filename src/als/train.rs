@@ -48,8 +48,8 @@ impl Default for Params {
     fn default() -> Params {
         Params {
             factors: 64,
-            regularization: 0.05,
-            alpha: 2.0,
+            regularization: 50.0,
+            alpha: 5.0,
             iterations: 15,
             cg_steps: 3,
             solver: Solver::Cg,

@@ -2,11 +2,13 @@
 //! (127.0.0.1:9092, or BOOKREC_TEST_KAFKA) with topics of their own, or start a private
 //! tansu broker when they must stop and restart it.
 
+mod als;
 mod batch;
 mod cli;
 mod collect;
 mod compose;
 mod land;
+mod publish;
 mod schedule;
 mod store;
 mod support;
