@@ -96,7 +96,12 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
         k: u32,
         /// The models to evaluate
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "als,popularity,item-knn")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "als,popularity,item-knn"
+        )]
         models: Vec<ModelKind>,
         /// Neighbours per item of the item-kNN baseline
         #[arg(long, default_value_t = 100)]
@@ -203,7 +208,16 @@ impl AlsArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { p.$f = v; } )* };
         }
-        set!(factors, iterations, regularization, alpha, cg_steps, solver, seed, threads);
+        set!(
+            factors,
+            iterations,
+            regularization,
+            alpha,
+            cg_steps,
+            solver,
+            seed,
+            threads
+        );
         p.validate()?;
         Ok(p)
     }

@@ -305,7 +305,7 @@ impl Config {
                 reason: format!("{} is not between 0 and 1", p.validation_fraction),
             });
         }
-        if !(p.ndcg_tolerance >= 0.0) {
+        if p.ndcg_tolerance.is_nan() || p.ndcg_tolerance < 0.0 {
             return Err(ConfigError::Value {
                 key: "publish.ndcg_tolerance",
                 reason: format!("{} is not a number >= 0", p.ndcg_tolerance),

@@ -94,7 +94,11 @@ pub fn split(data: &Interactions, how: &Split) -> Result<Vec<Fold>, AlsError> {
             };
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for (t, &ts) in data.triples.iter().zip(times) {
-                if ts < cutoff { train.push(t) } else { test.push(t) }
+                if ts < cutoff {
+                    train.push(t)
+                } else {
+                    test.push(t)
+                }
             }
             Ok(vec![fold(train, test, format!("temporal cutoff {cutoff}"))])
         }
@@ -109,8 +113,7 @@ pub fn split(data: &Interactions, how: &Split) -> Result<Vec<Fold>, AlsError> {
                     reason: "must be between 0 and 1".into(),
                 });
             }
-            let (train, test) =
-                newest_per_user(data, |n| ((n as f64) * fraction).ceil() as usize)?;
+            let (train, test) = newest_per_user(data, |n| ((n as f64) * fraction).ceil() as usize)?;
             Ok(vec![fold(
                 train,
                 test,
@@ -158,7 +161,10 @@ fn newest_per_user(
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for rows in &mut by_user {
         rows.sort_by_key(|&n| (times[n], n));
-        let keep = rows.len().saturating_sub(held(rows.len())).max(1.min(rows.len()));
+        let keep = rows
+            .len()
+            .saturating_sub(held(rows.len()))
+            .max(1.min(rows.len()));
         let (a, b) = rows.split_at(keep);
         train.extend(a.iter().map(|&n| &data.triples[n]));
         test.extend(b.iter().map(|&n| &data.triples[n]));
@@ -244,7 +250,9 @@ pub enum Algorithm {
     /// Most-interacted items first (the cold-start fallback).
     Popularity,
     /// Item-based kNN: cosine on the binary matrix, `neighbours` kept per item.
-    ItemKnn { neighbours: usize },
+    ItemKnn {
+        neighbours: usize,
+    },
 }
 
 impl Algorithm {
@@ -513,7 +521,10 @@ mod tests {
         // user 0: held {1, 5}, list [1, 2, 5] → hits at ranks 1 and 3
         // user 1: held {9},    list [3, 4, 8] → no hit
         // user 2: nothing held → not scored
-        let s = |i| Scored { item: i, score: 1.0 };
+        let s = |i| Scored {
+            item: i,
+            score: 1.0,
+        };
         let recs = vec![vec![s(1), s(2), s(5)], vec![s(3), s(4), s(8)], vec![s(7)]];
         let test = vec![vec![1, 5], vec![9], vec![]];
         let m = metrics(&recs, &test, 3, 10);
@@ -591,7 +602,9 @@ mod tests {
         let m = d.matrix();
         let pop = Algorithm::Popularity.recommend(&m, 1).unwrap();
         assert_eq!(pop[3][0].item, d.items.get("x").unwrap());
-        let knn = Algorithm::ItemKnn { neighbours: 10 }.recommend(&m, 2).unwrap();
+        let knn = Algorithm::ItemKnn { neighbours: 10 }
+            .recommend(&m, 2)
+            .unwrap();
         let c: Vec<&str> = knn[2].iter().map(|s| d.items.id(s.item)).collect();
         assert_eq!(c, vec!["y", "z"]);
         // a has x and y: z is the only neighbour with a positive score

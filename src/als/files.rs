@@ -65,7 +65,11 @@ fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), AlsError> 
             Ok((schema, batches))
         }
         Some("csv") | Some("tsv") => {
-            let delimiter = if ext.as_deref() == Some("tsv") { b'\t' } else { b',' };
+            let delimiter = if ext.as_deref() == Some("tsv") {
+                b'\t'
+            } else {
+                b','
+            };
             let format = arrow::csv::reader::Format::default()
                 .with_header(true)
                 .with_delimiter(delimiter);
@@ -78,7 +82,8 @@ fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), AlsError> 
                 .fields()
                 .iter()
                 .map(|f| {
-                    if USER_NAMES.contains(&f.name().as_str()) || ITEM_NAMES.contains(&f.name().as_str())
+                    if USER_NAMES.contains(&f.name().as_str())
+                        || ITEM_NAMES.contains(&f.name().as_str())
                     {
                         Field::new(f.name(), DataType::Utf8, true)
                     } else {
@@ -183,7 +188,9 @@ pub fn interactions_from_batches(
     let mut row0 = 0usize;
     for b in batches {
         let as_text = |c: &str| -> Result<ArrayRef, AlsError> {
-            let a = b.column_by_name(c).ok_or_else(|| col_err(c, "missing".into()))?;
+            let a = b
+                .column_by_name(c)
+                .ok_or_else(|| col_err(c, "missing".into()))?;
             cast(a, &DataType::Utf8).map_err(|e| col_err(c, e.to_string()))
         };
         let (u, i) = (as_text(&user)?, as_text(&item)?);
@@ -196,7 +203,9 @@ pub fn interactions_from_batches(
             None => None,
         };
         let t = match &time {
-            Some(c) => Some(seconds(b.column_by_name(c).expect("picked")).map_err(|r| col_err(c, r))?),
+            Some(c) => {
+                Some(seconds(b.column_by_name(c).expect("picked")).map_err(|r| col_err(c, r))?)
+            }
             None => None,
         };
         for r in 0..b.num_rows() {
@@ -250,7 +259,11 @@ fn seconds(a: &ArrayRef) -> Result<arrow::array::Int64Array, String> {
         DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000_000,
         DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000_000,
         t if t.is_numeric() => 1,
-        t => return Err(format!("type {t} is not a time (expected a timestamp or epoch seconds)")),
+        t => {
+            return Err(format!(
+                "type {t} is not a time (expected a timestamp or epoch seconds)"
+            ));
+        }
     };
     let raw = cast(a, &DataType::Int64).map_err(|e| e.to_string())?;
     Ok(raw
@@ -330,7 +343,10 @@ pub fn factors_batch(
     ]);
     RecordBatch::try_new(
         Arc::new(schema),
-        vec![ids_as(ids.ids().iter().map(String::as_str).collect(), id_type)?, Arc::new(list)],
+        vec![
+            ids_as(ids.ids().iter().map(String::as_str).collect(), id_type)?,
+            Arc::new(list),
+        ],
     )
     .map_err(|e| AlsError::Param {
         name: "factors",
@@ -387,7 +403,14 @@ pub fn fit_to_dir(
     let outputs = [
         (
             "recommendations.parquet",
-            recommendations_batch(&data.users, &data.items, &recs, ut, it, ("user_id", "item_id"))?,
+            recommendations_batch(
+                &data.users,
+                &data.items,
+                &recs,
+                ut,
+                it,
+                ("user_id", "item_id"),
+            )?,
         ),
         (
             "similar_items.parquet",
@@ -402,11 +425,23 @@ pub fn fit_to_dir(
         ),
         (
             "user_factors.parquet",
-            factors_batch(&data.users, ut, "user_id", &model.user_factors, model.factors)?,
+            factors_batch(
+                &data.users,
+                ut,
+                "user_id",
+                &model.user_factors,
+                model.factors,
+            )?,
         ),
         (
             "item_factors.parquet",
-            factors_batch(&data.items, it, "item_id", &model.item_factors, model.factors)?,
+            factors_batch(
+                &data.items,
+                it,
+                "item_id",
+                &model.item_factors,
+                model.factors,
+            )?,
         ),
     ];
     let mut files = Vec::new();

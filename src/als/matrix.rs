@@ -148,9 +148,7 @@ impl Csr {
             self.rows,
             (0..self.rows).flat_map(|r| {
                 let (cols, vals) = self.row(r);
-                cols.iter()
-                    .zip(vals)
-                    .map(move |(&c, &v)| (c, r as u32, v))
+                cols.iter().zip(vals).map(move |(&c, &v)| (c, r as u32, v))
             }),
         )
     }
@@ -200,6 +198,9 @@ mod tests {
         assert_eq!(ids.intern("b"), 0);
         assert_eq!(ids.intern("a"), 1);
         assert_eq!(ids.intern("b"), 0);
-        assert_eq!((ids.id(1), ids.get("a"), ids.get("z")), ("a", Some(1), None));
+        assert_eq!(
+            (ids.id(1), ids.get("a"), ids.get("z")),
+            ("a", Some(1), None)
+        );
     }
 }

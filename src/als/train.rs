@@ -442,7 +442,11 @@ mod tests {
             ..Params::default()
         };
         let cg = fit(&m, &base, &mut |_| {}).unwrap();
-        assert!(cg.loss.last().unwrap() < cg.loss.first().unwrap(), "{:?}", cg.loss);
+        assert!(
+            cg.loss.last().unwrap() < cg.loss.first().unwrap(),
+            "{:?}",
+            cg.loss
+        );
         let exact = fit(
             &m,
             &Params {
@@ -454,7 +458,11 @@ mod tests {
         .unwrap();
         let (a, b) = (cg.loss.last().unwrap(), exact.loss.last().unwrap());
         assert!((a - b).abs() / b < 0.05, "cg {a} vs cholesky {b}");
-        assert!(exact.loss.windows(2).all(|w| w[1] <= w[0] * 1.0001), "{:?}", exact.loss);
+        assert!(
+            exact.loss.windows(2).all(|w| w[1] <= w[0] * 1.0001),
+            "{:?}",
+            exact.loss
+        );
     }
 
     #[test]
@@ -466,7 +474,15 @@ mod tests {
             ..Params::default()
         };
         let a = fit(&m, &one, &mut |_| {}).unwrap();
-        let b = fit(&m, &Params { threads: 2, ..one.clone() }, &mut |_| {}).unwrap();
+        let b = fit(
+            &m,
+            &Params {
+                threads: 2,
+                ..one.clone()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(a, b);
         let c = fit(&m, &Params { seed: 7, ..one }, &mut |_| {}).unwrap();
         assert_ne!(a.user_factors, c.user_factors);
@@ -475,13 +491,24 @@ mod tests {
     #[test]
     fn bad_parameters_and_weights_are_named() {
         let m = small();
-        let err = fit(&m, &Params { factors: 0, ..Params::default() }, &mut |_| {}).unwrap_err();
+        let err = fit(
+            &m,
+            &Params {
+                factors: 0,
+                ..Params::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("factors"), "{err}");
         let neg = Csr::build(1, 1, [(0, 0, -1.0)].into_iter());
         let err = fit(&neg, &Params::default(), &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("-1"), "{err}");
         let empty = Csr::build(2, 2, std::iter::empty());
-        assert!(matches!(fit(&empty, &Params::default(), &mut |_| {}), Err(AlsError::Empty)));
+        assert!(matches!(
+            fit(&empty, &Params::default(), &mut |_| {}),
+            Err(AlsError::Empty)
+        ));
     }
 
     #[test]

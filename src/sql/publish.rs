@@ -52,12 +52,21 @@ pub struct PublishReport {
     pub train_seconds: f64,
 }
 
-async fn collect(ctx: &SessionContext, sql: &str, table: &str) -> Result<Vec<RecordBatch>, PublishError> {
+async fn collect(
+    ctx: &SessionContext,
+    sql: &str,
+    table: &str,
+) -> Result<Vec<RecordBatch>, PublishError> {
     let input = |e: datafusion::error::DataFusionError| PublishError::Input {
         table: table.to_owned(),
         reason: e.to_string(),
     };
-    ctx.sql(sql).await.map_err(input)?.collect().await.map_err(input)
+    ctx.sql(sql)
+        .await
+        .map_err(input)?
+        .collect()
+        .await
+        .map_err(input)
 }
 
 /// Trains on `interactions` as registered in `ctx` (this run's output), writes the model to
@@ -93,7 +102,9 @@ pub async fn train_and_publish(
     let loaded = if batches.is_empty() {
         None
     } else {
-        Some(interactions_from_batches(INPUT, &schema, &batches, &columns)?)
+        Some(interactions_from_batches(
+            INPUT, &schema, &batches, &columns,
+        )?)
     };
     let Some(loaded) = loaded.filter(|l| !l.data.triples.is_empty()) else {
         return Err(PublishError::Als(crate::als::AlsError::Empty));
@@ -103,18 +114,19 @@ pub async fn train_and_publish(
     // 1. validation: each user's newest share held out, scored at K = 10
     let (params_c, fraction) = (params.clone(), cfg.validation_fraction);
     let data_c = data.clone();
-    let validation = tokio::task::spawn_blocking(move || -> Result<eval::Metrics, crate::als::AlsError> {
-        let folds = eval::split(&data_c, &Split::UserNewest { fraction })?;
-        let rows = eval::evaluate(
-            &folds,
-            &[Algorithm::Als(params_c)],
-            VALIDATION_K,
-            data_c.items.len(),
-        )?;
-        Ok(rows[0].metrics)
-    })
-    .await
-    .map_err(|e| crate::als::AlsError::Threads(e.to_string()))??;
+    let validation =
+        tokio::task::spawn_blocking(move || -> Result<eval::Metrics, crate::als::AlsError> {
+            let folds = eval::split(&data_c, &Split::UserNewest { fraction })?;
+            let rows = eval::evaluate(
+                &folds,
+                &[Algorithm::Als(params_c)],
+                VALIDATION_K,
+                data_c.items.len(),
+            )?;
+            Ok(rows[0].metrics)
+        })
+        .await
+        .map_err(|e| crate::als::AlsError::Threads(e.to_string()))??;
     progress(&format!(
         "[als] validation NDCG@{VALIDATION_K} {:.4}, precision {:.4} ({} users)",
         validation.ndcg, validation.precision, validation.users
@@ -164,11 +176,23 @@ pub async fn train_and_publish(
     for (name, batch) in [
         (
             "user_factors.parquet",
-            factors_batch(&data.users, &loaded.user_type, "user_id", &model.user_factors, model.factors)?,
+            factors_batch(
+                &data.users,
+                &loaded.user_type,
+                "user_id",
+                &model.user_factors,
+                model.factors,
+            )?,
         ),
         (
             "item_factors.parquet",
-            factors_batch(&data.items, &loaded.item_type, "book_id", &model.item_factors, model.factors)?,
+            factors_batch(
+                &data.items,
+                &loaded.item_type,
+                "book_id",
+                &model.item_factors,
+                model.factors,
+            )?,
         ),
     ] {
         let path = format!("{folder}/{name}");
@@ -210,9 +234,18 @@ pub async fn train_and_publish(
         .collect();
     let popular_rows = popular(ctx, cfg.popular_k).await?;
     let mut rows = HashMap::new();
-    rows.insert(RecTable::UserBooks.table().to_owned(), user_rows.len() as u64);
-    rows.insert(RecTable::SimilarBooks.table().to_owned(), similar_rows.len() as u64);
-    rows.insert(RecTable::PopularBooks.table().to_owned(), popular_rows.len() as u64);
+    rows.insert(
+        RecTable::UserBooks.table().to_owned(),
+        user_rows.len() as u64,
+    );
+    rows.insert(
+        RecTable::SimilarBooks.table().to_owned(),
+        similar_rows.len() as u64,
+    );
+    rows.insert(
+        RecTable::PopularBooks.table().to_owned(),
+        popular_rows.len() as u64,
+    );
     let record = ModelVersion {
         version: version.clone(),
         created_at: crate::event::format_ts(&Utc::now()),
@@ -225,9 +258,15 @@ pub async fn train_and_publish(
         reason: None,
     };
     store.begin_version(&record).await?;
-    store.load_rows(RecTable::UserBooks, &version, &user_rows).await?;
-    store.load_rows(RecTable::SimilarBooks, &version, &similar_rows).await?;
-    store.load_rows(RecTable::PopularBooks, &version, &popular_rows).await?;
+    store
+        .load_rows(RecTable::UserBooks, &version, &user_rows)
+        .await?;
+    store
+        .load_rows(RecTable::SimilarBooks, &version, &similar_rows)
+        .await?;
+    store
+        .load_rows(RecTable::PopularBooks, &version, &popular_rows)
+        .await?;
     // 5. the gate, then the switch
     let current = store.current_version().await?;
     let current_ndcg = current
@@ -322,7 +361,11 @@ async fn popular(ctx: &SessionContext, k: usize) -> Result<Vec<RecRow>, PublishE
                 continue;
             }
             out.push(RecRow {
-                key: if cat.is_null(r) { String::new() } else { cat.value(r).to_owned() },
+                key: if cat.is_null(r) {
+                    String::new()
+                } else {
+                    cat.value(r).to_owned()
+                },
                 pos: pos.value(r),
                 item: book.value(r).to_owned(),
                 score: score.value(r),

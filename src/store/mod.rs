@@ -83,7 +83,11 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         )",
         ],
     ),
-    (3, "model versions and published recommendations", models::MODEL_TABLES),
+    (
+        3,
+        "model versions and published recommendations",
+        models::MODEL_TABLES,
+    ),
 ];
 
 impl Store {

@@ -129,6 +129,19 @@ pub struct Ranked {
     pub score: f64,
 }
 
+/// A text cell. SQLite reports the TEXT columns of some statements to sqlx as BLOB, so
+/// bytes are accepted too (as UTF-8).
+fn text_at(row: &AnyRow, i: usize) -> Option<String> {
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(v) => v,
+        Err(_) => row
+            .try_get::<Option<Vec<u8>>, _>(i)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok()),
+    }
+}
+
 fn json(text: Option<String>) -> serde_json::Value {
     text.and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null)
@@ -203,15 +216,15 @@ impl Store {
 
     fn version_of(row: &AnyRow) -> Option<ModelVersion> {
         Some(ModelVersion {
-            version: row.try_get(0).ok()?,
-            created_at: row.try_get(1).ok()?,
-            status: row.try_get(2).ok()?,
-            data_cutoff: row.try_get(3).ok()?,
-            trained_through: json(row.try_get(4).ok()),
-            params: json(row.try_get(5).ok()),
-            metrics: json(row.try_get(6).ok()),
-            row_counts: json(row.try_get(7).ok()),
-            reason: row.try_get::<Option<String>, _>(8).ok().flatten(),
+            version: text_at(row, 0)?,
+            created_at: text_at(row, 1)?,
+            status: text_at(row, 2)?,
+            data_cutoff: text_at(row, 3)?,
+            trained_through: json(text_at(row, 4)),
+            params: json(text_at(row, 5)),
+            metrics: json(text_at(row, 6)),
+            row_counts: json(text_at(row, 7)),
+            reason: text_at(row, 8),
         })
     }
 
@@ -235,10 +248,6 @@ impl Store {
         let sql = format!(
             "SELECT {} FROM model_versions WHERE version = (SELECT version FROM model_current WHERE id = 1)",
             Self::VERSION_COLUMNS
-                .split(", ")
-                .map(|c| format!("model_versions.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
         );
         let row = sqlx::query(&sql)
             .fetch_optional(&self.pool)
@@ -384,12 +393,14 @@ impl Store {
         })?;
         let versions = self.versions().await?;
         let target = match to {
-            Some(t) => versions
-                .iter()
-                .find(|v| v.version == t)
-                .ok_or_else(|| StoreError::Model {
-                    reason: format!("version {t} is not in model_versions"),
-                })?,
+            Some(t) => {
+                versions
+                    .iter()
+                    .find(|v| v.version == t)
+                    .ok_or_else(|| StoreError::Model {
+                        reason: format!("version {t} is not in model_versions"),
+                    })?
+            }
             None => versions
                 .iter()
                 .find(|v| v.status == "retired" && v.created_at < current.created_at)
@@ -409,7 +420,8 @@ impl Store {
             });
         }
         let reason = format!("rolled back from {}", current.version);
-        self.switch(&target.version, "retired", Some(&reason)).await?;
+        self.switch(&target.version, "retired", Some(&reason))
+            .await?;
         Ok((current.version, target.version.clone()))
     }
 
@@ -432,15 +444,14 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(Self::table_err(table.table()))?;
-        let Some(first) = rows.first() else {
+        let Some(version) = rows.first().and_then(|r| text_at(r, 0)) else {
             return Ok(None);
         };
-        let version: String = first.try_get(0).map_err(Self::table_err(table.table()))?;
         let items = rows
             .iter()
             .filter_map(|r| {
                 Some(Ranked {
-                    item: r.try_get(1).ok()?,
+                    item: text_at(r, 1)?,
                     score: r.try_get(2).ok()?,
                 })
             })
@@ -489,7 +500,7 @@ impl Store {
             .map_err(Self::table_err(table.table()))?;
         Ok(rows
             .iter()
-            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+            .filter_map(|r| Some((text_at(r, 0)?, r.try_get(1).ok()?)))
             .collect())
     }
 }

@@ -29,7 +29,9 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
     let mut events = Vec::new();
     let mut state: u64 = 12345;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     let start = as_of() - Duration::minutes(50);
@@ -68,7 +70,9 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
     let base = bookrec::event::arrow::to_record_batch(&events).expect("batch");
     let mut cols: Vec<ArrayRef> = base.columns().to_vec();
     cols.push(Arc::new(Int32Array::from(vec![0; n])));
-    cols.push(Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())));
+    cols.push(Arc::new(Int64Array::from(
+        (0..n as i64).collect::<Vec<_>>(),
+    )));
     let batch = RecordBatch::try_new(bookrec::lake::events_file_schema(), cols).expect("batch");
     let (dt, hour) = bookrec::lake::layout::hour_bucket(&start);
     let file = bookrec::lake::DataFile {
@@ -125,15 +129,14 @@ fn spawn_reader(store: Store, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
     tokio::spawn(async move {
         let mut reads = 0;
         while !stop.load(Ordering::Relaxed) {
-            let seen = store
-                .visible_rows(RecTable::UserBooks)
-                .await
-                .expect("read");
+            let seen = store.visible_rows(RecTable::UserBooks).await.expect("read");
             assert!(seen.len() <= 1, "a read saw several versions: {seen:?}");
             if let Some((version, rows)) = seen.first() {
                 let all = store.versions().await.expect("versions");
                 let v = all.iter().find(|v| &v.version == version).expect("known");
-                let expected = v.row_counts["rec_user_books"].as_i64().expect("count");
+                let expected = v.row_counts["rec_user_books"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("count in {v:?}"));
                 assert_eq!(*rows, expected, "{version} seen partially");
                 reads += 1;
             }
@@ -171,11 +174,25 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
         assert_eq!(version, m1.version);
         // 12 books − 8 seen = 4 unseen in the cluster come first; k = 5
         assert_eq!(recs.len(), 5, "{url}: {recs:?}");
-        assert!(recs[..4].iter().all(|r| r.item.starts_with("b2-")), "{url}: {recs:?}");
-        let (_, similar) = store.similar_books("b1-0", 3).await.expect("read").expect("book");
+        assert!(
+            recs[..4].iter().all(|r| r.item.starts_with("b2-")),
+            "{url}: {recs:?}"
+        );
+        let (_, similar) = store
+            .similar_books("b1-0", 3)
+            .await
+            .expect("read")
+            .expect("book");
         assert_eq!(similar.len(), 3);
-        assert!(similar.iter().all(|r| r.item.starts_with("b1-")), "{url}: {similar:?}");
-        let (_, popular) = store.popular_books(None, 10).await.expect("read").expect("popular");
+        assert!(
+            similar.iter().all(|r| r.item.starts_with("b1-")),
+            "{url}: {similar:?}"
+        );
+        let (_, popular) = store
+            .popular_books(None, 10)
+            .await
+            .expect("read")
+            .expect("popular");
         assert_eq!(popular.len(), 4);
         assert!(popular.windows(2).all(|w| w[0].score >= w[1].score));
 
@@ -202,8 +219,19 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
 
         // rollback: back to m2; m1 is gone and cannot be switched to
         let (from, to) = store.rollback(None).await.expect("rollback");
-        assert_eq!((from.as_str(), to.as_str()), (m3.version.as_str(), m2.version.as_str()));
-        assert_eq!(store.current_version().await.expect("current").expect("some").version, m2.version);
+        assert_eq!(
+            (from.as_str(), to.as_str()),
+            (m3.version.as_str(), m2.version.as_str())
+        );
+        assert_eq!(
+            store
+                .current_version()
+                .await
+                .expect("current")
+                .expect("some")
+                .version,
+            m2.version
+        );
         let err = store.rollback(Some(&m1.version)).await.expect_err("pruned");
         assert!(err.to_string().contains("pruned"), "{err}");
 
@@ -213,10 +241,25 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
         bad.params.regularization = 1.0e6;
         let rejected = batch(&lake, &store, &bad).await.model.expect("als");
         assert!(!rejected.promoted, "{url}: {:?}", rejected);
-        assert!(rejected.reason.contains("below the current"), "{}", rejected.reason);
-        assert_eq!(store.current_version().await.expect("current").expect("some").version, m2.version);
+        assert!(
+            rejected.reason.contains("below the current"),
+            "{}",
+            rejected.reason
+        );
+        assert_eq!(
+            store
+                .current_version()
+                .await
+                .expect("current")
+                .expect("some")
+                .version,
+            m2.version
+        );
         let versions = store.versions().await.expect("versions");
-        let r = versions.iter().find(|v| v.version == rejected.version).expect("recorded");
+        let r = versions
+            .iter()
+            .find(|v| v.version == rejected.version)
+            .expect("recorded");
         assert_eq!(r.status, "rejected");
         assert_eq!(r.reason.as_deref(), Some(rejected.reason.as_str()));
         assert!(store.visible_rows(RecTable::UserBooks).await.expect("rows")[0].0 == m2.version);

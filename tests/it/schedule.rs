@@ -36,7 +36,8 @@ async fn two_schedulers_never_run_at_once() {
         let store = Store::connect(&url).await.expect("store");
         let (lake, cfg, cancel) = (lake.clone(), cfg.clone(), cancel.clone());
         handles.push(tokio::spawn(async move {
-            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, holder, cancel).await
+            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, holder, cancel)
+                .await
         }));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -73,9 +74,10 @@ async fn a_missed_run_runs_once_on_start() {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             c.cancel();
         });
-        let report = bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, "me", cancel)
-            .await
-            .expect("scheduler");
+        let report =
+            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, "me", cancel)
+                .await
+                .expect("scheduler");
         assert_eq!(report.runs.len(), expected, "{report:?}");
     }
     // with "skip", a fresh store does not catch up
