@@ -82,9 +82,13 @@ pub struct JobConfig {
     pub name: String,
     /// cron with seconds: `sec min hour day-of-month month day-of-week`
     pub cron: String,
-    /// the queries to run (empty: all)
+    /// the queries to run (empty: all, and the `als` step); `als` selects the ALS step
+    /// and what it reads
     #[serde(default)]
     pub select: Vec<String>,
+    /// leave the ALS step out (e.g. hourly features, with ALS in a nightly job)
+    #[serde(default)]
+    pub skip_als: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 pub mod eval;
 pub mod files;
+pub mod kernel;
 pub mod matrix;
 pub mod recommend;
 pub mod train;

@@ -65,10 +65,7 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<Scored> {
 
 /// Scores of every item for user `u` into `out`.
 pub fn score_user(model: &Model, u: usize, out: &mut [f32]) {
-    let xu = model.user(u);
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = dot(xu, model.item(i));
-    }
+    super::kernel::scores_dispatch(model.user(u), &model.item_factors, model.factors, out);
 }
 
 /// Top-`k` items for each user `0..model.users()`, items in `seen` (user × item) excluded.
@@ -113,9 +110,7 @@ pub fn similar_items(model: &Model, items: &[u32], k: usize) -> Vec<Vec<Scored>>
             || vec![0f32; n],
             |scores, &i| {
                 let yi = &unit[i as usize * f..(i as usize + 1) * f];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot(yi, &unit[j * f..(j + 1) * f]);
-                }
+                super::kernel::scores_dispatch(yi, &unit, f, scores);
                 scores[i as usize] = f32::NEG_INFINITY;
                 top_k(scores, k)
             },

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::AlsError;
+use super::kernel::{self, axpy, dot as kdot};
 use super::matrix::Csr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -184,7 +185,7 @@ pub(crate) fn gram(y: &[f32], f: usize) -> Vec<f32> {
             let mut g = vec![0f32; f * f];
             for row in chunk.chunks_exact(f) {
                 for (a, &ra) in row.iter().enumerate() {
-                    axpy(ra, row, &mut g[a * f..(a + 1) * f]);
+                    axpy::<false>(ra, row, &mut g[a * f..(a + 1) * f]);
                 }
             }
             g
@@ -207,83 +208,127 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
         yty[d * f + d] += params.regularization;
     }
     let alpha = params.alpha;
+    let fast = kernel::fast();
     match params.solver {
         Solver::Cg => x.par_chunks_mut(f).enumerate().for_each_init(
             || vec![0f32; 3 * f],
             |scratch, (r, xr)| {
                 let (cols, vals) = m.row(r);
-                cg_row(&yty, y, f, cols, vals, alpha, params.cg_steps, xr, scratch);
+                let row = Row {
+                    yty: &yty,
+                    y,
+                    f,
+                    cols,
+                    vals,
+                    alpha,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
+                    unsafe { cg_row_fma(&row, params.cg_steps, xr, scratch) };
+                    return;
+                }
+                let _ = fast;
+                cg_row::<false>(&row, params.cg_steps, xr, scratch);
             },
         ),
         Solver::Cholesky => x.par_chunks_mut(f).enumerate().for_each_init(
             || (vec![0f32; f * f], vec![0f32; f]),
             |(a, b), (r, xr)| {
                 let (cols, vals) = m.row(r);
-                cholesky_row(&yty, y, f, cols, vals, alpha, a, b, xr);
+                let row = Row {
+                    yty: &yty,
+                    y,
+                    f,
+                    cols,
+                    vals,
+                    alpha,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
+                    unsafe { cholesky_row_fma(&row, a, b, xr) };
+                    return;
+                }
+                cholesky_row::<false>(&row, a, b, xr);
             },
         ),
     }
 }
 
-/// `A·v` for one row: `(YᵀY + λI)v + Σᵢ (cᵢ − 1)(yᵢ·v) yᵢ`.
-#[allow(clippy::too_many_arguments)]
-fn apply_a(
-    yty: &[f32],
-    y: &[f32],
+/// One row's problem: the Gram matrix (with λI), the other side's factors, the row's
+/// observed columns and weights, and α.
+struct Row<'a> {
+    yty: &'a [f32],
+    y: &'a [f32],
     f: usize,
-    cols: &[u32],
-    vals: &[f32],
+    cols: &'a [u32],
+    vals: &'a [f32],
     alpha: f32,
-    v: &[f32],
-    out: &mut [f32],
-) {
-    for (a, o) in out.iter_mut().enumerate() {
-        *o = dot(&yty[a * f..(a + 1) * f], v);
-    }
-    for (&i, &w) in cols.iter().zip(vals) {
-        let yi = &y[i as usize * f..(i as usize + 1) * f];
-        axpy(alpha * w * dot(yi, v), yi, out);
+}
+
+impl Row<'_> {
+    #[inline(always)]
+    fn y(&self, i: u32) -> &[f32] {
+        &self.y[i as usize * self.f..(i as usize + 1) * self.f]
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cg_row(
-    yty: &[f32],
-    y: &[f32],
-    f: usize,
-    cols: &[u32],
-    vals: &[f32],
-    alpha: f32,
-    steps: usize,
-    x: &mut [f32],
-    scratch: &mut [f32],
-) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn cg_row_fma(row: &Row, steps: usize, x: &mut [f32], scratch: &mut [f32]) {
+    cg_row::<true>(row, steps, x, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn cholesky_row_fma(row: &Row, a: &mut [f32], b: &mut [f32], x: &mut [f32]) {
+    cholesky_row::<true>(row, a, b, x)
+}
+
+/// `A·v` for one row: `(YᵀY + λI)v + Σᵢ (cᵢ − 1)(yᵢ·v) yᵢ`.
+#[inline(always)]
+fn apply_a<const FMA: bool>(row: &Row, v: &[f32], out: &mut [f32]) {
+    let f = row.f;
+    for (a, o) in out.iter_mut().enumerate() {
+        *o = kdot::<FMA>(&row.yty[a * f..(a + 1) * f], v);
+    }
+    for (&i, &w) in row.cols.iter().zip(row.vals) {
+        let yi = row.y(i);
+        axpy::<FMA>(row.alpha * w * kdot::<FMA>(yi, v), yi, out);
+    }
+}
+
+#[inline(always)]
+fn cg_row<const FMA: bool>(row: &Row, steps: usize, x: &mut [f32], scratch: &mut [f32]) {
+    let f = row.f;
     let (r, rest) = scratch.split_at_mut(f);
     let (p, ap) = rest.split_at_mut(f);
-    // r = b − A·x, with b = Σ cᵢ yᵢ
-    apply_a(yty, y, f, cols, vals, alpha, x, ap);
-    for (ri, a) in r.iter_mut().zip(ap.iter()) {
-        *ri = -a;
+    // r = b − A·x with b = Σ cᵢ yᵢ, in one pass over the row:
+    // r = −(YᵀY + λI)x + Σᵢ (cᵢ − (cᵢ − 1)(yᵢ·x)) yᵢ
+    for (a, ri) in r.iter_mut().enumerate() {
+        *ri = -kdot::<FMA>(&row.yty[a * f..(a + 1) * f], x);
     }
-    for (&i, &w) in cols.iter().zip(vals) {
-        let yi = &y[i as usize * f..(i as usize + 1) * f];
-        axpy(1.0 + alpha * w, yi, r);
+    for (&i, &w) in row.cols.iter().zip(row.vals) {
+        let yi = row.y(i);
+        let extra = row.alpha * w;
+        axpy::<FMA>(1.0 + extra - extra * kdot::<FMA>(yi, x), yi, r);
     }
     p.copy_from_slice(r);
-    let mut rs_old = dot(r, r);
+    let mut rs_old = kdot::<FMA>(r, r);
     if rs_old < 1e-20 {
         return;
     }
     for _ in 0..steps {
-        apply_a(yty, y, f, cols, vals, alpha, p, ap);
-        let pap = dot(p, ap);
+        apply_a::<FMA>(row, p, ap);
+        let pap = kdot::<FMA>(p, ap);
         if pap <= 0.0 || !pap.is_finite() {
             break;
         }
         let step = rs_old / pap;
-        axpy(step, p, x);
-        axpy(-step, ap, r);
-        let rs_new = dot(r, r);
+        axpy::<FMA>(step, p, x);
+        axpy::<FMA>(-step, ap, r);
+        let rs_new = kdot::<FMA>(r, r);
         if rs_new < 1e-20 {
             break;
         }
@@ -295,45 +340,36 @@ fn cg_row(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cholesky_row(
-    yty: &[f32],
-    y: &[f32],
-    f: usize,
-    cols: &[u32],
-    vals: &[f32],
-    alpha: f32,
-    a: &mut [f32],
-    b: &mut [f32],
-    x: &mut [f32],
-) {
-    a.copy_from_slice(yty);
+#[inline(always)]
+fn cholesky_row<const FMA: bool>(row: &Row, a: &mut [f32], b: &mut [f32], x: &mut [f32]) {
+    let f = row.f;
+    a.copy_from_slice(row.yty);
     b.iter_mut().for_each(|v| *v = 0.0);
-    for (&i, &w) in cols.iter().zip(vals) {
-        let yi = &y[i as usize * f..(i as usize + 1) * f];
-        let extra = alpha * w;
+    for (&i, &w) in row.cols.iter().zip(row.vals) {
+        let yi = row.y(i);
+        let extra = row.alpha * w;
         for (d, &yd) in yi.iter().enumerate() {
-            axpy(extra * yd, yi, &mut a[d * f..(d + 1) * f]);
+            axpy::<FMA>(extra * yd, yi, &mut a[d * f..(d + 1) * f]);
         }
-        axpy(1.0 + extra, yi, b);
+        axpy::<FMA>(1.0 + extra, yi, b);
     }
     // in-place Cholesky: A = L·Lᵀ, L in the lower triangle (A is symmetric positive definite
     // when λ > 0; a non-positive pivot leaves the row as it was)
     for j in 0..f {
-        let mut d = a[j * f + j] - dot(&a[j * f..j * f + j], &a[j * f..j * f + j]);
+        let mut d = a[j * f + j] - kdot::<FMA>(&a[j * f..j * f + j], &a[j * f..j * f + j]);
         if d <= 0.0 || !d.is_finite() {
             return;
         }
         d = d.sqrt();
         a[j * f + j] = d;
         for i in j + 1..f {
-            let s = a[i * f + j] - dot(&a[i * f..i * f + j], &a[j * f..j * f + j]);
+            let s = a[i * f + j] - kdot::<FMA>(&a[i * f..i * f + j], &a[j * f..j * f + j]);
             a[i * f + j] = s / d;
         }
     }
     // forward: L·z = b, then back: Lᵀ·x = z
     for i in 0..f {
-        let s = b[i] - dot(&a[i * f..i * f + i], &b[..i]);
+        let s = b[i] - kdot::<FMA>(&a[i * f..i * f + i], &b[..i]);
         b[i] = s / a[i * f + i];
     }
     for i in (0..f).rev() {
@@ -357,18 +393,21 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
         .map_init(
             || vec![0f32; f],
             |tmp, (u, xu)| {
-                for (a, t) in tmp.iter_mut().enumerate() {
-                    *t = dot(&yty[a * f..(a + 1) * f], xu);
-                }
-                // every cell as if unobserved: Σᵢ (xᵤ·yᵢ)² = xᵤᵀ YᵀY xᵤ
-                let mut l = dot(xu, tmp) as f64;
                 let (cols, vals) = m.row(u);
-                for (&i, &w) in cols.iter().zip(vals) {
-                    let s = dot(xu, &items[i as usize * f..(i as usize + 1) * f]) as f64;
-                    let c = 1.0 + (alpha * w) as f64;
-                    l += c * (1.0 - s) * (1.0 - s) - s * s;
+                let row = Row {
+                    yty: &yty,
+                    y: items,
+                    f,
+                    cols,
+                    vals,
+                    alpha,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if kernel::fast() {
+                    // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
+                    return unsafe { loss_row_fma(&row, xu, tmp) };
                 }
-                (l, dot(xu, xu) as f64)
+                loss_row::<false>(&row, xu, tmp)
             },
         )
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
@@ -378,33 +417,33 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
     (sum + params.regularization as f64 * (reg_users + reg_items)) / total_conf
 }
 
-/// Dot product with eight independent accumulators (vectorises without fast-math).
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
+/// One user's share of the loss: `(xᵤᵀ YᵀY xᵤ + Σᵢ [cᵢ(1 − sᵢ)² − sᵢ²], |xᵤ|²)`.
+#[inline(always)]
+fn loss_row<const FMA: bool>(row: &Row, xu: &[f32], tmp: &mut [f32]) -> (f64, f64) {
+    let f = row.f;
+    for (a, t) in tmp.iter_mut().enumerate() {
+        *t = kdot::<FMA>(&row.yty[a * f..(a + 1) * f], xu);
     }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+    // every cell as if unobserved: Σᵢ (xᵤ·yᵢ)² = xᵤᵀ YᵀY xᵤ, then the observed ones corrected
+    let mut l = kdot::<FMA>(xu, tmp) as f64;
+    for (&i, &w) in row.cols.iter().zip(row.vals) {
+        let s = kdot::<FMA>(xu, row.y(i)) as f64;
+        let c = 1.0 + (row.alpha * w) as f64;
+        l += c * (1.0 - s) * (1.0 - s) - s * s;
     }
-    s
+    (l, kdot::<FMA>(xu, xu) as f64)
 }
 
-/// `y += a·x`
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn loss_row_fma(row: &Row, xu: &[f32], tmp: &mut [f32]) -> (f64, f64) {
+    loss_row::<true>(row, xu, tmp)
+}
+
+/// Dot product (the portable build; hot loops use [`kernel`] directly).
 #[inline]
-pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    kernel::dot::<false>(a, b)
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ struct Job {
     name: String,
     cron: cron::Schedule,
     select: Vec<String>,
+    skip_als: bool,
 }
 
 /// What the scheduler did (for tests and logs).
@@ -67,6 +68,7 @@ pub async fn run(
                     name: j.name.clone(),
                     cron,
                     select: j.select.clone(),
+                    skip_als: j.skip_als,
                 })
                 .map_err(|e| ScheduleError::Cron {
                     job: j.name.clone(),
@@ -137,7 +139,7 @@ pub async fn run(
                 queries,
                 &job.select,
                 Utc::now(),
-                training,
+                training.filter(|_| !job.skip_als),
                 &mut |l| tracing::info!(job = %job.name, "{l}"),
             )
             .await;

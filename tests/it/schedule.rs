@@ -16,6 +16,7 @@ fn schedule(cron: &str, policy: MissedRunPolicy) -> bookrec::config::ScheduleCon
         name: "matrix".into(),
         cron: cron.into(),
         select: vec!["interactions".into()],
+        skip_als: true,
     }];
     c.missed_run_policy = policy;
     c.tick_ms = 50;
