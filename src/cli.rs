@@ -524,7 +524,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     seed: params.seed,
                 },
             };
-            let parts = eval::split(&loaded.data, &how)?;
+            let parts = eval::split(&loaded.data, &how).with_context(|| {
+                format!(
+                    "{} (time column: --time-col, else last_ts, timestamp, event_ts or ts)",
+                    interactions.display()
+                )
+            })?;
             let k = k as usize;
             let trials = if search {
                 let grid = eval::Grid {

@@ -8,6 +8,7 @@
 //! - [`land`]: Kafka → lake, exactly once;
 //! - [`sql`]: DataFusion sessions over the lake, the feature DAG;
 //! - [`als`]: implicit ALS training, ranking and offline evaluation;
+//! - [`features`]: the realtime feature store (Redis, and an in-memory twin);
 //! - [`store`]: the recommendation / feature database (sqlx);
 //! - [`config`]: the one typed configuration tree;
 //! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod event;
+pub mod features;
 pub mod lake;
 pub mod land;
 pub mod replay;

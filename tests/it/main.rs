@@ -7,6 +7,7 @@ mod batch;
 mod cli;
 mod collect;
 mod compose;
+mod features;
 mod land;
 mod publish;
 mod schedule;

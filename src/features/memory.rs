@@ -1,0 +1,231 @@
+//! The in-memory feature store: Redis semantics (lists, hashes, sorted sets, expiry,
+//! offsets) behind one mutex, for the embedded default.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Span, offsets_key};
+
+#[derive(Debug, Clone)]
+enum Value {
+    List(VecDeque<String>),
+    Hash(BTreeMap<String, f64>),
+    Zset(BTreeMap<String, f64>),
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::List(_) => "list",
+            Value::Hash(_) => "hash",
+            Value::Zset(_) => "sorted set",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    values: HashMap<String, Value>,
+    /// epoch milliseconds at which a key expires
+    expires: HashMap<String, i64>,
+    offsets: HashMap<String, BTreeMap<i32, i64>>,
+}
+
+impl State {
+    fn live(&mut self, key: &str, now_ms: i64) -> Option<&mut Value> {
+        if self.expires.get(key).is_some_and(|&at| at <= now_ms) {
+            self.values.remove(key);
+            self.expires.remove(key);
+        }
+        self.values.get_mut(key)
+    }
+
+    fn entry(&mut self, key: &str, now_ms: i64, empty: Value) -> Result<&mut Value, FeaturesError> {
+        let wanted = empty.kind();
+        if self.live(key, now_ms).is_none() {
+            self.values.insert(key.to_owned(), empty);
+            self.expires.remove(key);
+        }
+        let v = self.values.get_mut(key).expect("inserted above");
+        if v.kind() != wanted {
+            return Err(FeaturesError::WrongType {
+                key: key.to_owned(),
+                found: v.kind(),
+                wanted,
+            });
+        }
+        Ok(v)
+    }
+
+    fn expire(&mut self, key: &str, expiry: Expiry, now_ms: i64) {
+        match expiry {
+            Expiry::Never => {}
+            Expiry::AfterSecs(s) => {
+                self.expires.insert(key.to_owned(), now_ms + s as i64 * 1000);
+            }
+            Expiry::AtEpochSecs(at) => {
+                self.expires.insert(key.to_owned(), at * 1000);
+            }
+        }
+    }
+}
+
+/// Redis semantics in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // a panic while holding the lock cannot leave a half-applied batch visible: apply
+        // validates everything first and writes into a copy it swaps in
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[async_trait::async_trait]
+impl FeatureStore for MemoryStore {
+    async fn apply(&self, group: &str, ops: &[Op], spans: &[Span]) -> Result<Applied, FeaturesError> {
+        let now = now_ms();
+        let mut guard = self.lock();
+        let stored = guard.offsets.get(&offsets_key(group)).cloned().unwrap_or_default();
+        for s in spans {
+            if let Some(&have) = stored.get(&s.partition) {
+                if have >= s.to {
+                    return Ok(Applied::AlreadyApplied);
+                }
+                if have != s.from {
+                    return Err(FeaturesError::OffsetConflict {
+                        group: group.to_owned(),
+                        partition: s.partition,
+                        stored: have,
+                        from: s.from,
+                    });
+                }
+            }
+        }
+        // all or nothing: apply to the touched keys' copies, then swap them in
+        let mut scratch = State::default();
+        for op in ops {
+            let key = op.key();
+            if !scratch.values.contains_key(key)
+                && let Some(v) = guard.live(key, now).cloned()
+            {
+                scratch.values.insert(key.to_owned(), v);
+                if let Some(&at) = guard.expires.get(key) {
+                    scratch.expires.insert(key.to_owned(), at);
+                }
+            }
+        }
+        for op in ops {
+            match op {
+                Op::PushRecent {
+                    key,
+                    member,
+                    max_len,
+                    expiry,
+                } => {
+                    if let Value::List(l) = scratch.entry(key, now, Value::List(VecDeque::new()))? {
+                        l.retain(|m| m != member);
+                        l.push_front(member.clone());
+                        l.truncate(*max_len);
+                    }
+                    scratch.expire(key, *expiry, now);
+                }
+                Op::HashIncr {
+                    key,
+                    field,
+                    delta,
+                    expiry,
+                } => {
+                    if let Value::Hash(h) = scratch.entry(key, now, Value::Hash(BTreeMap::new()))? {
+                        *h.entry(field.clone()).or_insert(0.0) += delta;
+                    }
+                    scratch.expire(key, *expiry, now);
+                }
+                Op::ZsetIncr {
+                    key,
+                    member,
+                    delta,
+                    expiry,
+                } => {
+                    if let Value::Zset(z) = scratch.entry(key, now, Value::Zset(BTreeMap::new()))? {
+                        *z.entry(member.clone()).or_insert(0.0) += delta;
+                    }
+                    scratch.expire(key, *expiry, now);
+                }
+            }
+        }
+        for (k, v) in scratch.values {
+            guard.expires.remove(&k);
+            guard.values.insert(k, v);
+        }
+        for (k, at) in scratch.expires {
+            guard.expires.insert(k, at);
+        }
+        let offsets = guard.offsets.entry(offsets_key(group)).or_default();
+        for s in spans {
+            offsets.insert(s.partition, s.to);
+        }
+        Ok(Applied::Applied)
+    }
+
+    async fn offsets(&self, group: &str) -> Result<BTreeMap<i32, i64>, FeaturesError> {
+        Ok(self
+            .lock()
+            .offsets
+            .get(&offsets_key(group))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn list(&self, key: &str, n: usize) -> Result<Vec<String>, FeaturesError> {
+        match self.lock().live(key, now_ms()) {
+            None => Ok(Vec::new()),
+            Some(Value::List(l)) => Ok(l.iter().take(n).cloned().collect()),
+            Some(other) => Err(FeaturesError::WrongType {
+                key: key.to_owned(),
+                found: other.kind(),
+                wanted: "list",
+            }),
+        }
+    }
+
+    async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError> {
+        match self.lock().live(key, now_ms()) {
+            None => Ok(Vec::new()),
+            Some(Value::Hash(h)) => Ok(h.iter().map(|(k, v)| (k.clone(), *v)).collect()),
+            Some(other) => Err(FeaturesError::WrongType {
+                key: key.to_owned(),
+                found: other.kind(),
+                wanted: "hash",
+            }),
+        }
+    }
+
+    async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError> {
+        match self.lock().live(key, now_ms()) {
+            None => Ok(Vec::new()),
+            Some(Value::Zset(z)) => {
+                let mut v: Vec<(String, f64)> = z.iter().map(|(k, s)| (k.clone(), *s)).collect();
+                v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+                v.truncate(n);
+                Ok(v)
+            }
+            Some(other) => Err(FeaturesError::WrongType {
+                key: key.to_owned(),
+                found: other.kind(),
+                wanted: "sorted set",
+            }),
+        }
+    }
+}

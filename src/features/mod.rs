@@ -1,0 +1,126 @@
+//! The realtime feature store: Redis, or an in-memory store with the same semantics for the
+//! embedded default and tests of pure logic. One contract (the [`FeatureStore`] trait) and
+//! one contract-test suite (`tests/it/features.rs`) for both. The only module that names
+//! `redis`.
+//!
+//! Writes come as micro-batches: a list of [`Op`]s plus the Kafka offsets the batch covers.
+//! [`FeatureStore::apply`] applies both atomically and at most once — a batch whose offsets
+//! the store already holds is skipped (a replay changes nothing), and a batch that does not
+//! start where the stored offsets end is refused (someone else moved them). That gives
+//! exactly-once updates without Kafka transactions.
+
+use std::collections::BTreeMap;
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturesError {
+    #[error("redis {url}: {source}")]
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("redis {url}: {op} timed out after {ms} ms")]
+    Timeout { url: String, op: &'static str, ms: u64 },
+    #[error(
+        "offsets of group {group}, partition {partition}: the store has {stored}, the batch starts at {from}"
+    )]
+    OffsetConflict {
+        group: String,
+        partition: i32,
+        stored: i64,
+        from: i64,
+    },
+    #[error("key {key}: holds a {found}, not a {wanted}")]
+    WrongType {
+        key: String,
+        found: &'static str,
+        wanted: &'static str,
+    },
+}
+
+/// When a key expires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expiry {
+    Never,
+    /// this many seconds after the write (renewed by each write)
+    AfterSecs(u64),
+    /// at this epoch second (deterministic under replay: time buckets)
+    AtEpochSecs(i64),
+}
+
+/// One change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Moves `member` to the head of the list at `key` (removing it further down) and keeps
+    /// the first `max_len`: newest first, de-duplicated, trimmed.
+    PushRecent {
+        key: String,
+        member: String,
+        max_len: usize,
+        expiry: Expiry,
+    },
+    /// Adds `delta` to `field` of the hash at `key`.
+    HashIncr {
+        key: String,
+        field: String,
+        delta: f64,
+        expiry: Expiry,
+    },
+    /// Adds `delta` to `member`'s score in the sorted set at `key`.
+    ZsetIncr {
+        key: String,
+        member: String,
+        delta: f64,
+        expiry: Expiry,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::PushRecent { key, .. } | Op::HashIncr { key, .. } | Op::ZsetIncr { key, .. } => key,
+        }
+    }
+}
+
+/// The offsets one batch covers in one partition: `from` is its first offset, `to` the
+/// next offset to consume after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// What [`FeatureStore::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// the store already holds these offsets: nothing changed
+    AlreadyApplied,
+}
+
+#[async_trait::async_trait]
+pub trait FeatureStore: Send + Sync {
+    /// Applies `ops` and records `spans` under `group`, atomically; see the module doc.
+    async fn apply(&self, group: &str, ops: &[Op], spans: &[Span]) -> Result<Applied, FeaturesError>;
+    /// The next offset to consume per partition, as recorded by `apply`.
+    async fn offsets(&self, group: &str) -> Result<BTreeMap<i32, i64>, FeaturesError>;
+    /// The first `n` members of a list (newest first for `PushRecent` lists).
+    async fn list(&self, key: &str, n: usize) -> Result<Vec<String>, FeaturesError>;
+    /// A hash's fields and values, sorted by field.
+    async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError>;
+    /// The `n` highest-scored members of a sorted set, highest first (ties: the greater
+    /// member first, as Redis's ZREVRANGE).
+    async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError>;
+}
+
+/// The key under which a group's offsets live.
+pub fn offsets_key(group: &str) -> String {
+    format!("bookrec:offsets:{group}")
+}

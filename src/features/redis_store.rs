@@ -1,0 +1,242 @@
+//! The Redis feature store. A batch is one Lua script: it checks the group's offsets and
+//! the types of every key first (a script that fails half-way is not rolled back by Redis,
+//! so nothing is written before everything is known to succeed), then applies the ops and
+//! records the new offsets. Redis runs a script atomically: readers see a batch whole or not.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Span, offsets_key};
+
+const APPLY: &str = r#"
+-- KEYS[1] = offsets hash; KEYS[2..] = the ops' keys
+-- ARGV: nspans, (partition, from, to) * nspans, then per op: code, key index, a, b, c, expiry kind, expiry
+local i = 1
+local nspans = tonumber(ARGV[i]); i = i + 1
+local spans = {}
+for s = 1, nspans do
+  local part, from, to = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]); i = i + 3
+  local stored = redis.call('HGET', KEYS[1], part)
+  if stored then
+    stored = tonumber(stored)
+    if stored >= to then return {0, part, stored} end
+    if stored ~= from then return {2, part, stored} end
+  end
+  spans[#spans + 1] = {part, to}
+end
+local first_op = i
+local want = {L = 'list', H = 'hash', Z = 'zset'}
+while i <= #ARGV do
+  local k = KEYS[tonumber(ARGV[i + 1])]
+  local t = redis.call('TYPE', k).ok
+  if t ~= 'none' and t ~= want[ARGV[i]] then return {3, k, t} end
+  i = i + 7
+end
+i = first_op
+while i <= #ARGV do
+  local code, k, a, b, c = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local ek, ev = ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
+  if code == 'L' then
+    redis.call('LREM', k, 0, a)
+    redis.call('LPUSH', k, a)
+    redis.call('LTRIM', k, 0, tonumber(c) - 1)
+  elseif code == 'H' then
+    redis.call('HINCRBYFLOAT', k, a, b)
+  else
+    redis.call('ZINCRBY', k, b, a)
+  end
+  if ek == 'I' then
+    redis.call('EXPIRE', k, ev)
+  elseif ek == 'A' then
+    redis.call('EXPIREAT', k, ev)
+  end
+end
+for _, s in ipairs(spans) do
+  redis.call('HSET', KEYS[1], s[1], s[2])
+end
+return {1, '', 0}
+"#;
+
+/// Redis through a reconnecting multiplexed connection; every call has a timeout.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: redis::Script,
+    url: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port[/db]`); each call gives up after `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, FeaturesError> {
+        let shown = crate::config::redact_url(url);
+        let err = |source| FeaturesError::Redis {
+            url: shown.clone(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(err)?;
+        let conn = tokio::time::timeout(timeout, ConnectionManager::new(client))
+            .await
+            .map_err(|_| FeaturesError::Timeout {
+                url: shown.clone(),
+                op: "connect",
+                ms: timeout.as_millis() as u64,
+            })?
+            .map_err(err)?;
+        Ok(RedisStore {
+            conn,
+            script: redis::Script::new(APPLY),
+            url: shown,
+            timeout,
+        })
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, FeaturesError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(|source| FeaturesError::Redis {
+                url: self.url.clone(),
+                source,
+            }),
+            Err(_) => Err(FeaturesError::Timeout {
+                url: self.url.clone(),
+                op,
+                ms: self.timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+fn expiry_args(e: Expiry) -> (&'static str, String) {
+    match e {
+        Expiry::Never => ("N", String::new()),
+        Expiry::AfterSecs(s) => ("I", s.max(1).to_string()),
+        Expiry::AtEpochSecs(at) => ("A", at.to_string()),
+    }
+}
+
+/// A float as Redis reads it back exactly.
+fn num(x: f64) -> String {
+    format!("{x:?}")
+}
+
+#[async_trait::async_trait]
+impl FeatureStore for RedisStore {
+    async fn apply(&self, group: &str, ops: &[Op], spans: &[Span]) -> Result<Applied, FeaturesError> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(offsets_key(group));
+        inv.arg(spans.len());
+        for s in spans {
+            inv.arg(s.partition).arg(s.from).arg(s.to);
+        }
+        let mut key_index: std::collections::HashMap<&str, usize> = Default::default();
+        for op in ops {
+            let next = key_index.len() + 2;
+            let idx = *key_index.entry(op.key()).or_insert_with(|| {
+                inv.key(op.key());
+                next
+            });
+            let (code, a, b, c, expiry) = match op {
+                Op::PushRecent {
+                    member,
+                    max_len,
+                    expiry,
+                    ..
+                } => ("L", member.clone(), String::new(), max_len.to_string(), *expiry),
+                Op::HashIncr {
+                    field,
+                    delta,
+                    expiry,
+                    ..
+                } => ("H", field.clone(), num(*delta), String::new(), *expiry),
+                Op::ZsetIncr {
+                    member,
+                    delta,
+                    expiry,
+                    ..
+                } => ("Z", member.clone(), num(*delta), String::new(), *expiry),
+            };
+            let (ek, ev) = expiry_args(expiry);
+            inv.arg(code).arg(idx).arg(a).arg(b).arg(c).arg(ek).arg(ev);
+        }
+        let mut conn = self.conn.clone();
+        let (status, what, stored): (i64, String, String) =
+            self.timed("apply", inv.invoke_async(&mut conn)).await?;
+        match status {
+            1 => Ok(Applied::Applied),
+            0 => Ok(Applied::AlreadyApplied),
+            2 => {
+                let partition = what.parse().unwrap_or(-1);
+                let from = spans
+                    .iter()
+                    .find(|s| s.partition == partition)
+                    .map(|s| s.from)
+                    .unwrap_or(-1);
+                Err(FeaturesError::OffsetConflict {
+                    group: group.to_owned(),
+                    partition,
+                    stored: stored.parse().unwrap_or(-1),
+                    from,
+                })
+            }
+            _ => {
+                let kind = |t: &str| match t {
+                    "list" => "list",
+                    "hash" => "hash",
+                    "zset" => "sorted set",
+                    "string" => "string",
+                    "set" => "set",
+                    _ => "value of another type",
+                };
+                let wanted = match ops.iter().find(|o| o.key() == what) {
+                    Some(Op::PushRecent { .. }) => "list",
+                    Some(Op::HashIncr { .. }) => "hash",
+                    _ => "sorted set",
+                };
+                Err(FeaturesError::WrongType {
+                    found: kind(&stored),
+                    key: what,
+                    wanted,
+                })
+            }
+        }
+    }
+
+    async fn offsets(&self, group: &str) -> Result<BTreeMap<i32, i64>, FeaturesError> {
+        let mut conn = self.conn.clone();
+        let raw: BTreeMap<i32, i64> = self
+            .timed("offsets", conn.hgetall(offsets_key(group)))
+            .await?;
+        Ok(raw)
+    }
+
+    async fn list(&self, key: &str, n: usize) -> Result<Vec<String>, FeaturesError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        self.timed("list", conn.lrange(key, 0, n as isize - 1)).await
+    }
+
+    async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError> {
+        let mut conn = self.conn.clone();
+        let raw: BTreeMap<String, f64> = self.timed("hash", conn.hgetall(key)).await?;
+        Ok(raw.into_iter().collect())
+    }
+
+    async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        self.timed("top", conn.zrevrange_withscores(key, 0, n as isize - 1))
+            .await
+    }
+}

@@ -1,0 +1,165 @@
+//! One contract-test suite for the feature store, run against real Redis (127.0.0.1:6379,
+//! or BOOKREC_TEST_REDIS) and against the in-memory store of the embedded default.
+
+use std::time::Duration;
+
+use bookrec::features::{
+    Applied, Expiry, FeatureStore, FeaturesError, MemoryStore, Op, RedisStore, Span,
+};
+
+use crate::support::unique;
+
+fn push(key: &str, member: &str) -> Op {
+    Op::PushRecent {
+        key: key.into(),
+        member: member.into(),
+        max_len: 3,
+        expiry: Expiry::Never,
+    }
+}
+
+fn hincr(key: &str, field: &str, delta: f64, expiry: Expiry) -> Op {
+    Op::HashIncr {
+        key: key.into(),
+        field: field.into(),
+        delta,
+        expiry,
+    }
+}
+
+fn zincr(key: &str, member: &str, delta: f64) -> Op {
+    Op::ZsetIncr {
+        key: key.into(),
+        member: member.into(),
+        delta,
+        expiry: Expiry::Never,
+    }
+}
+
+fn span(partition: i32, from: i64, to: i64) -> Span {
+    Span {
+        partition,
+        from,
+        to,
+    }
+}
+
+/// The contract, on keys under a fresh namespace.
+async fn contract(store: &dyn FeatureStore) {
+    let ns = unique("feat");
+    let k = |s: &str| format!("{ns}:{s}");
+    let group = k("group");
+
+    // recent list: newest first, de-duplicated, trimmed to 3
+    let ops: Vec<Op> = ["b1", "b2", "b1", "b3", "b4"]
+        .iter()
+        .map(|b| push(&k("recent"), b))
+        .collect();
+    let r = store.apply(&group, &ops, &[span(0, 0, 5)]).await.expect("apply");
+    assert_eq!(r, Applied::Applied);
+    assert_eq!(store.list(&k("recent"), 10).await.expect("list"), ["b4", "b3", "b1"]);
+    assert_eq!(store.list(&k("recent"), 2).await.expect("list"), ["b4", "b3"]);
+    assert!(store.list(&k("nothing"), 5).await.expect("list").is_empty());
+
+    // hashes and sorted sets sum; top is highest first, ties by the greater member
+    let ops = vec![
+        hincr(&k("cat"), "fantasy", 1.5, Expiry::Never),
+        hincr(&k("cat"), "history", 1.0, Expiry::Never),
+        hincr(&k("cat"), "fantasy", 2.0, Expiry::Never),
+        zincr(&k("heat"), "b1", 1.0),
+        zincr(&k("heat"), "b2", 3.0),
+        zincr(&k("heat"), "b3", 1.0),
+    ];
+    store.apply(&group, &ops, &[span(0, 5, 11)]).await.expect("apply");
+    assert_eq!(
+        store.hash(&k("cat")).await.expect("hash"),
+        vec![("fantasy".to_string(), 3.5), ("history".to_string(), 1.0)]
+    );
+    assert_eq!(
+        store.top(&k("heat"), 10).await.expect("top"),
+        vec![("b2".to_string(), 3.0), ("b3".to_string(), 1.0), ("b1".to_string(), 1.0)]
+    );
+    assert_eq!(store.top(&k("heat"), 1).await.expect("top").len(), 1);
+
+    // a replayed batch changes nothing; offsets are per partition
+    let again = store.apply(&group, &ops, &[span(0, 5, 11)]).await.expect("replay");
+    assert_eq!(again, Applied::AlreadyApplied);
+    assert_eq!(store.hash(&k("cat")).await.expect("hash")[0].1, 3.5);
+    store
+        .apply(&group, &[zincr(&k("heat"), "b1", 5.0)], &[span(0, 11, 12), span(1, 0, 4)])
+        .await
+        .expect("two partitions");
+    let offsets = store.offsets(&group).await.expect("offsets");
+    assert_eq!(offsets.into_iter().collect::<Vec<_>>(), vec![(0, 12), (1, 4)]);
+    assert!(store.offsets(&k("other-group")).await.expect("offsets").is_empty());
+
+    // a batch that does not start where the stored offsets end is refused, writing nothing
+    let err = store
+        .apply(&group, &[zincr(&k("heat"), "b9", 1.0)], &[span(0, 20, 25)])
+        .await
+        .expect_err("gap");
+    assert!(
+        matches!(err, FeaturesError::OffsetConflict { partition: 0, stored: 12, from: 20, .. }),
+        "{err}"
+    );
+    assert_eq!(store.top(&k("heat"), 10).await.expect("top").len(), 3);
+
+    // a key of another type fails the whole batch before anything is written
+    let err = store
+        .apply(
+            &group,
+            &[zincr(&k("heat"), "b1", 100.0), push(&k("cat"), "x")],
+            &[span(0, 12, 13)],
+        )
+        .await
+        .expect_err("wrong type");
+    assert!(matches!(err, FeaturesError::WrongType { .. }), "{err}");
+    assert_eq!(store.top(&k("heat"), 1).await.expect("top")[0], ("b1".to_string(), 6.0));
+    assert_eq!(store.offsets(&group).await.expect("offsets")[&0], 12);
+
+    // expiry: relative (renewed per write) and absolute (time buckets)
+    let past = chrono::Utc::now().timestamp() - 10;
+    store
+        .apply(
+            &group,
+            &[
+                hincr(&k("short"), "f", 1.0, Expiry::AfterSecs(1)),
+                hincr(&k("gone"), "f", 1.0, Expiry::AtEpochSecs(past)),
+                hincr(&k("later"), "f", 1.0, Expiry::AtEpochSecs(past + 3600)),
+            ],
+            &[span(0, 12, 13)],
+        )
+        .await
+        .expect("apply");
+    assert!(store.hash(&k("gone")).await.expect("hash").is_empty());
+    assert_eq!(store.hash(&k("short")).await.expect("hash").len(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(store.hash(&k("short")).await.expect("hash").is_empty());
+    assert_eq!(store.hash(&k("later")).await.expect("hash").len(), 1);
+}
+
+#[tokio::test]
+async fn the_in_memory_store_keeps_the_contract() {
+    contract(&MemoryStore::new()).await;
+}
+
+pub fn redis_url() -> String {
+    std::env::var("BOOKREC_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[tokio::test]
+async fn redis_keeps_the_contract() {
+    let store = RedisStore::connect(&redis_url(), Duration::from_secs(5))
+        .await
+        .expect("Redis on 127.0.0.1:6379 (scripts/test starts it)");
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_clear_timeout_or_connection_error() {
+    let err = match RedisStore::connect("redis://127.0.0.1:1", Duration::from_millis(500)).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("redis://127.0.0.1:1"), "{err}");
+}
