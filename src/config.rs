@@ -47,6 +47,16 @@ pub struct Config {
     /// ALS training parameters (`bookrec batch`, and the defaults of `bookrec als fit`)
     pub als: crate::als::Params,
     pub publish: PublishConfig,
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (the password is redacted when printed)
+    pub url: String,
+    /// every Redis call gives up after this long
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -262,7 +272,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 13] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -275,6 +285,7 @@ impl Config {
             ("collect.spool.segment_bytes", c.spool.segment_bytes),
             ("collect.spool.max_in_flight", c.spool.max_in_flight as u64),
             ("kafka.partitions", self.kafka.partitions.max(0) as u64),
+            ("redis.timeout_ms", self.redis.timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -380,6 +391,7 @@ impl Config {
         }
         redacted.lake.url = redact_url(&redacted.lake.url);
         redacted.store.url = redact_url(&redacted.store.url);
+        redacted.redis.url = redact_url(&redacted.redis.url);
         for (key, value) in redacted.kafka.extra.iter_mut() {
             if is_secret_key(key) {
                 *value = REDACTED.to_string();
