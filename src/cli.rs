@@ -44,6 +44,13 @@ pub enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Realtime features: the queries of queries/realtime on micro-batches of the events
+    /// topic, applied to Redis (redis.url) exactly once.
+    Stream {
+        /// Process the backlog and exit 0 once every partition is read and applied.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Parses and plans every query in queries/batch against the lake schema; prints the
     /// dependency order; exits non-zero on any error (reported as file:line).
     Check {
@@ -386,6 +393,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
                 .context("lander thread")?
+                .map_err(anyhow::Error::from)
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Stream { until_caught_up } => {
+            init_logging(&config)?;
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let report = runtime()?.block_on(async {
+                let store = crate::features::RedisStore::connect(
+                    &config.redis.url,
+                    std::time::Duration::from_millis(config.redis.timeout_ms),
+                )
+                .await?;
+                let cancel = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(cancel.clone()));
+                crate::realtime::run(
+                    &config,
+                    &lake,
+                    std::sync::Arc::new(store),
+                    cancel,
+                    until_caught_up,
+                )
+                .await
                 .map_err(anyhow::Error::from)
             })?;
             println!("{}", serde_json::to_string(&report)?);

@@ -48,6 +48,22 @@ pub struct Config {
     pub als: crate::als::Params,
     pub publish: PublishConfig,
     pub redis: RedisConfig,
+    pub stream: StreamConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// the stream's own consumer group (its offsets live in the feature store)
+    pub group_id: String,
+    /// the analysts' realtime queries
+    pub queries_dir: PathBuf,
+    /// a micro-batch closes at this many records …
+    pub max_batch_events: usize,
+    /// … or this long after it opened
+    pub max_batch_ms: u64,
+    /// events older than the newest event time seen minus this are late: counted, skipped
+    pub allowed_lateness_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -272,7 +288,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 15] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -286,6 +302,11 @@ impl Config {
             ("collect.spool.max_in_flight", c.spool.max_in_flight as u64),
             ("kafka.partitions", self.kafka.partitions.max(0) as u64),
             ("redis.timeout_ms", self.redis.timeout_ms),
+            (
+                "stream.max_batch_events",
+                self.stream.max_batch_events as u64,
+            ),
+            ("stream.max_batch_ms", self.stream.max_batch_ms),
         ];
         for (key, value) in positive {
             if value == 0 {

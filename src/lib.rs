@@ -11,6 +11,7 @@
 //! - [`features`]: the realtime feature store (Redis, and an in-memory twin);
 //! - [`store`]: the recommendation / feature database (sqlx);
 //! - [`config`]: the one typed configuration tree;
+//! - [`realtime`]: `bookrec stream`, realtime SQL on micro-batches into the feature store;
 //! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
 //! - [`cli`]: the command line, which only composes the modules above.
 
@@ -23,6 +24,7 @@ pub mod event;
 pub mod features;
 pub mod lake;
 pub mod land;
+pub mod realtime;
 pub mod replay;
 pub mod sql;
 pub mod store;

@@ -61,7 +61,8 @@ impl State {
         match expiry {
             Expiry::Never => {}
             Expiry::AfterSecs(s) => {
-                self.expires.insert(key.to_owned(), now_ms + s as i64 * 1000);
+                self.expires
+                    .insert(key.to_owned(), now_ms + s as i64 * 1000);
             }
             Expiry::AtEpochSecs(at) => {
                 self.expires.insert(key.to_owned(), at * 1000);
@@ -94,16 +95,25 @@ fn now_ms() -> i64 {
 
 #[async_trait::async_trait]
 impl FeatureStore for MemoryStore {
-    async fn apply(&self, group: &str, ops: &[Op], spans: &[Span]) -> Result<Applied, FeaturesError> {
+    async fn apply(
+        &self,
+        group: &str,
+        ops: &[Op],
+        spans: &[Span],
+    ) -> Result<Applied, FeaturesError> {
         let now = now_ms();
         let mut guard = self.lock();
-        let stored = guard.offsets.get(&offsets_key(group)).cloned().unwrap_or_default();
+        let stored = guard
+            .offsets
+            .get(&offsets_key(group))
+            .cloned()
+            .unwrap_or_default();
         for s in spans {
             if let Some(&have) = stored.get(&s.partition) {
                 if have >= s.to {
                     return Ok(Applied::AlreadyApplied);
                 }
-                if have != s.from {
+                if have > s.from {
                     return Err(FeaturesError::OffsetConflict {
                         group: group.to_owned(),
                         partition: s.partition,

@@ -5,9 +5,10 @@
 //!
 //! Writes come as micro-batches: a list of [`Op`]s plus the Kafka offsets the batch covers.
 //! [`FeatureStore::apply`] applies both atomically and at most once — a batch whose offsets
-//! the store already holds is skipped (a replay changes nothing), and a batch that does not
-//! start where the stored offsets end is refused (someone else moved them). That gives
-//! exactly-once updates without Kafka transactions.
+//! the store already holds is skipped (a replay changes nothing), and a batch that overlaps
+//! them only in part is refused (its consumer did not start at the stored offsets). A batch
+//! may start after them: offsets can have gaps. That gives exactly-once updates without
+//! Kafka transactions.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +26,11 @@ pub enum FeaturesError {
         source: redis::RedisError,
     },
     #[error("redis {url}: {op} timed out after {ms} ms")]
-    Timeout { url: String, op: &'static str, ms: u64 },
+    Timeout {
+        url: String,
+        op: &'static str,
+        ms: u64,
+    },
     #[error(
         "offsets of group {group}, partition {partition}: the store has {stored}, the batch starts at {from}"
     )]
@@ -108,7 +113,12 @@ pub enum Applied {
 #[async_trait::async_trait]
 pub trait FeatureStore: Send + Sync {
     /// Applies `ops` and records `spans` under `group`, atomically; see the module doc.
-    async fn apply(&self, group: &str, ops: &[Op], spans: &[Span]) -> Result<Applied, FeaturesError>;
+    async fn apply(
+        &self,
+        group: &str,
+        ops: &[Op],
+        spans: &[Span],
+    ) -> Result<Applied, FeaturesError>;
     /// The next offset to consume per partition, as recorded by `apply`.
     async fn offsets(&self, group: &str) -> Result<BTreeMap<i32, i64>, FeaturesError>;
     /// The first `n` members of a list (newest first for `PushRecent` lists).

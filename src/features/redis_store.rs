@@ -23,7 +23,7 @@ for s = 1, nspans do
   if stored then
     stored = tonumber(stored)
     if stored >= to then return {0, part, stored} end
-    if stored ~= from then return {2, part, stored} end
+    if stored > from then return {2, part, stored} end
   end
   spans[#spans + 1] = {part, to}
 end
@@ -129,7 +129,12 @@ fn num(x: f64) -> String {
 
 #[async_trait::async_trait]
 impl FeatureStore for RedisStore {
-    async fn apply(&self, group: &str, ops: &[Op], spans: &[Span]) -> Result<Applied, FeaturesError> {
+    async fn apply(
+        &self,
+        group: &str,
+        ops: &[Op],
+        spans: &[Span],
+    ) -> Result<Applied, FeaturesError> {
         let mut inv = self.script.prepare_invoke();
         inv.key(offsets_key(group));
         inv.arg(spans.len());
@@ -149,7 +154,13 @@ impl FeatureStore for RedisStore {
                     max_len,
                     expiry,
                     ..
-                } => ("L", member.clone(), String::new(), max_len.to_string(), *expiry),
+                } => (
+                    "L",
+                    member.clone(),
+                    String::new(),
+                    max_len.to_string(),
+                    *expiry,
+                ),
                 Op::HashIncr {
                     field,
                     delta,
@@ -222,7 +233,8 @@ impl FeatureStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        self.timed("list", conn.lrange(key, 0, n as isize - 1)).await
+        self.timed("list", conn.lrange(key, 0, n as isize - 1))
+            .await
     }
 
     async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError> {

@@ -29,6 +29,27 @@ pub struct Outputs {
     pub db: bool,
 }
 
+/// Which folder's rules a file follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `queries/batch/`: `output` is required
+    Batch,
+    /// `queries/realtime/`: `sink` is required, and the sink's keys are allowed
+    Realtime,
+}
+
+/// The header keys of a realtime query's sink (see `realtime`).
+pub const SINK_KEYS: &[&str] = &[
+    "sink",
+    "key",
+    "member",
+    "value",
+    "max_len",
+    "ttl_secs",
+    "expire_at",
+    "window",
+];
+
 /// One feature query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
@@ -43,6 +64,8 @@ pub struct Query {
     pub sql: String,
     /// 1-based line of the file where `sql` starts
     pub sql_line: usize,
+    /// realtime sink keys: key → (value, line)
+    pub sink: BTreeMap<String, (String, usize)>,
 }
 
 /// An error with the file and line it is about.
@@ -62,9 +85,15 @@ fn at(path: &Path, line: usize, message: impl Into<String>) -> CatalogError {
     }
 }
 
-/// Parses one file's text.
+/// Parses one batch query file's text.
 pub fn parse(path: &Path, text: &str) -> Result<Query, CatalogError> {
+    parse_kind(path, text, Kind::Batch)
+}
+
+/// Parses one file's text under the rules of `kind`.
+pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogError> {
     let mut name = None;
+    let mut sink = BTreeMap::new();
     let mut description = String::new();
     let mut outputs = None;
     let mut keys = Vec::new();
@@ -81,9 +110,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Query, CatalogError> {
             sql_line = n;
             break;
         };
+        // an indented comment line continues the description (it may hold a colon)
+        let continued = last_key == "description" && comment.starts_with("  ");
         let comment = comment.trim();
         let Some((key, value)) = comment.split_once(':').filter(|(k, _)| {
-            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            !continued && !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
         }) else {
             if last_key == "description" && !comment.is_empty() {
                 description.push(' ');
@@ -142,6 +173,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Query, CatalogError> {
                 }
                 params.insert(p.to_string(), default.trim().to_string());
             }
+            other if kind == Kind::Realtime && SINK_KEYS.contains(&other) => {
+                sink.insert(other.to_string(), (value.to_string(), n));
+            }
             other => return Err(at(path, n, format!("unknown header key {other:?}"))),
         }
     }
@@ -149,7 +183,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Query, CatalogError> {
         return Err(at(path, 1, "the file holds no SQL statement"));
     }
     let name = name.ok_or_else(|| at(path, 1, "the header needs `-- name: …`"))?;
-    let outputs = outputs.ok_or_else(|| at(path, 1, "the header needs `-- output: lake|db`"))?;
+    let outputs = match kind {
+        Kind::Batch => {
+            outputs.ok_or_else(|| at(path, 1, "the header needs `-- output: lake|db`"))?
+        }
+        Kind::Realtime => {
+            if outputs.is_some() {
+                return Err(at(
+                    path,
+                    1,
+                    "a realtime query has a `sink`, not an `output`",
+                ));
+            }
+            if !sink.contains_key("sink") {
+                return Err(at(path, 1, "the header needs `-- sink: recent|hash|zset`"));
+            }
+            Outputs {
+                lake: false,
+                db: false,
+            }
+        }
+    };
     let sql: String = text
         .lines()
         .skip(sql_line - 1)
@@ -175,6 +229,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Query, CatalogError> {
         params,
         sql,
         sql_line,
+        sink,
     })
 }
 
@@ -252,8 +307,13 @@ impl Query {
     }
 }
 
-/// Loads every `*.sql` file of a folder, sorted by file name; names must be unique.
+/// Loads every batch `*.sql` file of a folder, sorted by file name; names must be unique.
 pub fn load_dir(dir: &Path) -> Result<Vec<Query>, Vec<CatalogError>> {
+    load_dir_kind(dir, Kind::Batch)
+}
+
+/// [`load_dir`] under the rules of `kind`.
+pub fn load_dir_kind(dir: &Path, kind: Kind) -> Result<Vec<Query>, Vec<CatalogError>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => return Err(vec![at(dir, 0, format!("cannot read the folder: {e}"))]),
@@ -267,7 +327,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Query>, Vec<CatalogError>> {
     let mut errors = Vec::new();
     for p in paths {
         match std::fs::read_to_string(&p) {
-            Ok(text) => match parse(&p, &text) {
+            Ok(text) => match parse_kind(&p, &text, kind) {
                 Ok(q) => queries.push(q),
                 Err(e) => errors.push(e),
             },

@@ -55,10 +55,19 @@ async fn contract(store: &dyn FeatureStore) {
         .iter()
         .map(|b| push(&k("recent"), b))
         .collect();
-    let r = store.apply(&group, &ops, &[span(0, 0, 5)]).await.expect("apply");
+    let r = store
+        .apply(&group, &ops, &[span(0, 0, 5)])
+        .await
+        .expect("apply");
     assert_eq!(r, Applied::Applied);
-    assert_eq!(store.list(&k("recent"), 10).await.expect("list"), ["b4", "b3", "b1"]);
-    assert_eq!(store.list(&k("recent"), 2).await.expect("list"), ["b4", "b3"]);
+    assert_eq!(
+        store.list(&k("recent"), 10).await.expect("list"),
+        ["b4", "b3", "b1"]
+    );
+    assert_eq!(
+        store.list(&k("recent"), 2).await.expect("list"),
+        ["b4", "b3"]
+    );
     assert!(store.list(&k("nothing"), 5).await.expect("list").is_empty());
 
     // hashes and sorted sets sum; top is highest first, ties by the greater member
@@ -70,36 +79,67 @@ async fn contract(store: &dyn FeatureStore) {
         zincr(&k("heat"), "b2", 3.0),
         zincr(&k("heat"), "b3", 1.0),
     ];
-    store.apply(&group, &ops, &[span(0, 5, 11)]).await.expect("apply");
+    store
+        .apply(&group, &ops, &[span(0, 5, 11)])
+        .await
+        .expect("apply");
     assert_eq!(
         store.hash(&k("cat")).await.expect("hash"),
         vec![("fantasy".to_string(), 3.5), ("history".to_string(), 1.0)]
     );
     assert_eq!(
         store.top(&k("heat"), 10).await.expect("top"),
-        vec![("b2".to_string(), 3.0), ("b3".to_string(), 1.0), ("b1".to_string(), 1.0)]
+        vec![
+            ("b2".to_string(), 3.0),
+            ("b3".to_string(), 1.0),
+            ("b1".to_string(), 1.0)
+        ]
     );
     assert_eq!(store.top(&k("heat"), 1).await.expect("top").len(), 1);
 
     // a replayed batch changes nothing; offsets are per partition
-    let again = store.apply(&group, &ops, &[span(0, 5, 11)]).await.expect("replay");
+    let again = store
+        .apply(&group, &ops, &[span(0, 5, 11)])
+        .await
+        .expect("replay");
     assert_eq!(again, Applied::AlreadyApplied);
     assert_eq!(store.hash(&k("cat")).await.expect("hash")[0].1, 3.5);
     store
-        .apply(&group, &[zincr(&k("heat"), "b1", 5.0)], &[span(0, 11, 12), span(1, 0, 4)])
+        .apply(
+            &group,
+            &[zincr(&k("heat"), "b1", 5.0)],
+            &[span(0, 11, 12), span(1, 0, 4)],
+        )
         .await
         .expect("two partitions");
     let offsets = store.offsets(&group).await.expect("offsets");
-    assert_eq!(offsets.into_iter().collect::<Vec<_>>(), vec![(0, 12), (1, 4)]);
-    assert!(store.offsets(&k("other-group")).await.expect("offsets").is_empty());
-
-    // a batch that does not start where the stored offsets end is refused, writing nothing
-    let err = store
-        .apply(&group, &[zincr(&k("heat"), "b9", 1.0)], &[span(0, 20, 25)])
-        .await
-        .expect_err("gap");
+    assert_eq!(
+        offsets.into_iter().collect::<Vec<_>>(),
+        vec![(0, 12), (1, 4)]
+    );
     assert!(
-        matches!(err, FeaturesError::OffsetConflict { partition: 0, stored: 12, from: 20, .. }),
+        store
+            .offsets(&k("other-group"))
+            .await
+            .expect("offsets")
+            .is_empty()
+    );
+
+    // a batch that overlaps the stored offsets only in part is refused, writing nothing
+    let err = store
+        .apply(&group, &[zincr(&k("heat"), "b9", 1.0)], &[span(0, 10, 15)])
+        .await
+        .expect_err("overlap");
+    assert!(
+        matches!(
+            err,
+            FeaturesError::OffsetConflict {
+                partition: 0,
+                stored: 12,
+                from: 10,
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(store.top(&k("heat"), 10).await.expect("top").len(), 3);
@@ -114,7 +154,10 @@ async fn contract(store: &dyn FeatureStore) {
         .await
         .expect_err("wrong type");
     assert!(matches!(err, FeaturesError::WrongType { .. }), "{err}");
-    assert_eq!(store.top(&k("heat"), 1).await.expect("top")[0], ("b1".to_string(), 6.0));
+    assert_eq!(
+        store.top(&k("heat"), 1).await.expect("top")[0],
+        ("b1".to_string(), 6.0)
+    );
     assert_eq!(store.offsets(&group).await.expect("offsets")[&0], 12);
 
     // expiry: relative (renewed per write) and absolute (time buckets)

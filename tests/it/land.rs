@@ -49,7 +49,7 @@ fn stamped_events(n: usize) -> Vec<(String, Vec<u8>, String)> {
         .collect()
 }
 
-async fn produce(cfg: &Config, records: &[(String, Vec<u8>)]) {
+pub async fn produce(cfg: &Config, records: &[(String, Vec<u8>)]) {
     bookrec::bus::ensure_topics(&cfg.kafka, &[&cfg.kafka.topic])
         .await
         .expect("topic");

@@ -12,4 +12,5 @@ mod land;
 mod publish;
 mod schedule;
 mod store;
+mod stream;
 mod support;

@@ -1,0 +1,326 @@
+//! `bookrec stream`: the analysts' realtime SQL (`queries/realtime/`) run by DataFusion on
+//! micro-batches of `user_behavior_logs`, each batch's results applied to the feature store
+//! together with the offsets it covers, atomically and once (see [`crate::features`]).
+//!
+//! The loop: a consumer thread polls Kafka and cuts a micro-batch when it holds
+//! `stream.max_batch_events` records or `stream.max_batch_ms` passed since its first one.
+//! Records below the offsets the feature store holds are skipped (a restart resumes exactly
+//! there, whatever Kafka's committed offsets say). Malformed records are counted and logged
+//! with their coordinates and skipped; events older than the watermark (the newest event time
+//! seen minus `stream.allowed_lateness_secs`) are counted as late and skipped. The batch's
+//! events become the table `events` (the catalogue tables such as `books` come from the
+//! lake), every query runs, and their rows become ops. Kafka offsets are committed after the
+//! apply, as a hint for where to start reading.
+
+pub mod sink;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::consumer::{KafkaConsumer, Record};
+use crate::config::Config;
+use crate::event::Event;
+use crate::features::{Applied, FeatureStore, Span};
+use crate::lake::Lake;
+use crate::sql::catalog::{self, CatalogError, Kind, Query};
+pub use sink::Sink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Catalog(Vec<CatalogError>),
+    #[error("{0}")]
+    Session(#[from] crate::sql::SqlError),
+    #[error("{0}")]
+    Bus(#[from] crate::bus::BusError),
+    #[error("{0}")]
+    Features(#[from] crate::features::FeaturesError),
+    #[error("{path}: running on the batch at {topic}/{partition}@{offset}: {reason}")]
+    Query {
+        path: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+    #[error("the consumer thread stopped: {0}")]
+    Consumer(String),
+}
+
+/// One realtime feature: its query and its sink.
+#[derive(Debug, Clone)]
+pub struct Feature {
+    pub query: Query,
+    pub sink: Sink,
+}
+
+/// Loads `queries/realtime/*.sql` and checks each against the micro-batch schema (the events
+/// schema) and the catalogue tables of `ctx`: every error with its file and line.
+pub async fn load(dir: &Path, ctx: &SessionContext) -> Result<Vec<Feature>, StreamError> {
+    let queries = catalog::load_dir_kind(dir, Kind::Realtime).map_err(StreamError::Catalog)?;
+    register_events(ctx, Vec::new())?;
+    let mut features = Vec::new();
+    let mut errors = Vec::new();
+    for q in queries {
+        let sink = match Sink::from_query(&q) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let sql = q.render(&chrono::Utc::now(), &HashMap::new());
+        match ctx.sql(&sql).await {
+            Ok(df) => {
+                let schema = df.schema().as_arrow().clone();
+                match sink.check(&q, &schema) {
+                    Ok(()) => features.push(Feature { query: q, sink }),
+                    Err(e) => errors.push(e),
+                }
+            }
+            Err(e) => errors.push(CatalogError {
+                path: q.path.clone(),
+                line: q.sql_line,
+                message: e.to_string(),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(features)
+    } else {
+        Err(StreamError::Catalog(errors))
+    }
+}
+
+fn register_events(
+    ctx: &SessionContext,
+    events: Vec<arrow::array::RecordBatch>,
+) -> Result<(), StreamError> {
+    let schema = crate::event::arrow::schema();
+    let table = MemTable::try_new(schema, vec![events])
+        .map_err(|e| StreamError::Session(crate::sql::SqlError::Query(e)))?;
+    let _ = ctx.deregister_table("events");
+    ctx.register_table("events", Arc::new(table))
+        .map_err(|e| StreamError::Session(crate::sql::SqlError::Query(e)))?;
+    Ok(())
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamReport {
+    pub batches: u64,
+    pub records: u64,
+    pub events: u64,
+    pub malformed: u64,
+    pub late: u64,
+    /// records below the stored offsets (already applied before)
+    pub skipped: u64,
+    pub ops: u64,
+    pub replays: u64,
+    /// event time → applied, seconds: (p50, p99, max) over the events of this run
+    pub freshness_seconds: (f64, f64, f64),
+}
+
+enum Msg {
+    Batch(Vec<Record>),
+    CaughtUp,
+}
+
+/// Runs until `cancel`, or with `until_caught_up` until every assigned partition is read to
+/// its high watermark and applied.
+pub async fn run(
+    cfg: &Config,
+    lake: &Lake,
+    store: Arc<dyn FeatureStore>,
+    cancel: CancellationToken,
+    until_caught_up: bool,
+) -> Result<StreamReport, StreamError> {
+    let ctx = crate::sql::session(lake).await?;
+    let features = load(&cfg.stream.queries_dir, &ctx).await?;
+    let group = cfg.stream.group_id.clone();
+    let mut next: BTreeMap<i32, i64> = store.offsets(&group).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
+    let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Vec<(String, i32, i64)>>();
+    let consumer = KafkaConsumer::new(&cfg.kafka, &group, &[cfg.kafka.topic.as_str()])?;
+    let max_events = cfg.stream.max_batch_events;
+    let max_wait = Duration::from_millis(cfg.stream.max_batch_ms);
+    let cancel = cancel.child_token();
+    let stop = cancel.clone();
+    let poller = tokio::task::spawn_blocking(move || -> Result<(), StreamError> {
+        let mut consumed: HashMap<(String, i32), i64> = HashMap::new();
+        while !stop.is_cancelled() {
+            for c in commit_rx.try_iter() {
+                consumer.commit(&c)?;
+            }
+            let mut batch = Vec::new();
+            let started = Instant::now();
+            while batch.len() < max_events && started.elapsed() < max_wait {
+                match consumer.poll(Duration::from_millis(20)) {
+                    Some(Ok(r)) => {
+                        consumed.insert((r.topic.clone(), r.partition), r.offset + 1);
+                        batch.push(r);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "stream: poll"),
+                    None if batch.is_empty() && started.elapsed() > max_wait / 2 => break,
+                    None => {}
+                }
+            }
+            let _ = consumer.take_rebalances();
+            if !batch.is_empty() {
+                if tx.blocking_send(Msg::Batch(batch)).is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let assigned = consumer.assignment()?;
+            if !assigned.is_empty() {
+                // where each partition is: what this run read, else the group's commit
+                let committed = consumer.committed(Duration::from_secs(10))?;
+                let mut done = true;
+                for (topic, p) in &assigned {
+                    let (_, high) = consumer.watermarks(topic, *p, Duration::from_secs(10))?;
+                    let at = consumed.get(&(topic.clone(), *p)).copied().or_else(|| {
+                        committed
+                            .iter()
+                            .find(|(t, q, _)| t == topic && q == p)
+                            .and_then(|c| c.2)
+                    });
+                    if high > 0 && at.is_none_or(|a| a < high) {
+                        done = false;
+                    }
+                }
+                if done && tx.blocking_send(Msg::CaughtUp).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut report = StreamReport::default();
+    let mut freshness: Vec<f64> = Vec::new();
+    // the newest event time seen (in this process: a restart rebuilds it from what it reads)
+    let mut watermark: Option<chrono::DateTime<chrono::Utc>> = None;
+    let lateness = chrono::Duration::seconds(cfg.stream.allowed_lateness_secs as i64);
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = cancel.cancelled() => None,
+        };
+        let records = match msg {
+            Some(Msg::Batch(r)) => r,
+            Some(Msg::CaughtUp) if until_caught_up => break,
+            Some(Msg::CaughtUp) => continue,
+            None => break,
+        };
+        report.records += records.len() as u64;
+        let mut spans: BTreeMap<i32, Span> = BTreeMap::new();
+        let mut events: Vec<Event> = Vec::new();
+        let first = records[0].clone();
+        for r in &records {
+            if next.get(&r.partition).is_some_and(|&n| r.offset < n) {
+                report.skipped += 1;
+                continue;
+            }
+            let s = spans.entry(r.partition).or_insert(Span {
+                partition: r.partition,
+                from: r.offset,
+                to: r.offset + 1,
+            });
+            s.to = s.to.max(r.offset + 1);
+            let parsed = match &r.payload {
+                Some(p) => Event::from_canonical(p).map_err(|e| e.message),
+                None => Err("empty record".to_string()),
+            };
+            match parsed {
+                Ok(e) if watermark.is_some_and(|w| e.event_ts < w - lateness) => {
+                    report.late += 1;
+                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+                        event_ts = %e.event_ts, "stream: event later than the allowed lateness, skipped");
+                }
+                Ok(e) => {
+                    watermark = watermark.max(Some(e.event_ts));
+                    events.push(e);
+                }
+                Err(reason) => {
+                    report.malformed += 1;
+                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+                        %reason, "stream: malformed record skipped");
+                }
+            }
+        }
+        if spans.is_empty() {
+            continue;
+        }
+        let batch =
+            crate::event::arrow::to_record_batch(&events).map_err(|e| StreamError::Query {
+                path: "events".into(),
+                topic: first.topic.clone(),
+                partition: first.partition,
+                offset: first.offset,
+                reason: e.to_string(),
+            })?;
+        register_events(&ctx, vec![batch])?;
+        let mut ops = Vec::new();
+        for f in &features {
+            let fail = |reason: String| StreamError::Query {
+                path: f.query.path.display().to_string(),
+                topic: first.topic.clone(),
+                partition: first.partition,
+                offset: first.offset,
+                reason,
+            };
+            let sql = f.query.render(&chrono::Utc::now(), &HashMap::new());
+            let out = ctx
+                .sql(&sql)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .collect()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let (mut o, _skipped) = f.sink.ops(&out).map_err(fail)?;
+            ops.append(&mut o);
+        }
+        let spans: Vec<Span> = spans.into_values().collect();
+        match store.apply(&group, &ops, &spans).await? {
+            Applied::Applied => report.ops += ops.len() as u64,
+            Applied::AlreadyApplied => report.replays += 1,
+        }
+        let now = chrono::Utc::now();
+        freshness.extend(
+            events
+                .iter()
+                .map(|e| (now - e.event_ts).num_microseconds().unwrap_or(0) as f64 / 1e6),
+        );
+        report.events += events.len() as u64;
+        report.batches += 1;
+        for s in &spans {
+            next.insert(s.partition, s.to);
+        }
+        let _ = commit_tx.send(
+            spans
+                .iter()
+                .map(|s| (cfg.kafka.topic.clone(), s.partition, s.to))
+                .collect(),
+        );
+    }
+    cancel.cancel();
+    drop(rx);
+    poller
+        .await
+        .map_err(|e| StreamError::Consumer(e.to_string()))??;
+    freshness.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        freshness
+            .get(((freshness.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    report.freshness_seconds = (q(0.5), q(0.99), freshness.last().copied().unwrap_or(0.0));
+    Ok(report)
+}

@@ -1,0 +1,255 @@
+//! `bookrec stream` against the real broker and real Redis: the shipped realtime queries
+//! give the values computed by hand; a stream process killed mid-run and restarted ends
+//! with the same features as an uninterrupted run (in the in-memory store); malformed and
+//! late records are counted and skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use bookrec::config::Config;
+use bookrec::features::{FeatureStore, MemoryStore, RedisStore};
+use bookrec::lake::Lake;
+use chrono::{DateTime, Timelike, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::features::redis_url;
+use crate::land::produce;
+use crate::support::{brokers, unique};
+
+/// A lake holding only a book catalogue (one Debezium change per book).
+async fn books_lake(dir: &Path, books: &[(String, &str)]) -> Lake {
+    let mut cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.lake.url = format!("file://{}", dir.display());
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let n = books.len();
+    let after: Vec<String> = books
+        .iter()
+        .map(|(id, cat)| json!({"book_id": id, "title": id, "category": cat}).to_string())
+        .collect();
+    let keys: Vec<String> = books
+        .iter()
+        .map(|(id, _)| json!({ "book_id": id }).to_string())
+        .collect();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["c"; n])),
+        Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(keys)),
+        Arc::new(StringArray::from(vec![None::<&str>; n])),
+        Arc::new(StringArray::from(after)),
+        Arc::new(StringArray::from(vec![Some("book_db"); n])),
+        Arc::new(StringArray::from(vec![Some("books"); n])),
+        Arc::new(Int32Array::from(vec![0; n])),
+        Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
+    ];
+    let batch = RecordBatch::try_new(bookrec::lake::cdc_changes_schema(), cols).expect("batch");
+    lake.put(
+        &format!("cdc/books/part-book_db.books-0-0-{}.parquet", n - 1),
+        bookrec::lake::write_parquet(&batch).expect("parquet"),
+    )
+    .await
+    .expect("put");
+    lake
+}
+
+struct Ev {
+    user: String,
+    kind: &'static str,
+    book: String,
+    ts: DateTime<Utc>,
+}
+
+fn minute(ts: &DateTime<Utc>) -> i64 {
+    ts.timestamp() - i64::from(ts.second())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
+    let tag = unique("rt").replace('-', "");
+    let books: Vec<(String, &str)> = vec![
+        (format!("{tag}-b1"), "fantasy"),
+        (format!("{tag}-b2"), "history"),
+        (format!("{tag}-b3"), "fantasy"),
+    ];
+    let lake_dir = tempfile::tempdir().expect("tempdir");
+    books_lake(lake_dir.path(), &books).await;
+
+    // 3 users, 60 events over 3 minutes, ending a minute ago; one book not in the catalogue
+    let start = Utc::now() - chrono::Duration::minutes(4);
+    let mut events = Vec::new();
+    for i in 0..60usize {
+        let book = if i % 7 == 6 {
+            format!("{tag}-nocat")
+        } else {
+            books[i % 3].0.clone()
+        };
+        events.push(Ev {
+            user: format!("{tag}-u{}", i % 3),
+            kind: ["view", "click", "purchase", "view"][i % 4],
+            book,
+            ts: start + chrono::Duration::seconds(i as i64 * 3),
+        });
+    }
+    let mut cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.kafka.brokers = brokers();
+    cfg.kafka.topic = unique("stream");
+    cfg.kafka.partitions = 1;
+    cfg.lake.url = format!("file://{}", lake_dir.path().display());
+    cfg.stream.max_batch_events = 5;
+    cfg.stream.max_batch_ms = 100;
+    cfg.stream.allowed_lateness_secs = 600;
+    cfg.redis.url = redis_url();
+    cfg.redis.timeout_ms = 5000;
+    let mut records: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| {
+            let raw = json!({"event_type": e.kind, "user_id": e.user, "book_id": e.book,
+                "client_ts": bookrec::event::format_ts(&e.ts)});
+            let mut ev = bookrec::event::validate(raw, Utc::now()).expect("valid");
+            ev.event_ts = e.ts;
+            (e.user.clone(), ev.to_json())
+        })
+        .collect();
+    // a malformed record and an event an hour older than the watermark allows
+    records.push(("x".into(), b"{not json".to_vec()));
+    let raw =
+        json!({"event_type": "view", "user_id": format!("{tag}-late"), "book_id": books[0].0});
+    let mut late = bookrec::event::validate(raw, Utc::now()).expect("valid");
+    late.event_ts = start - chrono::Duration::hours(1);
+    records.push((format!("{tag}-late"), late.to_json()));
+    produce(&cfg, &records).await;
+
+    // by hand
+    let mut recent: HashMap<String, Vec<String>> = HashMap::new();
+    let mut cats: BTreeMap<(String, i64), BTreeMap<String, f64>> = BTreeMap::new();
+    let mut heat: BTreeMap<(i64, String), f64> = BTreeMap::new();
+    let category: HashMap<&str, &str> = books.iter().map(|(b, c)| (b.as_str(), *c)).collect();
+    for e in &events {
+        if e.kind == "view" || e.kind == "click" {
+            let l = recent.entry(e.user.clone()).or_default();
+            l.retain(|b| b != &e.book);
+            l.insert(0, e.book.clone());
+        }
+        if let Some(c) = category.get(e.book.as_str()) {
+            *cats
+                .entry((e.user.clone(), minute(&e.ts)))
+                .or_default()
+                .entry(c.to_string())
+                .or_default() += 1.0;
+        }
+        *heat.entry((minute(&e.ts), e.book.clone())).or_default() += 1.0;
+    }
+
+    async fn read(
+        store: &dyn FeatureStore,
+        recent: &HashMap<String, Vec<String>>,
+        cats: &BTreeMap<(String, i64), BTreeMap<String, f64>>,
+        heat: &BTreeMap<(i64, String), f64>,
+    ) -> (
+        HashMap<String, Vec<String>>,
+        BTreeMap<(String, i64), BTreeMap<String, f64>>,
+        BTreeMap<(i64, String), f64>,
+    ) {
+        let mut r = HashMap::new();
+        for u in recent.keys() {
+            r.insert(
+                u.clone(),
+                store
+                    .list(&format!("rt:recent:{u}"), 100)
+                    .await
+                    .expect("list"),
+            );
+        }
+        let mut c = BTreeMap::new();
+        for (u, b) in cats.keys() {
+            let h = store.hash(&format!("rt:cat:{u}:{b}")).await.expect("hash");
+            c.insert((u.clone(), *b), h.into_iter().collect());
+        }
+        let mut h = BTreeMap::new();
+        for (b, book) in heat.keys() {
+            let top = store
+                .top(&format!("rt:heat:{b}"), 10_000)
+                .await
+                .expect("top");
+            if let Some((_, s)) = top.iter().find(|(m, _)| m == book) {
+                h.insert((*b, book.clone()), *s);
+            }
+        }
+        (r, c, h)
+    }
+
+    // uninterrupted, into the in-memory store
+    let memory = Arc::new(MemoryStore::new());
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let mut mcfg = cfg.clone();
+    mcfg.stream.group_id = unique("stream-mem");
+    let report =
+        bookrec::realtime::run(&mcfg, &lake, memory.clone(), CancellationToken::new(), true)
+            .await
+            .expect("stream into memory");
+    assert_eq!((report.malformed, report.late), (1, 1), "{report:?}");
+    assert_eq!(report.events, 60, "{report:?}");
+    let from_memory = read(memory.as_ref(), &recent, &cats, &heat).await;
+    assert_eq!(from_memory.0, recent);
+    assert_eq!(from_memory.1, cats);
+    assert_eq!(from_memory.2, heat);
+
+    // into Redis with `bookrec stream`, killed (SIGKILL) once offsets are stored, restarted
+    let group = unique("stream-redis");
+    let env = [
+        ("BOOKREC__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("BOOKREC__KAFKA__TOPIC", cfg.kafka.topic.clone()),
+        ("BOOKREC__LAKE__URL", cfg.lake.url.clone()),
+        ("BOOKREC__STREAM__GROUP_ID", group.clone()),
+        ("BOOKREC__STREAM__MAX_BATCH_EVENTS", "3".into()),
+        ("BOOKREC__STREAM__MAX_BATCH_MS", "100".into()),
+        ("BOOKREC__STREAM__ALLOWED_LATENESS_SECS", "600".into()),
+        ("BOOKREC__REDIS__URL", cfg.redis.url.clone()),
+        ("BOOKREC__LOG__FILTER", "warn".into()),
+    ];
+    let redis = RedisStore::connect(&cfg.redis.url, Duration::from_secs(5))
+        .await
+        .expect("redis");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bookrec"))
+        .arg("stream")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut seen = 0;
+    for _ in 0..600 {
+        seen = redis
+            .offsets(&group)
+            .await
+            .expect("offsets")
+            .get(&0)
+            .copied()
+            .unwrap_or(0);
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert!(seen > 0, "the stream applied nothing before the kill");
+    let out = Command::new(env!("CARGO_BIN_EXE_bookrec"))
+        .args(["stream", "--until-caught-up"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_redis = read(&redis, &recent, &cats, &heat).await;
+    assert_eq!(from_redis.0, recent);
+    assert_eq!(from_redis.1, cats);
+    assert_eq!(from_redis.2, heat);
+    assert_eq!(redis.offsets(&group).await.expect("offsets")[&0], 62);
+}
