@@ -409,10 +409,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
                 let cancel = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(cancel.clone()));
+                let metrics = std::sync::Arc::new(crate::realtime::StreamMetrics::new()?);
+                if !config.stream.metrics_listen.is_empty() {
+                    let listener = tokio::net::TcpListener::bind(&config.stream.metrics_listen)
+                        .await
+                        .with_context(|| {
+                            format!("stream.metrics_listen {}", config.stream.metrics_listen)
+                        })?;
+                    let m = metrics.clone();
+                    let app = axum::Router::new().route(
+                        "/metrics",
+                        axum::routing::get(move || async move { m.text() }),
+                    );
+                    tokio::spawn(async move { axum::serve(listener, app).await });
+                }
                 crate::realtime::run(
                     &config,
                     &lake,
                     std::sync::Arc::new(store),
+                    metrics,
                     cancel,
                     until_caught_up,
                 )

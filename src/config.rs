@@ -64,6 +64,8 @@ pub struct StreamConfig {
     pub max_batch_ms: u64,
     /// events older than the newest event time seen minus this are late: counted, skipped
     pub allowed_lateness_secs: u64,
+    /// `/metrics` (Prometheus) of `bookrec stream`; empty: not served
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,6 +12,7 @@
 //! lake), every query runs, and their rows become ops. Kafka offsets are committed after the
 //! apply, as a hint for where to start reading.
 
+pub mod metrics;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ use crate::event::Event;
 use crate::features::{Applied, FeatureStore, Span};
 use crate::lake::Lake;
 use crate::sql::catalog::{self, CatalogError, Kind, Query};
+pub use metrics::StreamMetrics;
 pub use sink::Sink;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,7 @@ pub async fn run(
     cfg: &Config,
     lake: &Lake,
     store: Arc<dyn FeatureStore>,
+    metrics: Arc<StreamMetrics>,
     cancel: CancellationToken,
     until_caught_up: bool,
 ) -> Result<StreamReport, StreamError> {
@@ -240,6 +243,7 @@ pub async fn run(
             match parsed {
                 Ok(e) if watermark.is_some_and(|w| e.event_ts < w - lateness) => {
                     report.late += 1;
+                    metrics.late.inc();
                     tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
                         event_ts = %e.event_ts, "stream: event later than the allowed lateness, skipped");
                 }
@@ -249,6 +253,7 @@ pub async fn run(
                 }
                 Err(reason) => {
                     report.malformed += 1;
+                    metrics.malformed.inc();
                     tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
                         %reason, "stream: malformed record skipped");
                 }
@@ -257,6 +262,7 @@ pub async fn run(
         if spans.is_empty() {
             continue;
         }
+        let batch_started = Instant::now();
         let batch =
             crate::event::arrow::to_record_batch(&events).map_err(|e| StreamError::Query {
                 path: "events".into(),
@@ -288,15 +294,26 @@ pub async fn run(
         }
         let spans: Vec<Span> = spans.into_values().collect();
         match store.apply(&group, &ops, &spans).await? {
-            Applied::Applied => report.ops += ops.len() as u64,
-            Applied::AlreadyApplied => report.replays += 1,
+            Applied::Applied => {
+                report.ops += ops.len() as u64;
+                metrics.ops.inc_by(ops.len() as u64);
+            }
+            Applied::AlreadyApplied => {
+                report.replays += 1;
+                metrics.replays.inc();
+            }
         }
         let now = chrono::Utc::now();
-        freshness.extend(
-            events
-                .iter()
-                .map(|e| (now - e.event_ts).num_microseconds().unwrap_or(0) as f64 / 1e6),
-        );
+        for e in &events {
+            let secs = (now - e.event_ts).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics.freshness.observe(secs);
+            freshness.push(secs);
+        }
+        metrics
+            .batch_seconds
+            .observe(batch_started.elapsed().as_secs_f64());
+        metrics.events.inc_by(events.len() as u64);
+        metrics.batches.inc();
         report.events += events.len() as u64;
         report.batches += 1;
         for s in &spans {

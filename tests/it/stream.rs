@@ -187,12 +187,28 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
     let lake = Lake::open(&cfg.lake).expect("lake");
     let mut mcfg = cfg.clone();
     mcfg.stream.group_id = unique("stream-mem");
-    let report =
-        bookrec::realtime::run(&mcfg, &lake, memory.clone(), CancellationToken::new(), true)
-            .await
-            .expect("stream into memory");
+    let metrics = Arc::new(bookrec::realtime::StreamMetrics::new().expect("metrics"));
+    let report = bookrec::realtime::run(
+        &mcfg,
+        &lake,
+        memory.clone(),
+        metrics.clone(),
+        CancellationToken::new(),
+        true,
+    )
+    .await
+    .expect("stream into memory");
     assert_eq!((report.malformed, report.late), (1, 1), "{report:?}");
     assert_eq!(report.events, 60, "{report:?}");
+    let text = metrics.text();
+    for line in [
+        "bookrec_stream_freshness_seconds_count 60",
+        "bookrec_stream_late_total 1",
+        "bookrec_stream_malformed_total 1",
+        "bookrec_stream_events_total 60",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
     let from_memory = read(memory.as_ref(), &recent, &cats, &heat).await;
     assert_eq!(from_memory.0, recent);
     assert_eq!(from_memory.1, cats);
@@ -210,6 +226,7 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
         ("BOOKREC__STREAM__ALLOWED_LATENESS_SECS", "600".into()),
         ("BOOKREC__REDIS__URL", cfg.redis.url.clone()),
         ("BOOKREC__LOG__FILTER", "warn".into()),
+        ("BOOKREC__STREAM__METRICS_LISTEN", "".into()),
     ];
     let redis = RedisStore::connect(&cfg.redis.url, Duration::from_secs(5))
         .await

@@ -1,0 +1,72 @@
+//! Prometheus metrics of `bookrec stream`, served on `stream.metrics_listen` at `/metrics`.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Registry, TextEncoder};
+
+pub struct StreamMetrics {
+    registry: Registry,
+    pub events: IntCounter,
+    pub malformed: IntCounter,
+    pub late: IntCounter,
+    pub batches: IntCounter,
+    pub replays: IntCounter,
+    pub ops: IntCounter,
+    /// event time → visible in the feature store
+    pub freshness: Histogram,
+    pub batch_seconds: Histogram,
+}
+
+impl StreamMetrics {
+    pub fn new() -> Result<StreamMetrics, prometheus::Error> {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            r.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        Ok(StreamMetrics {
+            events: counter(
+                "bookrec_stream_events_total",
+                "Events applied to the feature store",
+            )?,
+            malformed: counter(
+                "bookrec_stream_malformed_total",
+                "Records that are not events (skipped, logged with coordinates)",
+            )?,
+            late: counter(
+                "bookrec_stream_late_total",
+                "Events older than the watermark minus the allowed lateness (skipped)",
+            )?,
+            batches: counter("bookrec_stream_batches_total", "Micro-batches applied")?,
+            replays: counter(
+                "bookrec_stream_replayed_batches_total",
+                "Micro-batches the store already held (nothing changed)",
+            )?,
+            ops: counter("bookrec_stream_ops_total", "Feature-store updates applied")?,
+            freshness: histogram(
+                "bookrec_stream_freshness_seconds",
+                "Event time to visible in the feature store",
+                vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                ],
+            )?,
+            batch_seconds: histogram(
+                "bookrec_stream_batch_seconds",
+                "Time to run the queries of one micro-batch and apply the result",
+                vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn text(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
