@@ -50,6 +50,10 @@ pub enum Command {
         /// Process the backlog and exit 0 once every partition is read and applied.
         #[arg(long)]
         until_caught_up: bool,
+        /// First rebuild the features from the lake, up to the lander's committed offsets,
+        /// then continue from Kafka at exactly those offsets (into an empty stream.group_id).
+        #[arg(long)]
+        from_lake: bool,
     },
     /// Parses and plans every query in queries/batch against the lake schema; prints the
     /// dependency order; exits non-zero on any error (reported as file:line).
@@ -398,7 +402,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Stream { until_caught_up } => {
+        Command::Stream {
+            until_caught_up,
+            from_lake,
+        } => {
             init_logging(&config)?;
             let lake = crate::lake::Lake::open(&config.lake)?;
             let report = runtime()?.block_on(async {
@@ -407,6 +414,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::time::Duration::from_millis(config.redis.timeout_ms),
                 )
                 .await?;
+                if from_lake {
+                    let rebuilt =
+                        crate::realtime::rebuild_from_lake(&config, &lake, &store).await?;
+                    eprintln!("{}", serde_json::to_string(&rebuilt)?);
+                }
                 let cancel = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(cancel.clone()));
                 let metrics = std::sync::Arc::new(crate::realtime::StreamMetrics::new()?);

@@ -265,3 +265,43 @@ pub fn read_topic(
     out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
 }
+
+/// The offsets `group` has committed on `topic`, per partition (partitions without a commit
+/// are left out), read without joining the group: a running member is not disturbed.
+pub fn group_offsets(
+    cfg: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<i32, i64>, BusError> {
+    let client = |source| BusError::Client {
+        brokers: cfg.brokers.clone(),
+        source,
+    };
+    let mut cc = client_config(cfg);
+    cc.set("group.id", group).set("enable.auto.commit", "false");
+    let consumer: BaseConsumer<QuietContext> = cc
+        .create_with_context(QuietContext::default())
+        .map_err(client)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| BusError::Metadata {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).map_err(client)?;
+    let out = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    drop(committed);
+    Ok(out)
+}

@@ -270,3 +270,201 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
     assert_eq!(from_redis.2, heat);
     assert_eq!(redis.offsets(&group).await.expect("offsets")[&0], 62);
 }
+
+/// Reads a CSV written by scripts/fetch-datasets into text columns.
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    use arrow::array::Array;
+    let format = arrow::csv::reader::Format::default().with_header(true);
+    let (schema, _) = format
+        .infer_schema(std::fs::File::open(path).expect("open"), Some(100))
+        .expect("schema");
+    let text = Arc::new(arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| arrow::datatypes::Field::new(f.name(), arrow::datatypes::DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let reader = arrow::csv::ReaderBuilder::new(text)
+        .with_format(format)
+        .build(std::fs::File::open(path).expect("open"))
+        .expect("reader");
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.expect("batch");
+        for r in 0..b.num_rows() {
+            out.push(
+                (0..b.num_columns())
+                    .map(|c| {
+                        let a = b
+                            .column(c)
+                            .as_any()
+                            .downcast_ref::<StringArray>()
+                            .expect("utf8");
+                        if a.is_null(r) {
+                            String::new()
+                        } else {
+                            a.value(r).to_string()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_slice() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/ml-100k");
+    assert!(
+        data.join("ratings.csv").exists(),
+        "run scripts/fetch-datasets ml-100k"
+    );
+    let tag = unique("ml").replace('-', "");
+    // the first 1,500 ratings by time, moved to the last half hour (order kept), as views,
+    // clicks (rating 4) and purchases (rating 5)
+    let mut ratings = csv_rows(&data.join("ratings.csv"));
+    ratings.sort_by_key(|r| (r[3].parse::<i64>().unwrap_or(0), r[0].clone(), r[1].clone()));
+    ratings.truncate(1500);
+    let genres: HashMap<String, String> = csv_rows(&data.join("items.csv"))
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone(),
+                r[3].split('|').next().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let start = Utc::now() - chrono::Duration::minutes(30);
+    let mut cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.kafka.brokers = brokers();
+    cfg.kafka.topic = unique("stream-ml");
+    cfg.kafka.partitions = 2;
+    cfg.land.group_id = unique("land-ml");
+    cfg.land.poll_timeout_ms = 50;
+    cfg.stream.max_batch_events = 200;
+    cfg.stream.max_batch_ms = 100;
+    cfg.stream.allowed_lateness_secs = 7200;
+    let lake_dir = tempfile::tempdir().expect("tempdir");
+    cfg.lake.url = format!("file://{}", lake_dir.path().display());
+    let mut books: Vec<(String, &str)> = Vec::new();
+    let mut seen_books = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    for (i, r) in ratings.iter().enumerate() {
+        let (user, item) = (format!("{tag}-u{}", r[0]), format!("{tag}-i{}", r[1]));
+        if seen_books.insert(item.clone()) {
+            let g = genres.get(&r[1]).map(String::as_str).unwrap_or("");
+            if !g.is_empty() {
+                books.push((item.clone(), Box::leak(g.to_string().into_boxed_str())));
+            }
+        }
+        let kind = match r[2].as_str() {
+            "5" => "purchase",
+            "4" => "click",
+            _ => "view",
+        };
+        let ts = start + chrono::Duration::seconds(i as i64);
+        let raw = json!({"event_type": kind, "user_id": user, "book_id": item,
+            "client_ts": bookrec::event::format_ts(&ts)});
+        let mut ev = bookrec::event::validate(raw, Utc::now()).expect("valid");
+        ev.event_ts = ts;
+        records.push((user, ev.to_json()));
+    }
+    books_lake(lake_dir.path(), &books).await;
+    produce(&cfg, &records).await;
+    // land it (the lander commits only what is in the lake)
+    let lcfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let lake = Lake::open(&lcfg.lake).expect("lake");
+        bookrec::land::run(&lcfg, &lake, &CancellationToken::new(), true)
+    })
+    .await
+    .expect("thread")
+    .expect("land");
+    let lake = Lake::open(&cfg.lake).expect("lake");
+
+    // A: rebuilt from the lake (then the stream continues: nothing is left to read)
+    let memory = Arc::new(MemoryStore::new());
+    let mut acfg = cfg.clone();
+    acfg.stream.group_id = unique("rebuild");
+    let rebuilt = bookrec::realtime::rebuild_from_lake(&acfg, &lake, memory.as_ref())
+        .await
+        .expect("rebuild");
+    assert_eq!(rebuilt.events, 1500, "{rebuilt:?}");
+    assert_eq!(rebuilt.landed.values().sum::<i64>(), 1500);
+    let metrics = || Arc::new(bookrec::realtime::StreamMetrics::new().expect("metrics"));
+    let after = bookrec::realtime::run(
+        &acfg,
+        &lake,
+        memory.clone(),
+        metrics(),
+        CancellationToken::new(),
+        true,
+    )
+    .await
+    .expect("continue");
+    assert_eq!(
+        after.events, 0,
+        "the rebuild ended where Kafka's backlog ends: {after:?}"
+    );
+    let err = bookrec::realtime::rebuild_from_lake(&acfg, &lake, memory.as_ref())
+        .await
+        .expect_err("not empty");
+    assert!(err.to_string().contains(&acfg.stream.group_id), "{err}");
+
+    // B: streamed from Kafka into Redis
+    let redis = Arc::new(
+        RedisStore::connect(&redis_url(), Duration::from_secs(5))
+            .await
+            .expect("redis"),
+    );
+    let mut bcfg = cfg.clone();
+    bcfg.stream.group_id = unique("live");
+    let live = bookrec::realtime::run(
+        &bcfg,
+        &lake,
+        redis.clone(),
+        metrics(),
+        CancellationToken::new(),
+        true,
+    )
+    .await
+    .expect("stream");
+    assert_eq!(live.events, 1500, "{live:?}");
+
+    // the same features, key by key
+    let users: std::collections::BTreeSet<&String> = records.iter().map(|(u, _)| u).collect();
+    let mut compared = 0;
+    for u in &users {
+        let key = format!("rt:recent:{u}");
+        assert_eq!(
+            redis.list(&key, 100).await.expect("list"),
+            memory.list(&key, 100).await.expect("list"),
+            "{key}"
+        );
+        for m in 0..32 {
+            let bucket = minute(&start) + 60 * m;
+            let key = format!("rt:cat:{u}:{bucket}");
+            let (a, b) = (
+                redis.hash(&key).await.expect("hash"),
+                memory.hash(&key).await.expect("hash"),
+            );
+            assert_eq!(a, b, "{key}");
+            compared += a.len();
+        }
+    }
+    for m in 0..32 {
+        let key = format!("rt:heat:{}", minute(&start) + 60 * m);
+        let mine = |v: Vec<(String, f64)>| -> Vec<(String, f64)> {
+            v.into_iter().filter(|(b, _)| b.starts_with(&tag)).collect()
+        };
+        let (a, b) = (
+            mine(redis.top(&key, 100_000).await.expect("top")),
+            mine(memory.top(&key, 100_000).await.expect("top")),
+        );
+        assert_eq!(a, b, "{key}");
+        compared += a.len();
+    }
+    assert!(compared > 500, "only {compared} values compared");
+}
