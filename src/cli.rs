@@ -171,6 +171,10 @@ pub enum Command {
         /// dataset's time
         #[arg(long, requires = "kafka")]
         live: bool,
+        /// With --kafka: at most this many events per second (with --live, each event is
+        /// stamped when sent: freshness measurements)
+        #[arg(long, requires = "kafka", value_name = "EVENTS_PER_SEC")]
+        rate: Option<f64>,
         /// One event per request on POST /api/log instead of batches on /api/logs
         #[arg(long, conflicts_with = "kafka")]
         single: bool,
@@ -346,6 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             kafka,
             live,
+            rate,
             single,
             batch_size,
             concurrency,
@@ -360,6 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::replay::Target::Kafka {
                     cfg: Box::new(config.kafka.clone()),
                     live,
+                    rate: rate.filter(|r| *r > 0.0),
                 }
             } else if single {
                 crate::replay::Target::Single { base }

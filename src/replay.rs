@@ -225,7 +225,13 @@ pub enum Target {
     Single { base: String },
     /// Produce stamped events straight to Kafka. `live`: event time = now (as if the
     /// collector received them now) instead of the dataset's time.
-    Kafka { cfg: Box<KafkaConfig>, live: bool },
+    /// Straight into Kafka. `live`: event time = when sent (else the dataset's time);
+    /// `rate`: at most this many events per second (paced; default as fast as possible).
+    Kafka {
+        cfg: Box<KafkaConfig>,
+        live: bool,
+        rate: Option<f64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,7 +318,9 @@ pub async fn run(
             )
             .await
         }
-        Target::Kafka { cfg, live } => produce_all(dataset, interactions, cfg, *live).await,
+        Target::Kafka { cfg, live, rate } => {
+            produce_all(dataset, interactions, cfg, *live, *rate).await
+        }
     }
 }
 
@@ -394,24 +402,34 @@ async fn produce_all(
     interactions: &[Interaction],
     cfg: &KafkaConfig,
     live: bool,
+    rate: Option<f64>,
 ) -> Result<Report, ReplayError> {
     crate::bus::ensure_topics(cfg, &[&cfg.topic]).await?;
     let received_at = Utc::now();
-    let records: Vec<(String, Vec<u8>)> = interactions
+    let events: Vec<event::Event> = interactions
         .iter()
         .filter_map(|it| {
             let mut ev = event::validate(client_event(dataset, it), received_at).ok()?;
             if !live {
                 ev.event_ts = ev.client_ts.unwrap_or(ev.received_at);
             }
-            Some((ev.key().to_string(), ev.to_json()))
+            Some(ev)
         })
         .collect();
+    // paced and live: each event is stamped when it is sent (freshness is measured from it)
+    let stamp_at_send = live && rate.is_some();
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    if !stamp_at_send {
+        records = events
+            .iter()
+            .map(|ev| (ev.key().to_string(), ev.to_json()))
+            .collect();
+    }
     let in_flight = 100_000;
     let producer = KafkaProducer::new(cfg, in_flight)?;
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
-    let mut latencies = Vec::with_capacity(records.len());
+    let mut latencies = Vec::with_capacity(events.len());
     let mut failed = 0usize;
     let mut tally = |(d, r): (Duration, Result<_, BusError>)| {
         latencies.push(d);
@@ -419,7 +437,26 @@ async fn produce_all(
             failed += 1;
         }
     };
-    for (key, value) in &records {
+    for (n, ev) in events.iter().enumerate() {
+        if let Some(rate) = rate
+            && n % 64 == 0
+        {
+            let due = Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let stamped;
+        let (key, value) = if stamp_at_send {
+            let mut ev = ev.clone();
+            let now = Utc::now();
+            ev.event_ts = now;
+            ev.received_at = now;
+            stamped = (ev.key().to_string(), ev.to_json());
+            (&stamped.0, &stamped.1)
+        } else {
+            (&records[n].0, &records[n].1)
+        };
         loop {
             match producer.send(&cfg.topic, key.as_bytes(), value) {
                 Ok(fut) => {
@@ -446,14 +483,14 @@ async fn produce_all(
     latencies.sort();
     Ok(Report {
         mode: "kafka-direct",
-        events: records.len(),
-        requests: records.len(),
-        accepted: (records.len() - failed) as u64,
+        events: events.len(),
+        requests: events.len(),
+        accepted: (events.len() - failed) as u64,
         duplicates: 0,
-        rejected: (interactions.len() - records.len()) as u64,
+        rejected: (interactions.len() - events.len()) as u64,
         failed_requests: failed,
         seconds,
-        events_per_sec: records.len() as f64 / seconds.max(1e-9),
+        events_per_sec: events.len() as f64 / seconds.max(1e-9),
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),
     })

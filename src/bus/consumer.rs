@@ -169,6 +169,22 @@ impl KafkaConsumer {
             .map_err(|e| self.err(e))
     }
 
+    /// Like [`KafkaConsumer::commit`], without waiting for the broker's answer (for
+    /// offsets that are only a hint, such as the stream's: its truth is in the feature store).
+    pub fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| self.err(e))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(|e| self.err(e))
+    }
+
     /// The partitions this member owns now.
     pub fn assignment(&self) -> Result<Vec<(String, i32)>, BusError> {
         let tpl = self.consumer.assignment().map_err(|e| self.err(e))?;
