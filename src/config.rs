@@ -66,6 +66,9 @@ pub struct StreamConfig {
     pub allowed_lateness_secs: u64,
     /// `/metrics` (Prometheus) of `bookrec stream`; empty: not served
     pub metrics_listen: String,
+    /// the longest the broker may hold a fetch for the stream's consumer (librdkafka
+    /// fetch.wait.max.ms; kafka.extra overrides it): low for freshness
+    pub fetch_wait_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -281,7 +281,12 @@ pub async fn run(
     let mut next: BTreeMap<i32, i64> = store.offsets(&group).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
     let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Vec<(String, i32, i64)>>();
-    let consumer = KafkaConsumer::new(&cfg.kafka, &group, &[cfg.kafka.topic.as_str()])?;
+    let mut kafka = cfg.kafka.clone();
+    kafka
+        .extra
+        .entry("fetch.wait.max.ms".into())
+        .or_insert_with(|| cfg.stream.fetch_wait_max_ms.to_string());
+    let consumer = KafkaConsumer::new(&kafka, &group, &[cfg.kafka.topic.as_str()])?;
     let max_events = cfg.stream.max_batch_events;
     let max_wait = Duration::from_millis(cfg.stream.max_batch_ms);
     let cancel = cancel.child_token();

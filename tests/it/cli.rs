@@ -16,7 +16,9 @@ fn help_lists_the_working_subcommands() {
     let out = bookrec().arg("--help").output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["collect", "config"] {
+    for sub in [
+        "collect", "config", "land", "batch", "schedule", "als", "eval", "model", "stream",
+    ] {
         assert!(text.contains(sub), "{sub} in\n{text}");
     }
     let out = bookrec().args(["collect", "--help"]).output().expect("run");
@@ -29,6 +31,7 @@ fn config_prints_the_effective_tree_with_secrets_redacted() {
         .arg("config")
         .env("BOOKREC__KAFKA__BROKERS", "k9:9092")
         .env("BOOKREC__KAFKA__EXTRA", "{\"sasl.password\"=\"s3cret\"}")
+        .env("BOOKREC__REDIS__URL", "redis://:hunter2@cache:6379/0")
         .output()
         .expect("run");
     assert!(
@@ -39,6 +42,7 @@ fn config_prints_the_effective_tree_with_secrets_redacted() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("brokers = \"k9:9092\""), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
+    assert!(!text.contains("hunter2") && text.contains("redis://:<redacted>@cache:6379/0"), "{text}");
     let parsed: toml::Value = toml::from_str(&text).expect("prints TOML");
     assert_eq!(parsed["collect"]["listen"].as_str(), Some("127.0.0.1:5006"));
 }
