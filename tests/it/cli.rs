@@ -42,7 +42,10 @@ fn config_prints_the_effective_tree_with_secrets_redacted() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("brokers = \"k9:9092\""), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
-    assert!(!text.contains("hunter2") && text.contains("redis://:<redacted>@cache:6379/0"), "{text}");
+    assert!(
+        !text.contains("hunter2") && text.contains("redis://:<redacted>@cache:6379/0"),
+        "{text}"
+    );
     let parsed: toml::Value = toml::from_str(&text).expect("prints TOML");
     assert_eq!(parsed["collect"]["listen"].as_str(), Some("127.0.0.1:5006"));
 }
