@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         // the group's state is looked at every 1,000 records (and when idle), not per record
-        if idle || seen % 1000 == 0 {
+        if idle || seen.is_multiple_of(1000) {
             let _ = consumer.take_rebalances();
             let assigned = consumer.assignment()?;
             if !assigned.is_empty() && assigned.iter().all(|(_, p)| done.contains(p)) {
