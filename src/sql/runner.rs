@@ -298,6 +298,10 @@ pub async fn run(
                 ));
                 record.model = Some(report);
             }
+            // nothing to train on yet (a new lake): the features stand, no model is published
+            Err(super::publish::PublishError::Als(crate::als::AlsError::Empty)) => {
+                progress("[als] skipped: the interaction matrix is empty (no model published)");
+            }
             Err(e) => {
                 progress("[als] FAILED");
                 failure = Some(e.into());

@@ -266,3 +266,28 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
     }
     dbs.drop_all().await;
 }
+
+#[tokio::test]
+async fn an_empty_lake_runs_the_features_and_skips_the_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.lake.url = format!("file://{}", dir.path().join("lake").display());
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let store = Store::connect(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .expect("store");
+    let record = bookrec::sql::runner::run(
+        &lake,
+        Some(&store),
+        &queries_dir(),
+        &[],
+        as_of(),
+        Some(&training(0.02)),
+        &mut |_| {},
+    )
+    .await
+    .expect("an empty lake is not an error");
+    assert_eq!(record.status, "succeeded");
+    assert!(record.model.is_none());
+    assert!(store.current_version().await.expect("current").is_none());
+}
