@@ -207,21 +207,23 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
     for d in 0..f {
         yty[d * f + d] += params.regularization;
     }
-    let alpha = params.alpha;
     let fast = kernel::fast();
+    let row_of = |r: usize| {
+        let (cols, vals) = m.row(r);
+        Row {
+            yty: &yty,
+            y,
+            f,
+            cols,
+            vals,
+            alpha: params.alpha,
+        }
+    };
     match params.solver {
         Solver::Cg => x.par_chunks_mut(f).enumerate().for_each_init(
             || vec![0f32; 3 * f],
             |scratch, (r, xr)| {
-                let (cols, vals) = m.row(r);
-                let row = Row {
-                    yty: &yty,
-                    y,
-                    f,
-                    cols,
-                    vals,
-                    alpha,
-                };
+                let row = row_of(r);
                 #[cfg(target_arch = "x86_64")]
                 if fast {
                     // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
@@ -235,15 +237,7 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
         Solver::Cholesky => x.par_chunks_mut(f).enumerate().for_each_init(
             || (vec![0f32; f * f], vec![0f32; f]),
             |(a, b), (r, xr)| {
-                let (cols, vals) = m.row(r);
-                let row = Row {
-                    yty: &yty,
-                    y,
-                    f,
-                    cols,
-                    vals,
-                    alpha,
-                };
+                let row = row_of(r);
                 #[cfg(target_arch = "x86_64")]
                 if fast {
                     // SAFETY: the CPU has AVX2 and FMA (kernel::fast).

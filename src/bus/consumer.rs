@@ -156,22 +156,20 @@ impl KafkaConsumer {
 
     /// Commits `next_offset` (the next record to read) per partition.
     pub fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .map_err(|e| self.err(e))?;
-        }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| self.err(e))
+        self.commit_mode(offsets, CommitMode::Sync)
     }
 
     /// Like [`KafkaConsumer::commit`], without waiting for the broker's answer (for
     /// offsets that are only a hint, such as the stream's: its truth is in the feature store).
     pub fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+        self.commit_mode(offsets, CommitMode::Async)
+    }
+
+    fn commit_mode(
+        &self,
+        offsets: &[(String, i32, i64)],
+        mode: CommitMode,
+    ) -> Result<(), BusError> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -180,9 +178,7 @@ impl KafkaConsumer {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(|e| self.err(e))?;
         }
-        self.consumer
-            .commit(&tpl, CommitMode::Async)
-            .map_err(|e| self.err(e))
+        self.consumer.commit(&tpl, mode).map_err(|e| self.err(e))
     }
 
     /// The partitions this member owns now.

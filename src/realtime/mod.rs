@@ -67,6 +67,30 @@ pub struct Feature {
     pub sink: Sink,
 }
 
+impl Feature {
+    /// Runs the query on what `events` holds now and turns its rows into ops; an error
+    /// names the file and the Kafka coordinates of the batch (`at`).
+    async fn ops(
+        &self,
+        ctx: &SessionContext,
+        at: (&str, i32, i64),
+    ) -> Result<Vec<crate::features::Op>, StreamError> {
+        let fail = |reason: String| StreamError::Query {
+            path: self.query.path.display().to_string(),
+            topic: at.0.to_owned(),
+            partition: at.1,
+            offset: at.2,
+            reason,
+        };
+        let sql = self.query.render(&chrono::Utc::now(), &HashMap::new());
+        let out = crate::sql::query(ctx, &sql)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (ops, _skipped) = self.sink.ops(&out).map_err(fail)?;
+        Ok(ops)
+    }
+}
+
 /// Loads `queries/realtime/*.sql` and checks each against the micro-batch schema (the events
 /// schema) and the catalogue tables of `ctx`: every error with its file and line.
 pub async fn load(dir: &Path, ctx: &SessionContext) -> Result<Vec<Feature>, StreamError> {
@@ -181,22 +205,8 @@ pub async fn rebuild_from_lake(
             "CREATE VIEW events AS SELECT {} FROM lake_events WHERE {filter}",
             cols.join(", ")
         );
-        let fail = |e: datafusion::error::DataFusionError| {
-            StreamError::Session(crate::sql::SqlError::Query(e))
-        };
-        ctx.sql(&view)
-            .await
-            .map_err(fail)?
-            .collect()
-            .await
-            .map_err(fail)?;
-        let counted = ctx
-            .sql("SELECT count(*) FROM events")
-            .await
-            .map_err(fail)?
-            .collect()
-            .await
-            .map_err(fail)?;
+        crate::sql::query(&ctx, &view).await?;
+        let counted = crate::sql::query(&ctx, "SELECT count(*) FROM events").await?;
         report.events = counted
             .first()
             .and_then(|b| {
@@ -208,22 +218,7 @@ pub async fn rebuild_from_lake(
             })
             .unwrap_or(0);
         for f in &features {
-            let fail = |reason: String| StreamError::Query {
-                path: f.query.path.display().to_string(),
-                topic: cfg.kafka.topic.clone(),
-                partition: -1,
-                offset: -1,
-                reason,
-            };
-            let sql = f.query.render(&chrono::Utc::now(), &HashMap::new());
-            let out = ctx
-                .sql(&sql)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .collect()
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let (ops, _) = f.sink.ops(&out).map_err(fail)?;
+            let ops = f.ops(&ctx, (&cfg.kafka.topic, -1, -1)).await?;
             for chunk in ops.chunks(10_000) {
                 store.apply(group, chunk, &[]).await?;
             }
@@ -422,23 +417,11 @@ pub async fn run(
         register_events(&ctx, vec![batch])?;
         let mut ops = Vec::new();
         for f in &features {
-            let fail = |reason: String| StreamError::Query {
-                path: f.query.path.display().to_string(),
-                topic: first.topic.clone(),
-                partition: first.partition,
-                offset: first.offset,
-                reason,
-            };
-            let sql = f.query.render(&chrono::Utc::now(), &HashMap::new());
-            let out = ctx
-                .sql(&sql)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .collect()
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let (mut o, _skipped) = f.sink.ops(&out).map_err(fail)?;
-            ops.append(&mut o);
+            ops.append(
+                &mut f
+                    .ops(&ctx, (&first.topic, first.partition, first.offset))
+                    .await?,
+            );
         }
         let spans: Vec<Span> = spans.into_values().collect();
         match store.apply(&group, &ops, &spans).await? {

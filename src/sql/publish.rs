@@ -11,9 +11,10 @@ use chrono::{DateTime, Utc};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
+use crate::als::IdMap;
 use crate::als::eval::{self, Algorithm, Split};
 use crate::als::files::{Columns, factors_batch, interactions_from_batches};
-use crate::als::recommend::{recommend_all, similar_items};
+use crate::als::recommend::{Scored, recommend_all, similar_items};
 use crate::config::PublishConfig;
 use crate::lake::Lake;
 use crate::store::{ModelVersion, RecRow, RecTable, Store};
@@ -57,16 +58,12 @@ async fn collect(
     sql: &str,
     table: &str,
 ) -> Result<Vec<RecordBatch>, PublishError> {
-    let input = |e: datafusion::error::DataFusionError| PublishError::Input {
-        table: table.to_owned(),
-        reason: e.to_string(),
-    };
-    ctx.sql(sql)
+    crate::sql::query(ctx, sql)
         .await
-        .map_err(input)?
-        .collect()
-        .await
-        .map_err(input)
+        .map_err(|e| PublishError::Input {
+            table: table.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Trains on `interactions` as registered in `ctx` (this run's output), writes the model to
@@ -206,32 +203,8 @@ pub async fn train_and_publish(
         .await
         .map_err(|e| lake_err(path.clone())(e.to_string()))?;
     // 4. the rows, under the new version
-    let user_rows: Vec<RecRow> = recs
-        .iter()
-        .enumerate()
-        .flat_map(|(u, list)| {
-            let user = data.users.id(u as u32);
-            list.iter().enumerate().map(move |(p, s)| RecRow {
-                key: user.to_owned(),
-                pos: p as i64 + 1,
-                item: data.items.id(s.item).to_owned(),
-                score: f64::from(s.score),
-            })
-        })
-        .collect();
-    let similar_rows: Vec<RecRow> = similar
-        .iter()
-        .enumerate()
-        .flat_map(|(i, list)| {
-            let book = data.items.id(i as u32);
-            list.iter().enumerate().map(move |(p, s)| RecRow {
-                key: book.to_owned(),
-                pos: p as i64 + 1,
-                item: data.items.id(s.item).to_owned(),
-                score: f64::from(s.score),
-            })
-        })
-        .collect();
+    let user_rows = ranked_rows(&data.users, &data.items, &recs);
+    let similar_rows = ranked_rows(&data.items, &data.items, &similar);
     let popular_rows = popular(ctx, cfg.popular_k).await?;
     let mut rows = HashMap::new();
     rows.insert(
@@ -318,6 +291,23 @@ pub async fn train_and_publish(
         pruned,
         train_seconds,
     })
+}
+
+/// One row per ranked item: `lists[k]` ranks items for key `k` (a user or a book).
+fn ranked_rows(keys: &IdMap, items: &IdMap, lists: &[Vec<Scored>]) -> Vec<RecRow> {
+    lists
+        .iter()
+        .enumerate()
+        .flat_map(|(k, list)| {
+            let key = keys.id(k as u32);
+            list.iter().enumerate().map(move |(p, s)| RecRow {
+                key: key.to_owned(),
+                pos: p as i64 + 1,
+                item: items.id(s.item).to_owned(),
+                score: f64::from(s.score),
+            })
+        })
+        .collect()
 }
 
 /// Popular books from this run's interaction matrix: summed (decayed, type-weighted)

@@ -22,7 +22,7 @@ use crate::land::produce;
 use crate::support::{brokers, unique};
 
 /// A lake holding only a book catalogue (one Debezium change per book).
-async fn books_lake(dir: &Path, books: &[(String, &str)]) -> Lake {
+async fn books_lake(dir: &Path, books: &[(String, String)]) -> Lake {
     let mut cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
     cfg.lake.url = format!("file://{}", dir.display());
     let lake = Lake::open(&cfg.lake).expect("lake");
@@ -70,11 +70,10 @@ fn minute(ts: &DateTime<Utc>) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
     let tag = unique("rt").replace('-', "");
-    let books: Vec<(String, &str)> = vec![
-        (format!("{tag}-b1"), "fantasy"),
-        (format!("{tag}-b2"), "history"),
-        (format!("{tag}-b3"), "fantasy"),
-    ];
+    let books: Vec<(String, String)> = [("b1", "fantasy"), ("b2", "history"), ("b3", "fantasy")]
+        .iter()
+        .map(|(b, c)| (format!("{tag}-{b}"), c.to_string()))
+        .collect();
     let lake_dir = tempfile::tempdir().expect("tempdir");
     books_lake(lake_dir.path(), &books).await;
 
@@ -127,7 +126,10 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
     let mut recent: HashMap<String, Vec<String>> = HashMap::new();
     let mut cats: BTreeMap<(String, i64), BTreeMap<String, f64>> = BTreeMap::new();
     let mut heat: BTreeMap<(i64, String), f64> = BTreeMap::new();
-    let category: HashMap<&str, &str> = books.iter().map(|(b, c)| (b.as_str(), *c)).collect();
+    let category: HashMap<&str, &str> = books
+        .iter()
+        .map(|(b, c)| (b.as_str(), c.as_str()))
+        .collect();
     for e in &events {
         if e.kind == "view" || e.kind == "click" {
             let l = recent.entry(e.user.clone()).or_default();
@@ -348,7 +350,7 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
     cfg.stream.allowed_lateness_secs = 7200;
     let lake_dir = tempfile::tempdir().expect("tempdir");
     cfg.lake.url = format!("file://{}", lake_dir.path().display());
-    let mut books: Vec<(String, &str)> = Vec::new();
+    let mut books: Vec<(String, String)> = Vec::new();
     let mut seen_books = std::collections::HashSet::new();
     let mut records = Vec::new();
     for (i, r) in ratings.iter().enumerate() {
@@ -356,7 +358,7 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
         if seen_books.insert(item.clone()) {
             let g = genres.get(&r[1]).map(String::as_str).unwrap_or("");
             if !g.is_empty() {
-                books.push((item.clone(), Box::leak(g.to_string().into_boxed_str())));
+                books.push((item.clone(), g.to_string()));
             }
         }
         let kind = match r[2].as_str() {
