@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bookrec::bus::KafkaConsumer;
+use bookrec::bus::{Consumer, KafkaConsumer};
 use bookrec::config::Config;
 
 fn main() -> anyhow::Result<()> {

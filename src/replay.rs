@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::bus::{BusError, KafkaProducer, Producer};
+use crate::bus::BusError;
 use crate::config::KafkaConfig;
 use crate::event;
 
@@ -404,7 +404,8 @@ async fn produce_all(
     live: bool,
     rate: Option<f64>,
 ) -> Result<Report, ReplayError> {
-    crate::bus::ensure_topics(cfg, &[&cfg.topic]).await?;
+    let bus = crate::bus::Bus::connect(cfg);
+    bus.ensure_topics(&[&cfg.topic]).await?;
     let received_at = Utc::now();
     let events: Vec<event::Event> = interactions
         .iter()
@@ -426,7 +427,7 @@ async fn produce_all(
             .collect();
     }
     let in_flight = 100_000;
-    let producer = KafkaProducer::new(cfg, in_flight)?;
+    let producer = bus.producer(in_flight)?;
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(events.len());

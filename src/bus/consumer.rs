@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -97,6 +97,31 @@ impl GroupContext {
     }
 }
 
+/// A consumer-group member, as the lander and the stream use it: Kafka's
+/// ([`KafkaConsumer`]) or the in-process bus's ([`super::memory::MemoryConsumer`]).
+pub trait Consumer: Send + Sync {
+    /// The next record, or `None` when nothing arrived within `timeout`. Rebalances happen
+    /// inside this call; collect them with [`Consumer::take_rebalances`].
+    fn poll(&self, timeout: Duration) -> Option<Result<Record, BusError>>;
+    fn take_rebalances(&self) -> Vec<Membership>;
+    /// Commits `next_offset` (the next record to read) per partition.
+    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError>;
+    /// Like [`Consumer::commit`], without waiting for the broker's answer (for offsets
+    /// that are only a hint, such as the stream's: its truth is in the feature store).
+    fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError>;
+    /// The partitions this member owns now.
+    fn assignment(&self) -> Result<Vec<(String, i32)>, BusError>;
+    /// The group's committed offset per owned partition (`None` when it has none).
+    fn committed(&self, timeout: Duration) -> Result<Vec<(String, i32, Option<i64>)>, BusError>;
+    /// `(low, high)` watermarks of a partition.
+    fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), BusError>;
+}
+
 pub struct KafkaConsumer {
     consumer: BaseConsumer<GroupContext>,
     brokers: String,
@@ -135,36 +160,6 @@ impl KafkaConsumer {
         }
     }
 
-    /// The next record, or `None` when nothing arrived within `timeout`. Rebalances happen
-    /// inside this call; collect them with [`KafkaConsumer::take_rebalances`].
-    pub fn poll(&self, timeout: Duration) -> Option<Result<Record, BusError>> {
-        self.consumer
-            .poll(timeout)
-            .map(|r| r.map(|m| Record::from(&m)).map_err(|e| self.err(e)))
-    }
-
-    pub fn take_rebalances(&self) -> Vec<Membership> {
-        std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
-    }
-
-    /// Commits `next_offset` (the next record to read) per partition.
-    pub fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
-        self.commit_mode(offsets, CommitMode::Sync)
-    }
-
-    /// Like [`KafkaConsumer::commit`], without waiting for the broker's answer (for
-    /// offsets that are only a hint, such as the stream's: its truth is in the feature store).
-    pub fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
-        self.commit_mode(offsets, CommitMode::Async)
-    }
-
     fn commit_mode(
         &self,
         offsets: &[(String, i32, i64)],
@@ -180,18 +175,40 @@ impl KafkaConsumer {
         }
         self.consumer.commit(&tpl, mode).map_err(|e| self.err(e))
     }
+}
 
-    /// The partitions this member owns now.
-    pub fn assignment(&self) -> Result<Vec<(String, i32)>, BusError> {
+impl Consumer for KafkaConsumer {
+    fn poll(&self, timeout: Duration) -> Option<Result<Record, BusError>> {
+        self.consumer
+            .poll(timeout)
+            .map(|r| r.map(|m| Record::from(&m)).map_err(|e| self.err(e)))
+    }
+
+    fn take_rebalances(&self) -> Vec<Membership> {
+        std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+        self.commit_mode(offsets, CommitMode::Sync)
+    }
+
+    fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+        self.commit_mode(offsets, CommitMode::Async)
+    }
+
+    fn assignment(&self) -> Result<Vec<(String, i32)>, BusError> {
         let tpl = self.consumer.assignment().map_err(|e| self.err(e))?;
         Ok(partitions(&tpl))
     }
 
-    /// The group's committed offset per owned partition (`None` when it has none).
-    pub fn committed(
-        &self,
-        timeout: Duration,
-    ) -> Result<Vec<(String, i32, Option<i64>)>, BusError> {
+    fn committed(&self, timeout: Duration) -> Result<Vec<(String, i32, Option<i64>)>, BusError> {
         let tpl = self.consumer.committed(timeout).map_err(|e| self.err(e))?;
         let out = tpl
             .elements()
@@ -209,8 +226,7 @@ impl KafkaConsumer {
         Ok(out)
     }
 
-    /// `(low, high)` watermarks of a partition.
-    pub fn watermarks(
+    fn watermarks(
         &self,
         topic: &str,
         partition: i32,

@@ -1,5 +1,6 @@
 //! The event bus. Kafka (rdkafka) is the production backend; this is the only module that
-//! names `rdkafka`.
+//! names `rdkafka`. `kafka.brokers = "memory://NAME"` selects the in-process bus instead
+//! ([`memory`]: the embedded default); [`Bus`] hands out producers and consumers of either.
 //!
 //! The producer is idempotent with `acks=all`, batches with `linger.ms` and compresses; a
 //! message is retried by librdkafka until the broker takes it (`message.timeout.ms = 0`),
@@ -7,6 +8,7 @@
 //! re-send while the process lives, and the broker never sees a duplicate from a retry.
 
 pub mod consumer;
+pub mod memory;
 
 use std::time::Duration;
 
@@ -20,7 +22,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::KafkaConfig;
 
-pub use consumer::{KafkaConsumer, Membership, Record};
+pub use consumer::{Consumer, KafkaConsumer, Membership, Record};
+pub use memory::MemoryBus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -35,6 +38,109 @@ pub enum BusError {
     CreateTopic { topic: String, reason: String },
     #[error("metadata from {brokers}: {source}")]
     Metadata { brokers: String, source: KafkaError },
+    #[error("in-process bus {bus}: group {group} already has a member (one per group)")]
+    GroupBusy { bus: String, group: String },
+    #[error("in-process bus {bus}: topic {topic} has no partition {partition}")]
+    UnknownPartition {
+        bus: String,
+        topic: String,
+        partition: i32,
+    },
+}
+
+/// The bus a configuration names: Kafka, or the in-process bus for `memory://NAME`.
+#[derive(Clone)]
+pub enum Bus {
+    Kafka(KafkaConfig),
+    Memory(std::sync::Arc<MemoryBus>),
+}
+
+impl Bus {
+    pub const MEMORY_SCHEME: &'static str = "memory://";
+
+    /// `cfg.brokers` = `host:port,…` (Kafka) or `memory://NAME` (the process-wide
+    /// in-process bus of that name).
+    pub fn connect(cfg: &KafkaConfig) -> Bus {
+        match cfg.brokers.strip_prefix(Self::MEMORY_SCHEME) {
+            Some(name) => Bus::Memory(MemoryBus::named(name, cfg.partitions)),
+            None => Bus::Kafka(cfg.clone()),
+        }
+    }
+
+    /// What to show in logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Bus::Kafka(cfg) => cfg.brokers.clone(),
+            Bus::Memory(b) => format!("{}{}", Self::MEMORY_SCHEME, b.name()),
+        }
+    }
+
+    /// A producer; `max_in_flight_messages` bounds Kafka's local queue.
+    pub fn producer(
+        &self,
+        max_in_flight_messages: usize,
+    ) -> Result<std::sync::Arc<dyn Producer>, BusError> {
+        Ok(match self {
+            Bus::Kafka(cfg) => {
+                std::sync::Arc::new(KafkaProducer::new(cfg, max_in_flight_messages)?)
+            }
+            Bus::Memory(b) => std::sync::Arc::new(b.clone()),
+        })
+    }
+
+    /// Joins `group` subscribed to `topics`; `extra` are librdkafka settings for this
+    /// consumer only (ignored by the in-process bus).
+    pub fn consumer(
+        &self,
+        group: &str,
+        topics: &[&str],
+        extra: &[(&str, String)],
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        Ok(match self {
+            Bus::Kafka(cfg) => {
+                let mut cfg = cfg.clone();
+                for (k, v) in extra {
+                    cfg.extra
+                        .entry((*k).to_owned())
+                        .or_insert_with(|| v.clone());
+                }
+                Box::new(KafkaConsumer::new(&cfg, group, topics)?)
+            }
+            Bus::Memory(b) => Box::new(b.consumer(group, topics)?),
+        })
+    }
+
+    /// Creates the topics that do not exist yet.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), BusError> {
+        match self {
+            Bus::Kafka(cfg) => ensure_topics(cfg, topics).await,
+            Bus::Memory(b) => {
+                b.ensure_topics(topics);
+                Ok(())
+            }
+        }
+    }
+
+    /// The offsets `group` has committed on `topic`, per partition, without joining it.
+    pub fn group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<std::collections::BTreeMap<i32, i64>, BusError> {
+        match self {
+            Bus::Kafka(cfg) => consumer::group_offsets(cfg, group, topic, timeout),
+            Bus::Memory(b) => Ok(b.group_offsets(group, topic)),
+        }
+    }
+
+    /// A whole topic from the start, by partition and offset (tools and tests).
+    pub fn read_topic(&self, topic: &str, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        match self {
+            Bus::Kafka(cfg) => consumer::read_topic(cfg, topic, timeout),
+            Bus::Memory(b) => Ok(b.read_topic(topic)),
+        }
+    }
 }
 
 /// Where a delivered record went.

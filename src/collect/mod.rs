@@ -132,15 +132,14 @@ pub async fn run(
     let cfg = config.collect.clone();
     let (spool, writer, reader) = Spool::open(&cfg.spool)?;
     let metrics = Arc::new(Metrics::new()?);
-    let producer: Arc<dyn Producer> = Arc::new(bus::KafkaProducer::new(
-        &config.kafka,
-        cfg.spool.max_in_flight,
-    )?);
+    let bus = bus::Bus::connect(&config.kafka);
+    let producer: Arc<dyn Producer> = bus.producer(cfg.spool.max_in_flight)?;
     let kafka = Arc::new(AtomicU8::new(KAFKA_UNKNOWN));
     let background = CancellationToken::new();
 
     let topics_ready = CancellationToken::new();
     tokio::spawn(ensure_topics_loop(
+        bus.clone(),
         config.kafka.clone(),
         topics_ready.clone(),
         background.clone(),
@@ -180,7 +179,7 @@ pub async fn run(
     });
     let app = router(state);
     let addr = listener.local_addr().map_err(CollectError::Serve)?;
-    tracing::info!(%addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
+    tracing::info!(%addr, brokers = %bus.describe(), topic = %config.kafka.topic,
         spool = %cfg.spool.dir.display(), "collector listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
@@ -657,6 +656,7 @@ async fn post_logs(
 
 /// Creates the topics, retrying with backoff until it works or the collector stops.
 async fn ensure_topics_loop(
+    bus: bus::Bus,
     cfg: crate::config::KafkaConfig,
     ready: CancellationToken,
     stop: CancellationToken,
@@ -667,7 +667,7 @@ async fn ensure_topics_loop(
     }
     let mut backoff = Duration::from_millis(200);
     loop {
-        match bus::ensure_topics(&cfg, &[&cfg.topic, &cfg.dlq_topic]).await {
+        match bus.ensure_topics(&[&cfg.topic, &cfg.dlq_topic]).await {
             Ok(()) => {
                 ready.cancel();
                 return;

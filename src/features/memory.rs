@@ -1,14 +1,12 @@
-//! The in-memory feature store: Redis semantics (lists, hashes, sorted sets, expiry,
-//! offsets) behind one mutex, for the embedded default.
+//! The in-memory feature store: Redis semantics (hashes, sorted sets, expiry, offsets) behind one mutex, for the embedded default.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Span, offsets_key};
 
 #[derive(Debug, Clone)]
 enum Value {
-    List(VecDeque<String>),
     Hash(BTreeMap<String, f64>),
     Zset(BTreeMap<String, f64>),
 }
@@ -16,7 +14,6 @@ enum Value {
 impl Value {
     fn kind(&self) -> &'static str {
         match self {
-            Value::List(_) => "list",
             Value::Hash(_) => "hash",
             Value::Zset(_) => "sorted set",
         }
@@ -141,15 +138,31 @@ impl FeatureStore for MemoryStore {
                 Op::PushRecent {
                     key,
                     member,
+                    at,
                     max_len,
                     expiry,
                 } => {
-                    if let Value::List(l) = scratch.entry(key, now, Value::List(VecDeque::new()))? {
-                        l.retain(|m| m != member);
-                        l.push_front(member.clone());
-                        l.truncate(*max_len);
+                    if let Value::Zset(z) = scratch.entry(key, now, Value::Zset(BTreeMap::new()))? {
+                        // ZADD GT, then ZREMRANGEBYRANK 0 -(max_len+1): the lowest ranks
+                        // (score, then member, ascending) go
+                        let s = z.entry(member.clone()).or_insert(*at);
+                        *s = s.max(*at);
+                        if z.len() > *max_len {
+                            let mut ranked: Vec<(f64, String)> =
+                                z.iter().map(|(m, s)| (*s, m.clone())).collect();
+                            ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+                            for (_, m) in &ranked[..ranked.len() - max_len] {
+                                z.remove(m);
+                            }
+                        }
                     }
                     scratch.expire(key, *expiry, now);
+                }
+                Op::HashMax { key, field, value } => {
+                    if let Value::Hash(h) = scratch.entry(key, now, Value::Hash(BTreeMap::new()))? {
+                        let v = h.entry(field.clone()).or_insert(*value);
+                        *v = v.max(*value);
+                    }
                 }
                 Op::HashIncr {
                     key,
@@ -196,18 +209,6 @@ impl FeatureStore for MemoryStore {
             .get(&offsets_key(group))
             .cloned()
             .unwrap_or_default())
-    }
-
-    async fn list(&self, key: &str, n: usize) -> Result<Vec<String>, FeaturesError> {
-        match self.lock().live(key, now_ms()) {
-            None => Ok(Vec::new()),
-            Some(Value::List(l)) => Ok(l.iter().take(n).cloned().collect()),
-            Some(other) => Err(FeaturesError::WrongType {
-                key: key.to_owned(),
-                found: other.kind(),
-                wanted: "list",
-            }),
-        }
     }
 
     async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError> {

@@ -61,13 +61,24 @@ pub enum Expiry {
 /// One change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// Moves `member` to the head of the list at `key` (removing it further down) and keeps
-    /// the first `max_len`: newest first, de-duplicated, trimmed.
+    /// Records `member` at time `at` (epoch milliseconds) in the sorted set at `key` — the
+    /// later of its stored and new time wins — and keeps the `max_len` latest: newest first
+    /// (read with [`FeatureStore::top`]), de-duplicated, trimmed, and each member's time kept
+    /// (so readers can ignore what is older than a cut-off). Order-independent: a batch
+    /// gives the same set whatever order its rows come in.
     PushRecent {
         key: String,
         member: String,
+        at: f64,
         max_len: usize,
         expiry: Expiry,
+    },
+    /// Sets `field` of the hash at `key` to `value` unless it holds a greater one
+    /// (high-water marks: the stream's newest event time and last apply time).
+    HashMax {
+        key: String,
+        field: String,
+        value: f64,
     },
     /// Adds `delta` to `field` of the hash at `key`.
     HashIncr {
@@ -88,7 +99,10 @@ pub enum Op {
 impl Op {
     pub fn key(&self) -> &str {
         match self {
-            Op::PushRecent { key, .. } | Op::HashIncr { key, .. } | Op::ZsetIncr { key, .. } => key,
+            Op::PushRecent { key, .. }
+            | Op::HashIncr { key, .. }
+            | Op::ZsetIncr { key, .. }
+            | Op::HashMax { key, .. } => key,
         }
     }
 }
@@ -121,16 +135,22 @@ pub trait FeatureStore: Send + Sync {
     ) -> Result<Applied, FeaturesError>;
     /// The next offset to consume per partition, as recorded by `apply`.
     async fn offsets(&self, group: &str) -> Result<BTreeMap<i32, i64>, FeaturesError>;
-    /// The first `n` members of a list (newest first for `PushRecent` lists).
-    async fn list(&self, key: &str, n: usize) -> Result<Vec<String>, FeaturesError>;
     /// A hash's fields and values, sorted by field.
     async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError>;
     /// The `n` highest-scored members of a sorted set, highest first (ties: the greater
-    /// member first, as Redis's ZREVRANGE).
+    /// member first, as Redis's ZREVRANGE); for `PushRecent` sets, the newest first with
+    /// their times.
     async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError>;
 }
 
 /// The key under which a group's offsets live.
 pub fn offsets_key(group: &str) -> String {
     format!("bookrec:offsets:{group}")
+}
+
+/// The hash where a stream group keeps its high-water marks (`event_ms`: the newest event
+/// time applied; `applied_ms`: when the last batch was applied), for readers to tell the
+/// features' age.
+pub fn progress_key(group: &str) -> String {
+    format!("bookrec:progress:{group}")
 }

@@ -28,7 +28,7 @@ for s = 1, nspans do
   spans[#spans + 1] = {part, to}
 end
 local first_op = i
-local want = {L = 'list', H = 'hash', Z = 'zset'}
+local want = {R = 'zset', H = 'hash', M = 'hash', Z = 'zset'}
 while i <= #ARGV do
   local k = KEYS[tonumber(ARGV[i + 1])]
   local t = redis.call('TYPE', k).ok
@@ -40,12 +40,14 @@ while i <= #ARGV do
   local code, k, a, b, c = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ek, ev = ARGV[i + 5], ARGV[i + 6]
   i = i + 7
-  if code == 'L' then
-    redis.call('LREM', k, 0, a)
-    redis.call('LPUSH', k, a)
-    redis.call('LTRIM', k, 0, tonumber(c) - 1)
+  if code == 'R' then
+    redis.call('ZADD', k, 'GT', b, a)
+    redis.call('ZREMRANGEBYRANK', k, 0, -(tonumber(c) + 1))
   elseif code == 'H' then
     redis.call('HINCRBYFLOAT', k, a, b)
+  elseif code == 'M' then
+    local cur = redis.call('HGET', k, a)
+    if (not cur) or tonumber(cur) < tonumber(b) then redis.call('HSET', k, a, b) end
   else
     redis.call('ZINCRBY', k, b, a)
   end
@@ -151,15 +153,17 @@ impl FeatureStore for RedisStore {
             let (code, a, b, c, expiry) = match op {
                 Op::PushRecent {
                     member,
+                    at,
                     max_len,
                     expiry,
                     ..
-                } => (
-                    "L",
-                    member.clone(),
+                } => ("R", member.clone(), num(*at), max_len.to_string(), *expiry),
+                Op::HashMax { field, value, .. } => (
+                    "M",
+                    field.clone(),
+                    num(*value),
                     String::new(),
-                    max_len.to_string(),
-                    *expiry,
+                    Expiry::Never,
                 ),
                 Op::HashIncr {
                     field,
@@ -207,8 +211,7 @@ impl FeatureStore for RedisStore {
                     _ => "value of another type",
                 };
                 let wanted = match ops.iter().find(|o| o.key() == what) {
-                    Some(Op::PushRecent { .. }) => "list",
-                    Some(Op::HashIncr { .. }) => "hash",
+                    Some(Op::HashIncr { .. } | Op::HashMax { .. }) => "hash",
                     _ => "sorted set",
                 };
                 Err(FeaturesError::WrongType {
@@ -226,15 +229,6 @@ impl FeatureStore for RedisStore {
             .timed("offsets", conn.hgetall(offsets_key(group)))
             .await?;
         Ok(raw)
-    }
-
-    async fn list(&self, key: &str, n: usize) -> Result<Vec<String>, FeaturesError> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn.clone();
-        self.timed("list", conn.lrange(key, 0, n as isize - 1))
-            .await
     }
 
     async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError> {

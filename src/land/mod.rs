@@ -34,7 +34,7 @@ use arrow::array::{
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusError, KafkaConsumer, Membership, Record};
+use crate::bus::{Bus, BusError, Consumer, Membership, Record};
 use crate::config::Config;
 use crate::event::dedup::Dedup;
 use crate::event::{self, Event};
@@ -154,10 +154,12 @@ pub fn run(
     let events_topic = cfg.kafka.topic.clone();
     let mut topics: Vec<&str> = vec![&events_topic];
     topics.extend(cfg.land.cdc.keys().map(String::as_str));
+    let bus = Bus::connect(&cfg.kafka);
     if cfg.kafka.create_topics {
-        rt.block_on(crate::bus::ensure_topics(&cfg.kafka, &topics))?;
+        rt.block_on(bus.ensure_topics(&topics))?;
     }
-    let consumer = KafkaConsumer::new(&cfg.kafka, &cfg.land.group_id, &topics)?;
+    let consumer = bus.consumer(&cfg.land.group_id, &topics, &[])?;
+    let consumer = consumer.as_ref();
     let mut lander = Lander {
         cfg,
         lake,
@@ -186,7 +188,7 @@ pub fn run(
         }
         let polled = consumer.poll(poll_timeout);
         for change in consumer.take_rebalances() {
-            lander.rebalance(&consumer, change)?;
+            lander.rebalance(consumer, change)?;
             ever_assigned = true;
         }
         let idle = match polled {
@@ -203,7 +205,7 @@ pub fn run(
         if last_maintenance.elapsed() >= Duration::from_millis(200) || idle {
             last_maintenance = Instant::now();
             if lander.maintain(false)? {
-                lander.commit(&consumer);
+                lander.commit(consumer);
             }
         }
         if until_caught_up && idle {
@@ -217,7 +219,7 @@ pub fn run(
                 }
                 continue;
             }
-            match lander.caught_up(&consumer) {
+            match lander.caught_up(consumer) {
                 Ok(true) => break,
                 Ok(false) => {}
                 // a slow broker answering the watermark request late is not fatal
@@ -226,12 +228,12 @@ pub fn run(
         }
     }
     lander.maintain(true)?;
-    lander.commit(&consumer);
+    lander.commit(consumer);
     Ok(lander.report)
 }
 
 impl Lander<'_> {
-    fn rebalance(&mut self, consumer: &KafkaConsumer, change: Membership) -> Result<(), LandError> {
+    fn rebalance(&mut self, consumer: &dyn Consumer, change: Membership) -> Result<(), LandError> {
         match change {
             Membership::Revoked(parts) => {
                 for tp in parts {
@@ -451,7 +453,7 @@ impl Lander<'_> {
     }
 
     /// Commits, per partition, the first offset that is not yet in the lake.
-    fn commit(&mut self, consumer: &KafkaConsumer) {
+    fn commit(&mut self, consumer: &dyn Consumer) {
         let mut offsets = Vec::new();
         for tp in &self.assigned {
             let Some(next) = self.next_offset.get(tp).copied() else {
@@ -482,7 +484,7 @@ impl Lander<'_> {
         }
     }
 
-    fn caught_up(&mut self, consumer: &KafkaConsumer) -> Result<bool, LandError> {
+    fn caught_up(&mut self, consumer: &dyn Consumer) -> Result<bool, LandError> {
         if self.assigned.is_empty() {
             return Ok(false);
         }

@@ -24,10 +24,10 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::consumer::{KafkaConsumer, Record};
+use crate::bus::{Bus, Record};
 use crate::config::Config;
 use crate::event::Event;
-use crate::features::{Applied, FeatureStore, Span};
+use crate::features::{Applied, FeatureStore, Op, Span};
 use crate::lake::Lake;
 use crate::sql::catalog::{self, CatalogError, Kind, Query};
 pub use metrics::StreamMetrics;
@@ -168,8 +168,7 @@ pub async fn rebuild_from_lake(
             group: group.clone(),
         });
     }
-    let landed = crate::bus::consumer::group_offsets(
-        &cfg.kafka,
+    let landed = Bus::connect(&cfg.kafka).group_offsets(
         &cfg.land.group_id,
         &cfg.kafka.topic,
         Duration::from_secs(10),
@@ -276,12 +275,14 @@ pub async fn run(
     let mut next: BTreeMap<i32, i64> = store.offsets(&group).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
     let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Vec<(String, i32, i64)>>();
-    let mut kafka = cfg.kafka.clone();
-    kafka
-        .extra
-        .entry("fetch.wait.max.ms".into())
-        .or_insert_with(|| cfg.stream.fetch_wait_max_ms.to_string());
-    let consumer = KafkaConsumer::new(&kafka, &group, &[cfg.kafka.topic.as_str()])?;
+    let consumer = Bus::connect(&cfg.kafka).consumer(
+        &group,
+        &[cfg.kafka.topic.as_str()],
+        &[(
+            "fetch.wait.max.ms",
+            cfg.stream.fetch_wait_max_ms.to_string(),
+        )],
+    )?;
     let max_events = cfg.stream.max_batch_events;
     let max_wait = Duration::from_millis(cfg.stream.max_batch_ms);
     let cancel = cancel.child_token();
@@ -424,6 +425,20 @@ pub async fn run(
             );
         }
         let spans: Vec<Span> = spans.into_values().collect();
+        // high-water marks for readers (the features' age), in the same atomic apply
+        let progress = crate::features::progress_key(&group);
+        if let Some(newest) = events.iter().map(|e| e.event_ts).max() {
+            ops.push(Op::HashMax {
+                key: progress.clone(),
+                field: "event_ms".into(),
+                value: newest.timestamp_millis() as f64,
+            });
+        }
+        ops.push(Op::HashMax {
+            key: progress,
+            field: "applied_ms".into(),
+            value: chrono::Utc::now().timestamp_millis() as f64,
+        });
         match store.apply(&group, &ops, &spans).await? {
             Applied::Applied => {
                 report.ops += ops.len() as u64;

@@ -2,18 +2,18 @@
 //!
 //! Header keys (besides `name` and `description`):
 //!
-//! - `sink: recent | hash | zset` — a de-duplicated newest-first list, a hash of counters, a
-//!   sorted set of scores;
+//! - `sink: recent | hash | zset` — the latest members with their times (a sorted set scored
+//!   by time: newest first, de-duplicated, trimmed), a hash of counters, a sorted set of
+//!   scores;
 //! - `key: rt:recent:{user_id}` — the key pattern, `{column}` taken from each row;
 //! - `member: book_id` — the column holding the list member, hash field or set member;
-//! - `value: n` — (hash, zset) the column added to the field's or member's value;
+//! - `value: n` — (hash, zset) the column added to the field's or member's value; (recent)
+//!   the column with the member's time in epoch milliseconds (the later time wins);
 //! - `max_len: 50` — (recent) the list keeps this many members;
 //! - `ttl_secs: 2592000` — the key expires this long after its last write, or
 //! - `expire_at: expire_at` — the column with the epoch second the key expires at (time
 //!   buckets of a window: deterministic under replay);
 //! - `window: …` — documentation of the window the keys implement (free text).
-//!
-//! `recent` rows are applied in result order: order them oldest first.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
@@ -94,11 +94,15 @@ impl Sink {
         let key = parse_pattern(&pattern).map_err(|m| err(q, key_line, m))?;
         let (member, _) = get("member").ok_or_else(|| err(q, 1, "no `-- member:` column"))?;
         let value = get("value").map(|v| v.0);
-        if !matches!(kind, SinkKind::Recent { .. }) && value.is_none() {
+        if value.is_none() {
+            let what = match kind {
+                SinkKind::Recent { .. } => "the column with each member's time, epoch ms",
+                _ => "the column added",
+            };
             return Err(err(
                 q,
                 kind_line,
-                format!("sink {kind_text} needs `-- value:` (the column added)"),
+                format!("sink {kind_text} needs `-- value:` ({what})"),
             ));
         }
         let expiry = match (number("ttl_secs")?, get("expire_at")) {
@@ -236,6 +240,7 @@ impl Sink {
                     SinkKind::Recent { max_len } => Op::PushRecent {
                         key,
                         member,
+                        at: delta,
                         max_len,
                         expiry,
                     },
@@ -352,9 +357,11 @@ mod tests {
         assert!(bad("-- sink: zset\n-- key: k:{a}\n-- member: a").contains("needs `-- value:`"));
         assert!(bad("-- sink: recent\n-- key: constant\n-- member: a").contains("x.sql:3"));
         assert!(
-            bad("-- sink: recent\n-- key: k:{a}\n-- member: a\n-- max_len: 0").contains("x.sql:5")
+            bad("-- sink: recent\n-- key: k:{a}\n-- member: a\n-- value: t\n-- max_len: 0")
+                .contains("x.sql:6")
         );
-        let q = query("-- sink: recent\n-- key: k:{user_id}\n-- member: book");
+        assert!(bad("-- sink: recent\n-- key: k:{a}\n-- member: a").contains("each member's time"));
+        let q = query("-- sink: recent\n-- key: k:{user_id}\n-- member: book\n-- value: at");
         let sink = Sink::from_query(&q).expect("sink");
         let schema = Schema::new(vec![arrow::datatypes::Field::new(
             "user_id",

@@ -9,10 +9,11 @@ use bookrec::features::{
 
 use crate::support::unique;
 
-fn push(key: &str, member: &str) -> Op {
+fn push(key: &str, member: &str, at: f64) -> Op {
     Op::PushRecent {
         key: key.into(),
         member: member.into(),
+        at,
         max_len: 3,
         expiry: Expiry::Never,
     }
@@ -50,25 +51,71 @@ async fn contract(store: &dyn FeatureStore) {
     let k = |s: &str| format!("{ns}:{s}");
     let group = k("group");
 
-    // recent list: newest first, de-duplicated, trimmed to 3
-    let ops: Vec<Op> = ["b1", "b2", "b1", "b3", "b4"]
+    // recent: newest first with their times, de-duplicated (the later time wins), trimmed
+    // to 3; the order of a batch's ops does not matter
+    let pushes = [
+        ("b1", 1.0),
+        ("b2", 2.0),
+        ("b1", 3.0),
+        ("b3", 4.0),
+        ("b4", 5.0),
+    ];
+    let ops: Vec<Op> = pushes
         .iter()
-        .map(|b| push(&k("recent"), b))
+        .map(|(b, t)| push(&k("recent"), b, *t))
         .collect();
     let r = store
         .apply(&group, &ops, &[span(0, 0, 5)])
         .await
         .expect("apply");
     assert_eq!(r, Applied::Applied);
-    assert_eq!(
-        store.list(&k("recent"), 10).await.expect("list"),
-        ["b4", "b3", "b1"]
+    let want = vec![
+        ("b4".to_string(), 5.0),
+        ("b3".to_string(), 4.0),
+        ("b1".to_string(), 3.0),
+    ];
+    assert_eq!(store.top(&k("recent"), 10).await.expect("recent"), want);
+    assert_eq!(store.top(&k("recent"), 2).await.expect("recent"), want[..2]);
+    assert!(
+        store
+            .top(&k("nothing"), 5)
+            .await
+            .expect("recent")
+            .is_empty()
     );
+    let reversed: Vec<Op> = pushes
+        .iter()
+        .rev()
+        .map(|(b, t)| push(&k("recent2"), b, *t))
+        .collect();
+    store
+        .apply(&k("group2"), &reversed, &[span(0, 0, 5)])
+        .await
+        .expect("apply");
+    assert_eq!(store.top(&k("recent2"), 10).await.expect("recent"), want);
+    // an older time does not move a member back; high-water marks only rise
+    let ops = vec![
+        push(&k("recent"), "b3", 0.5),
+        Op::HashMax {
+            key: k("progress"),
+            field: "event_ms".into(),
+            value: 7.0,
+        },
+        Op::HashMax {
+            key: k("progress"),
+            field: "event_ms".into(),
+            value: 6.0,
+        },
+    ];
+    store
+        .apply(&k("group3"), &ops, &[span(0, 0, 1)])
+        .await
+        .expect("apply");
+    assert_eq!(store.top(&k("recent"), 10).await.expect("recent"), want);
     assert_eq!(
-        store.list(&k("recent"), 2).await.expect("list"),
-        ["b4", "b3"]
+        store.hash(&k("progress")).await.expect("hash"),
+        vec![("event_ms".to_string(), 7.0)]
     );
-    assert!(store.list(&k("nothing"), 5).await.expect("list").is_empty());
 
     // hashes and sorted sets sum; top is highest first, ties by the greater member
     let ops = vec![
@@ -148,7 +195,7 @@ async fn contract(store: &dyn FeatureStore) {
     let err = store
         .apply(
             &group,
-            &[zincr(&k("heat"), "b1", 100.0), push(&k("cat"), "x")],
+            &[zincr(&k("heat"), "b1", 100.0), push(&k("cat"), "x", 1.0)],
             &[span(0, 12, 13)],
         )
         .await

@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array};
-use bookrec::bus::{KafkaProducer, Producer};
 use bookrec::config::Config;
 use bookrec::lake::Lake;
 use chrono::{TimeZone, Utc};
@@ -50,10 +49,9 @@ fn stamped_events(n: usize) -> Vec<(String, Vec<u8>, String)> {
 }
 
 pub async fn produce(cfg: &Config, records: &[(String, Vec<u8>)]) {
-    bookrec::bus::ensure_topics(&cfg.kafka, &[&cfg.kafka.topic])
-        .await
-        .expect("topic");
-    let p = KafkaProducer::new(&cfg.kafka, 100_000).expect("producer");
+    let bus = bookrec::bus::Bus::connect(&cfg.kafka);
+    bus.ensure_topics(&[&cfg.kafka.topic]).await.expect("topic");
+    let p = bus.producer(100_000).expect("producer");
     let futs: Vec<_> = records
         .iter()
         .map(|(k, v)| p.send(&cfg.kafka.topic, k.as_bytes(), v).expect("send"))

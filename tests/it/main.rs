@@ -4,6 +4,7 @@
 
 mod als;
 mod batch;
+mod bus;
 mod cli;
 mod collect;
 mod compose;

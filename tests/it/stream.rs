@@ -1,7 +1,7 @@
 //! `bookrec stream` against the real broker and real Redis: the shipped realtime queries
 //! give the values computed by hand; a stream process killed mid-run and restarted ends
-//! with the same features as an uninterrupted run (in the in-memory store); malformed and
-//! late records are counted and skipped.
+//! with the same features as an uninterrupted run of the embedded mode (in-process bus,
+//! in-memory store); malformed and late records are counted and skipped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -161,9 +161,12 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
             r.insert(
                 u.clone(),
                 store
-                    .list(&format!("rt:recent:{u}"), 100)
+                    .top(&format!("rt:recent:{u}"), 100)
                     .await
-                    .expect("list"),
+                    .expect("recent")
+                    .into_iter()
+                    .map(|(b, _)| b)
+                    .collect(),
             );
         }
         let mut c = BTreeMap::new();
@@ -184,11 +187,14 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
         (r, c, h)
     }
 
-    // uninterrupted, into the in-memory store
+    // the embedded mode: the same records on the in-process bus, uninterrupted, into the
+    // in-memory store
     let memory = Arc::new(MemoryStore::new());
     let lake = Lake::open(&cfg.lake).expect("lake");
     let mut mcfg = cfg.clone();
     mcfg.stream.group_id = unique("stream-mem");
+    mcfg.kafka.brokers = format!("memory://{}", unique("bus"));
+    produce(&mcfg, &records).await;
     let metrics = Arc::new(bookrec::realtime::StreamMetrics::new().expect("metrics"));
     let report = bookrec::realtime::run(
         &mcfg,
@@ -441,8 +447,8 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
     for u in &users {
         let key = format!("rt:recent:{u}");
         assert_eq!(
-            redis.list(&key, 100).await.expect("list"),
-            memory.list(&key, 100).await.expect("list"),
+            redis.top(&key, 100).await.expect("recent"),
+            memory.top(&key, 100).await.expect("recent"),
             "{key}"
         );
         for m in 0..32 {
