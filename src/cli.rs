@@ -38,6 +38,29 @@ pub enum Command {
     },
     /// Prints the effective configuration (secrets redacted) and exits.
     Config,
+    /// The recommendation API (serve.listen): the published model blended with the realtime
+    /// features; OpenAPI at /api/openapi.json, /metrics, and the demo page at /.
+    Serve {
+        /// Listen address (overrides serve.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// The main job on the embedded default, no external services: loads Book-Crossing,
+    /// replays it through the collector into the in-process bus, lands it in ./lake, runs
+    /// the SQL features and ALS, publishes to SQLite, then runs collect + stream + serve in
+    /// one process (in-memory feature store) and prints the URLs.
+    Demo {
+        /// A folder with ratings.csv and books.csv as `scripts/fetch-datasets book-crossing`
+        /// writes them
+        #[arg(long, value_name = "DIR", default_value = "data/book-crossing")]
+        data: PathBuf,
+        /// Keep this many of the most-rated books (ALS and similar books stay quick)
+        #[arg(long, default_value_t = 3000)]
+        max_books: usize,
+        /// Set everything up, print the summary, and exit instead of serving
+        #[arg(long)]
+        no_serve: bool,
+    },
     /// Lands Kafka events in the lake as Parquet, exactly once.
     Land {
         /// Process the backlog, write everything, and exit 0 once the lag is zero.
@@ -687,6 +710,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     crate::sql::write(&batches, format, &mut lock)?;
                 }
             }
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            if let Some(addr) = listen {
+                config.serve.listen = addr;
+            }
+            init_logging(&config)?;
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.serve.listen)
+                    .await
+                    .with_context(|| format!("serve.listen {}", config.serve.listen))?;
+                let cancel = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(cancel.clone()));
+                let sources = crate::serve::Sources {
+                    db: None,
+                    features: None,
+                    lake,
+                };
+                crate::serve::run(&config, listener, sources, cancel).await?;
+                Ok(())
+            })
+        }
+        Command::Demo {
+            data,
+            max_books,
+            no_serve,
+        } => {
+            init_logging(&config)?;
+            let opts = crate::demo::Options {
+                data,
+                max_books,
+                serve: !no_serve,
+            };
+            runtime()?.block_on(async {
+                let cancel = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(cancel.clone()));
+                crate::demo::run(config, opts, cancel).await
+            })?;
             Ok(())
         }
         Command::Collect { listen } => {

@@ -49,6 +49,40 @@ pub struct Config {
     pub publish: PublishConfig,
     pub redis: RedisConfig,
     pub stream: StreamConfig,
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// the recommendation API
+    pub listen: SocketAddr,
+    /// every database call of a request gives up after this long (Redis: `redis.timeout_ms`)
+    pub db_timeout_ms: u64,
+    /// the collector the demo page's /tracker.js posts events to
+    pub collect_url: String,
+    /// how many of the user's latest views seed "similar to" candidates
+    pub recent_views: usize,
+    /// short-term category interest: the window, in minutes (1-minute buckets, ≤ 60)
+    pub category_window_minutes: u32,
+    /// "trending": book heat summed over this many minutes (1-minute buckets, ≤ 60)
+    pub trending_window_minutes: u32,
+    /// how often the shared signals (trending, model version, features' age) are re-read
+    pub refresh_ms: u64,
+    /// how often the book catalogue is re-read from the lake
+    pub catalogue_refresh_secs: u64,
+    pub weights: BlendWeights,
+}
+
+/// How much each source adds to a book's score (each source's scores are scaled to 0..1).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlendWeights {
+    pub als: f64,
+    pub similar: f64,
+    pub trending: f64,
+    pub category: f64,
+    pub popular: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -293,7 +327,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 17] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -312,6 +346,8 @@ impl Config {
                 self.stream.max_batch_events as u64,
             ),
             ("stream.max_batch_ms", self.stream.max_batch_ms),
+            ("serve.db_timeout_ms", self.serve.db_timeout_ms),
+            ("serve.refresh_ms", self.serve.refresh_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -329,6 +365,25 @@ impl Config {
                     c.max_event_bytes, c.max_batch_bytes
                 ),
             });
+        }
+        for (key, minutes) in [
+            (
+                "serve.category_window_minutes",
+                self.serve.category_window_minutes,
+            ),
+            (
+                "serve.trending_window_minutes",
+                self.serve.trending_window_minutes,
+            ),
+        ] {
+            if !(1..=60).contains(&minutes) {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!(
+                        "{minutes}: between 1 and 60 (the realtime buckets live an hour)"
+                    ),
+                });
+            }
         }
         self.als
             .validate()

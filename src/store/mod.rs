@@ -386,11 +386,9 @@ impl Store {
         (!cols.is_empty()).then_some(cols)
     }
 
-    /// All rows of a feature table as text cells (NULL as None), sorted: for comparisons
-    /// across databases and for tools.
-    pub async fn dump(&self, name: &str) -> Result<Vec<Vec<Option<String>>>, StoreError> {
-        let table = format!("feat_{name}");
-        let cols = self.columns_of(&table).await.unwrap_or_default();
+    /// `SELECT` list casting every column of `table` to text, and the column names.
+    async fn text_columns(&self, table: &str) -> (String, Vec<String>) {
+        let cols = self.columns_of(table).await.unwrap_or_default();
         let select = cols
             .iter()
             .map(|c| match self.dialect {
@@ -399,6 +397,18 @@ impl Store {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        (select, cols)
+    }
+
+    fn text_cells(row: &AnyRow, n: usize) -> Vec<Option<String>> {
+        (0..n).map(|i| models::text_at(row, i)).collect()
+    }
+
+    /// All rows of a feature table as text cells (NULL as None), sorted: for comparisons
+    /// across databases and for tools.
+    pub async fn dump(&self, name: &str) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let table = format!("feat_{name}");
+        let (select, cols) = self.text_columns(&table).await;
         let rows = sqlx::query(&format!("SELECT {select} FROM {table}"))
             .fetch_all(&self.pool)
             .await
@@ -408,14 +418,39 @@ impl Store {
             })?;
         let mut out: Vec<Vec<Option<String>>> = rows
             .iter()
-            .map(|r| {
-                (0..cols.len())
-                    .map(|i| r.try_get::<Option<String>, _>(i).ok().flatten())
-                    .collect()
-            })
+            .map(|r| Self::text_cells(r, cols.len()))
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// The row of feature table `feat_<name>` whose `key_column` is `key`, as (column, text)
+    /// pairs; None when the table or the row does not exist.
+    pub async fn feature_row(
+        &self,
+        name: &str,
+        key_column: &str,
+        key: &str,
+    ) -> Result<Option<Vec<(String, Option<String>)>>, StoreError> {
+        let table = format!("feat_{name}");
+        let (select, cols) = self.text_columns(&table).await;
+        if !cols.iter().any(|c| c == &key_column.to_lowercase()) {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {select} FROM {table} WHERE {key_column} = {p}",
+            p = self.placeholders(1, 0)
+        );
+        let row = sqlx::query(&sql)
+            .bind(key.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Table {
+                table: table.clone(),
+                source,
+            })?;
+        let n = cols.len();
+        Ok(row.map(|r| cols.into_iter().zip(Self::text_cells(&r, n)).collect()))
     }
 
     /// Takes (or renews) the lease `name` for `holder` until now + `ttl`. True when this

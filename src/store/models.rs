@@ -131,7 +131,7 @@ pub struct Ranked {
 
 /// A text cell. SQLite reports the TEXT columns of some statements to sqlx as BLOB, so
 /// bytes are accepted too (as UTF-8).
-fn text_at(row: &AnyRow, i: usize) -> Option<String> {
+pub(super) fn text_at(row: &AnyRow, i: usize) -> Option<String> {
     match row.try_get::<Option<String>, _>(i) {
         Ok(v) => v,
         Err(_) => row

@@ -8,6 +8,7 @@ mod bus;
 mod cli;
 mod collect;
 mod compose;
+mod demo;
 mod features;
 mod land;
 mod publish;

@@ -1,0 +1,290 @@
+//! The blend: offline and realtime signals → one ranked list with reasons. Pure.
+//!
+//! Each source's scores are scaled to 0..1 (divided by the source's largest) and weighted
+//! by [`BlendWeights`]:
+//!
+//! - `als`: the user's offline list (reason `als`);
+//! - `similar`: books similar to a seed — the context book, then the user's recent views,
+//!   newest first, the i-th seed counting 1/(1+i) — the best seed counts (reason
+//!   `similar_to:<seed>` for each seed that proposes the book);
+//! - `trending`: book heat over the trending window (reason `trending`);
+//! - `category`: the user's short-term category interest, as a share of their recent
+//!   events; any candidate in such a category gets `weight × share`, and the category's
+//!   popular books become candidates with `weight × share × scaled popularity` (reason
+//!   `category:<c>`);
+//! - `popular`: only when there is no offline list (cold start), popular books (reason
+//!   `popular`).
+//!
+//! Excluded books (owned, the seeds themselves) never appear; with `only_category` only that
+//! category's books do. Ties break by book id, so the same signals give the same list.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::config::BlendWeights;
+use crate::store::Ranked;
+
+/// Everything one request's blend reads.
+#[derive(Debug, Default, Clone)]
+pub struct Signals {
+    pub als: Vec<Ranked>,
+    /// (seed book, its similar books), most important seed first
+    pub similar: Vec<(String, Vec<Ranked>)>,
+    pub trending: Vec<(String, f64)>,
+    /// short-term interest per category (events in the window)
+    pub categories: Vec<(String, f64)>,
+    /// popular books of the interest (or requested) categories
+    pub category_books: Vec<(String, Vec<Ranked>)>,
+    pub popular: Vec<Ranked>,
+    pub exclude: HashSet<String>,
+    pub book_category: HashMap<String, String>,
+    pub only_category: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Item {
+    pub book_id: String,
+    pub score: f64,
+    /// strongest first
+    pub reasons: Vec<String>,
+}
+
+#[derive(Default)]
+struct Candidate {
+    /// reason → contribution (the best one per reason)
+    parts: HashMap<String, f64>,
+}
+
+impl Candidate {
+    fn add(&mut self, reason: String, value: f64) {
+        if value > 0.0 {
+            let v = self.parts.entry(reason).or_insert(0.0);
+            *v = v.max(value);
+        }
+    }
+}
+
+fn scaled<'a, I>(scores: I) -> impl Fn(f64) -> f64
+where
+    I: IntoIterator<Item = &'a f64>,
+{
+    let max = scores.into_iter().copied().fold(0.0_f64, f64::max);
+    move |s| if max > 0.0 { (s / max).max(0.0) } else { 0.0 }
+}
+
+/// The top `k` books with scores and reasons.
+pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
+    let mut c: HashMap<String, Candidate> = HashMap::new();
+    let mut put = |book: &str, reason: String, value: f64| {
+        if !c.contains_key(book) {
+            c.insert(book.to_owned(), Candidate::default());
+        }
+        if let Some(cand) = c.get_mut(book) {
+            cand.add(reason, value);
+        }
+    };
+    let als = scaled(s.als.iter().map(|r| &r.score));
+    for r in &s.als {
+        put(&r.item, "als".into(), w.als * als(r.score));
+    }
+    // the similar "score" of a book is its best seed's (seed weight × cosine)
+    let mut similar: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
+    for (i, (_, list)) in s.similar.iter().enumerate() {
+        for r in list {
+            similar
+                .entry(r.item.as_str())
+                .or_default()
+                .push((i, r.score.max(0.0) / (1 + i) as f64));
+        }
+    }
+    for (book, seeds) in &similar {
+        for (i, v) in seeds {
+            put(
+                book,
+                format!("similar_to:{}", s.similar[*i].0),
+                w.similar * v,
+            );
+        }
+    }
+    let trending = scaled(s.trending.iter().map(|t| &t.1));
+    for (book, heat) in &s.trending {
+        put(book, "trending".into(), w.trending * trending(*heat));
+    }
+    let total: f64 = s.categories.iter().map(|c| c.1.max(0.0)).sum();
+    let share: HashMap<&str, f64> = s
+        .categories
+        .iter()
+        .filter(|_| total > 0.0)
+        .map(|(c, n)| (c.as_str(), n.max(0.0) / total))
+        .collect();
+    for (cat, books) in &s.category_books {
+        let sh = share.get(cat.as_str()).copied().unwrap_or(0.0);
+        let pop = scaled(books.iter().map(|r| &r.score));
+        for r in books {
+            put(
+                &r.item,
+                format!("category:{cat}"),
+                w.category * sh * pop(r.score),
+            );
+        }
+    }
+    if s.als.is_empty() {
+        let pop = scaled(s.popular.iter().map(|r| &r.score));
+        for r in &s.popular {
+            put(&r.item, "popular".into(), w.popular * pop(r.score));
+        }
+    }
+    let mut out: Vec<Item> = c
+        .into_iter()
+        .filter(|(book, _)| !s.exclude.contains(book))
+        .filter(|(book, _)| {
+            s.only_category
+                .as_ref()
+                .is_none_or(|want| s.book_category.get(book) == Some(want))
+        })
+        .map(|(book, mut cand)| {
+            // the category boost reaches every candidate of an interest category
+            if let Some(cat) = s.book_category.get(&book)
+                && let Some(sh) = share.get(cat.as_str())
+            {
+                cand.add(format!("category:{cat}"), w.category * sh);
+            }
+            let mut parts: Vec<(String, f64)> = cand.parts.into_iter().collect();
+            parts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            Item {
+                book_id: book,
+                score: parts.iter().map(|p| p.1).sum(),
+                reasons: parts.into_iter().map(|p| p.0).collect(),
+            }
+        })
+        .filter(|i| i.score > 0.0)
+        .collect();
+    out.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.book_id.cmp(&b.book_id))
+    });
+    out.truncate(k);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked(items: &[(&str, f64)]) -> Vec<Ranked> {
+        items
+            .iter()
+            .map(|(b, s)| Ranked {
+                item: b.to_string(),
+                score: *s,
+            })
+            .collect()
+    }
+
+    fn weights() -> BlendWeights {
+        BlendWeights {
+            als: 1.0,
+            similar: 0.8,
+            trending: 0.3,
+            category: 0.4,
+            popular: 0.5,
+        }
+    }
+
+    #[test]
+    fn offline_list_alone_keeps_its_order_scaled() {
+        let s = Signals {
+            als: ranked(&[("a", 4.0), ("b", 2.0), ("c", 1.0)]),
+            ..Signals::default()
+        };
+        let out = blend(&s, &weights(), 2);
+        assert_eq!(
+            out,
+            vec![
+                Item {
+                    book_id: "a".into(),
+                    score: 1.0,
+                    reasons: vec!["als".into()]
+                },
+                Item {
+                    book_id: "b".into(),
+                    score: 0.5,
+                    reasons: vec!["als".into()]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn realtime_signals_add_up_with_reasons_and_exclusions() {
+        let mut s = Signals {
+            als: ranked(&[("a", 1.0), ("b", 0.5)]),
+            // seed "v1" (newest) proposes b and x; seed "v2" proposes x and owned
+            similar: vec![
+                ("v1".into(), ranked(&[("b", 0.9), ("x", 0.5)])),
+                ("v2".into(), ranked(&[("x", 1.0), ("owned", 1.0)])),
+            ],
+            trending: vec![("t".into(), 10.0), ("a".into(), 5.0)],
+            categories: vec![("fantasy".into(), 3.0), ("history".into(), 1.0)],
+            category_books: vec![("fantasy".into(), ranked(&[("f1", 2.0), ("x", 1.0)]))],
+            exclude: ["owned".to_string(), "v1".to_string()]
+                .into_iter()
+                .collect(),
+            ..Signals::default()
+        };
+        s.book_category = [("x", "fantasy"), ("b", "history"), ("f1", "fantasy")]
+            .iter()
+            .map(|(b, c)| (b.to_string(), c.to_string()))
+            .collect();
+        let out = blend(&s, &weights(), 10);
+        let get = |b: &str| out.iter().find(|i| i.book_id == b).cloned();
+        assert!(get("owned").is_none() && get("v1").is_none());
+        // b: als 0.5 + similar 0.8×0.9 + history boost 0.4×0.25
+        let b = get("b").expect("b");
+        assert!((b.score - (0.5 + 0.72 + 0.1)).abs() < 1e-9, "{b:?}");
+        assert_eq!(b.reasons, ["similar_to:v1", "als", "category:history"]);
+        // x: seed v1 gives 0.8×0.5, seed v2 gives 0.8×1.0/2 (equal), fantasy 0.4×0.75
+        let x = get("x").expect("x");
+        assert!((x.score - (0.4 + 0.4 + 0.3)).abs() < 1e-9, "{x:?}");
+        assert_eq!(x.reasons[0], "similar_to:v1");
+        assert!(x.reasons.contains(&"similar_to:v2".to_string()));
+        assert!(x.reasons.contains(&"category:fantasy".to_string()));
+        // t: trending only (0.3); a: als 1.0 + trending 0.15
+        assert_eq!(get("t").expect("t").reasons, ["trending"]);
+        assert!((get("a").expect("a").score - 1.15).abs() < 1e-9);
+        // f1: top of its interest category: 0.4 × 0.75 × 1.0
+        assert!((get("f1").expect("f1").score - 0.3).abs() < 1e-9);
+        // sorted by score, ties by id
+        for w in out.windows(2) {
+            assert!(
+                w[0].score > w[1].score
+                    || (w[0].score == w[1].score && w[0].book_id < w[1].book_id)
+            );
+        }
+        // only one category
+        s.only_category = Some("fantasy".into());
+        let only: Vec<String> = blend(&s, &weights(), 10)
+            .into_iter()
+            .map(|i| i.book_id)
+            .collect();
+        assert_eq!(only, ["x", "f1"]);
+    }
+
+    #[test]
+    fn cold_start_falls_back_to_popular_books() {
+        let s = Signals {
+            popular: ranked(&[("p1", 10.0), ("p2", 5.0)]),
+            ..Signals::default()
+        };
+        let out = blend(&s, &weights(), 5);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].reasons, ["popular"]);
+        assert!((out[1].score - 0.25).abs() < 1e-9);
+        // with an offline list, popular books are not mixed in
+        let warm = Signals {
+            als: ranked(&[("a", 1.0)]),
+            ..s
+        };
+        assert_eq!(blend(&warm, &weights(), 5).len(), 1);
+    }
+}

@@ -1,0 +1,276 @@
+//! `bookrec demo` end to end in headless Chromium: the demo runs on a small Book-Crossing
+//! shaped fixture (the real data set's format, two clusters of books by publisher); the
+//! page lists books and recommendations; a click goes through /tracker.js to the collector,
+//! and the page's recommendations change from the realtime features. The test drives
+//! Chromium through ChromeDriver's W3C WebDriver protocol and saves a screenshot.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// A Book-Crossing shaped fixture: 12 "Tor" (fantasy) and 12 "Penguin" (history) books,
+/// 60 users who each read 6 books of one kind.
+pub fn write_fixture(dir: &Path) {
+    let mut books = String::from("isbn,title,author,year,publisher\n");
+    for i in 0..12 {
+        books.push_str(&format!("F{i:03},Fantasy {i},A. Writer,1999,Tor\n"));
+        books.push_str(&format!("H{i:03},History {i},B. Writer,2001,Penguin\n"));
+    }
+    std::fs::write(dir.join("books.csv"), books).expect("books.csv");
+    let mut ratings = String::from("user_id,isbn,rating\n");
+    for u in 0..60usize {
+        let kind = if u % 2 == 0 { 'F' } else { 'H' };
+        for j in 0..6 {
+            let i = (u * 5 + j * 7) % 12;
+            ratings.push_str(&format!("{u},{kind}{i:03},{}\n", [0, 8, 9][j % 3]));
+        }
+    }
+    std::fs::write(dir.join("ratings.csv"), ratings).expect("ratings.csv");
+}
+
+/// `bookrec demo` in `cwd` on free ports; returns the child and the page URL.
+pub fn start_demo(cwd: &Path, data: &Path) -> (Child, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bookrec"))
+        .args(["demo", "--data"])
+        .arg(data)
+        .current_dir(cwd)
+        .env("BOOKREC__COLLECT__LISTEN", "127.0.0.1:0")
+        .env("BOOKREC__SERVE__LISTEN", "127.0.0.1:0")
+        .env("BOOKREC__BATCH__QUERIES_DIR", root.join("queries/batch"))
+        .env(
+            "BOOKREC__STREAM__QUERIES_DIR",
+            root.join("queries/realtime"),
+        )
+        .env("BOOKREC__LOG__FILTER", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn bookrec demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut page = None;
+    for line in lines.by_ref() {
+        let line = line.expect("demo output");
+        if let Some(url) = line.strip_prefix("demo page:") {
+            page = Some(url.trim().to_owned());
+            break;
+        }
+    }
+    // keep draining so the child never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines {});
+    (child, page.expect("the demo printed its page URL"))
+}
+
+struct Driver {
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    process: Child,
+    _profile: tempfile::TempDir,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let process = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver; scripts/test installs it)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--window-size=1200,900",
+                    format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("session json");
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_owned();
+        Driver {
+            base,
+            session,
+            http,
+            process,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r: Value = req
+            .send()
+            .await
+            .expect("webdriver")
+            .json()
+            .await
+            .expect("webdriver json");
+        assert!(r["value"]["error"].is_null(), "webdriver {path}: {r}");
+        r["value"].clone()
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = e[ELEMENT].as_str().expect("element id").to_owned();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("base64"))
+            .expect("png");
+        std::fs::write(path, png).expect("write screenshot");
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The recommendation list as shown: (book id, reasons) per row.
+async fn shown(d: &Driver) -> Vec<(String, String)> {
+    let v = d
+        .script(
+            "return [...document.querySelectorAll('#recs li')].map(li => \
+             [li.dataset.book, li.querySelector('.why').textContent]);",
+        )
+        .await;
+    v.as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[0].as_str().unwrap_or_default().to_owned(),
+                        r[1].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_follows_a_click_within_a_second() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    write_fixture(&data);
+    let (mut demo, page) = start_demo(work.path(), &data);
+    let driver = Driver::start().await;
+    driver
+        .call(reqwest::Method::POST, "/url", Some(json!({"url": page})))
+        .await;
+    // the page lists books and (cold start: popular) recommendations
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let books = driver
+            .script("return document.querySelectorAll('#books li').length;")
+            .await;
+        let recs = shown(&driver).await;
+        if books.as_u64().unwrap_or(0) >= 20 && !recs.is_empty() {
+            break recs;
+        }
+        assert!(Instant::now() < deadline, "the page did not fill: {recs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        before.iter().all(|(_, why)| !why.contains("similar_to")),
+        "{before:?}"
+    );
+
+    // a click on a history book: the list changes, led by books similar to it
+    driver.click("#books li[data-book='H003']").await;
+    let clicked = Instant::now();
+    let after = loop {
+        let now = shown(&driver).await;
+        if now.iter().any(|(_, why)| why.contains("similar_to:H003")) {
+            break now;
+        }
+        assert!(
+            clicked.elapsed() < Duration::from_secs(10),
+            "no similar_to:H003 in {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let took = clicked.elapsed();
+    let shot: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page.png");
+    driver.screenshot(&shot).await;
+    eprintln!(
+        "demo page: recommendations changed {took:?} after the click; screenshot {}",
+        shot.display()
+    );
+    assert_ne!(before, after);
+    assert!(after[0].0.starts_with('H'), "{after:?}");
+    assert!(
+        after.iter().all(|(b, _)| b != "H003"),
+        "the clicked book itself is not recommended"
+    );
+    assert!(
+        took <= Duration::from_secs(1),
+        "the page took {took:?} to show the click"
+    );
+    assert!(std::fs::metadata(&shot).expect("screenshot").len() > 1000);
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
