@@ -994,12 +994,12 @@ mod tests {
         );
         assert_eq!(buckets(now, 3, 3, 0)[0], 59_999_820);
         // a cut-off 90 s ago (the start of the minute before) keeps this minute and that one;
-        // 91 s ago, the minute before holds it and is left out
+        // 89 s ago, the minute before holds it and is left out
         assert_eq!(
             buckets(now, 3, 0, now - 90_000),
             vec![60_000_000, 59_999_940]
         );
-        assert_eq!(buckets(now, 3, 0, now - 91_000), vec![60_000_000]);
+        assert_eq!(buckets(now, 3, 0, now - 89_000), vec![60_000_000]);
     }
 
     #[test]
