@@ -13,6 +13,7 @@ mod features;
 mod land;
 mod publish;
 mod schedule;
+mod serve;
 mod store;
 mod stream;
 mod support;

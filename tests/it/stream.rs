@@ -22,14 +22,17 @@ use crate::land::produce;
 use crate::support::{brokers, unique};
 
 /// A lake holding only a book catalogue (one Debezium change per book).
-async fn books_lake(dir: &Path, books: &[(String, String)]) -> Lake {
+pub async fn books_lake(dir: &Path, books: &[(String, String)]) -> Lake {
     let mut cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
     cfg.lake.url = format!("file://{}", dir.display());
     let lake = Lake::open(&cfg.lake).expect("lake");
     let n = books.len();
     let after: Vec<String> = books
         .iter()
-        .map(|(id, cat)| json!({"book_id": id, "title": id, "category": cat}).to_string())
+        .map(|(id, cat)| {
+            json!({"book_id": id, "title": id, "author": format!("{cat} writer"), "category": cat})
+                .to_string()
+        })
         .collect();
     let keys: Vec<String> = books
         .iter()

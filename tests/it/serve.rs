@@ -1,0 +1,382 @@
+//! `bookrec serve` end to end on real services: events over HTTP → collector → Kafka (tansu)
+//! → lake (lander) and Redis (stream) → batch (features, ALS, SQLite) → the API answers with
+//! the expected reasons; realtime signals count only after the model's cut-off; owned books
+//! drop out; a cold user gets popular books and books similar to their views. Then Redis is
+//! stopped: still 200, the offline list, and a flag saying realtime is missing.
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bookrec::features::RedisStore;
+use bookrec::lake::Lake;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::books_lake;
+use crate::support::{Collector, brokers, collector_config, unique};
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A redis-server of this test's own (it is stopped mid-test).
+struct PrivateRedis {
+    child: Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it when missing)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = client.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn reasons(body: &Value) -> Vec<(String, Vec<String>)> {
+    body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    (
+                        i["book_id"].as_str().unwrap_or_default().to_owned(),
+                        i["reasons"]
+                            .as_array()
+                            .map(|r| {
+                                r.iter()
+                                    .filter_map(|x| x.as_str().map(str::to_owned))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `url` until `ok` holds (10 s at most); returns the last body.
+async fn until(client: &reqwest::Client, url: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(client, url).await;
+        if status == 200 && ok(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{url}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_become_blended_recommendations_and_redis_down_degrades() {
+    let mut redis = PrivateRedis::start();
+    let tag = unique("srv").replace('-', "");
+    let f: Vec<String> = (0..6).map(|i| format!("{tag}-f{i}")).collect();
+    let h: Vec<String> = (0..6).map(|i| format!("{tag}-h{i}")).collect();
+    let books: Vec<(String, String)> = f
+        .iter()
+        .map(|b| (b.clone(), "fantasy".to_string()))
+        .chain(h.iter().map(|b| (b.clone(), "history".to_string())))
+        .collect();
+    let lake_dir = tempfile::tempdir().expect("lake dir");
+    let spool = tempfile::tempdir().expect("spool");
+    let db_dir = tempfile::tempdir().expect("db dir");
+    books_lake(lake_dir.path(), &books).await;
+    let mut cfg = collector_config(&brokers(), spool.path());
+    cfg.kafka.partitions = 1;
+    cfg.lake.url = format!("file://{}", lake_dir.path().display());
+    cfg.land.group_id = unique("land");
+    cfg.stream.group_id = unique("stream");
+    cfg.stream.max_batch_ms = 100;
+    cfg.redis.url = redis.url.clone();
+    cfg.store.url = format!("sqlite://{}", db_dir.path().join("rec.db").display());
+    cfg.serve.refresh_ms = 200;
+    cfg.als.factors = 8;
+    let user = |i: usize| format!("{tag}-u{i}");
+
+    // the history: even users read 4 of the 6 fantasy books, odd users 4 of the history ones
+    let collector = Collector::start(&cfg).await;
+    let http = reqwest::Client::new();
+    let mut events = Vec::new();
+    for u in 0..20 {
+        let shelf = if u % 2 == 0 { &f } else { &h };
+        for j in 0..4 {
+            let b = &shelf[(u + j) % 6];
+            events.push(json!({"event_type": "view", "user_id": user(u), "book_id": b}));
+            events.push(json!({"event_type": "purchase", "user_id": user(u), "book_id": b}));
+        }
+    }
+    let r = http
+        .post(collector.url("/api/logs"))
+        .json(&events)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+    collector.wait_drained(Duration::from_secs(60)).await;
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let landed = {
+        let (cfg, lake) = (cfg.clone(), lake.clone());
+        tokio::task::spawn_blocking(move || {
+            bookrec::land::run(&cfg, &lake, &CancellationToken::new(), true)
+        })
+        .await
+        .expect("lander thread")
+        .expect("land")
+    };
+    assert_eq!(landed.events, 160);
+    let store = bookrec::store::Store::connect(&cfg.store.url)
+        .await
+        .expect("sqlite");
+    let training = bookrec::sql::runner::Training {
+        params: cfg.als.clone(),
+        publish: cfg.publish.clone(),
+    };
+    let run = bookrec::sql::runner::run(
+        &lake,
+        Some(&store),
+        &cfg.batch.queries_dir,
+        &[],
+        chrono::Utc::now(),
+        Some(&training),
+        &mut |_| {},
+    )
+    .await
+    .expect("batch");
+    let version = run.model.expect("a model").version;
+    // events from now on are newer than the model's cut-off
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // the stream (from the start of the topic: the history too) and the API
+    let stop = CancellationToken::new();
+    let fs = Arc::new(
+        RedisStore::connect(&cfg.redis.url, Duration::from_secs(2))
+            .await
+            .expect("redis"),
+    );
+    let stream = {
+        let (cfg, lake, stop) = (cfg.clone(), lake.clone(), stop.clone());
+        let metrics = Arc::new(bookrec::realtime::StreamMetrics::new().expect("metrics"));
+        tokio::spawn(
+            async move { bookrec::realtime::run(&cfg, &lake, fs, metrics, stop, false).await },
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = {
+        let (cfg, lake, stop) = (cfg.clone(), lake.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sources = bookrec::serve::Sources {
+                db: None,
+                features: None,
+                lake,
+            };
+            bookrec::serve::run(&cfg, listener, sources, stop).await
+        })
+    };
+
+    // u0 (fantasy): the offline list; the history views of u0 are older than the cut-off,
+    // so no "similar_to" although the stream has them in Redis
+    let recs = format!("{api}/api/recommendations/{}", user(0));
+    let body = until(&http, &recs, |b| {
+        b["model_version"] == json!(version.clone()) && b["realtime"]["available"] == true
+    })
+    .await;
+    let items = reasons(&body);
+    assert!(!items.is_empty(), "{body}");
+    let owned0: Vec<&String> = (0..4).map(|j| &f[j % 6]).collect();
+    assert!(
+        items.iter().all(|(b, _)| !owned0.contains(&b)),
+        "seen books: {body}"
+    );
+    assert!(f.contains(&items[0].0), "a fantasy book first: {body}");
+    assert!(items[0].1.contains(&"als".to_string()), "{body}");
+    assert!(
+        items
+            .iter()
+            .all(|(_, r)| r.iter().all(|x| !x.starts_with("similar_to:"))),
+        "views before the cut-off count: {body}"
+    );
+    assert_eq!(body["cold_start"], false);
+
+    // u0 views a history book now: books similar to it come with that reason
+    let post = |ev: Value| {
+        let (http, url) = (http.clone(), collector.url("/api/log"));
+        async move {
+            let r = http.post(url).json(&ev).send().await.expect("post");
+            assert_eq!(r.status(), 202);
+        }
+    };
+    post(json!({"event_type": "view", "user_id": user(0), "book_id": h[0]})).await;
+    let reason = format!("similar_to:{}", h[0]);
+    let body = until(&http, &recs, |b| {
+        reasons(b).iter().any(|(_, r)| r.contains(&reason))
+    })
+    .await;
+    let items = reasons(&body);
+    assert!(
+        items.iter().all(|(b, _)| b != &h[0]),
+        "the viewed book itself: {body}"
+    );
+    // where the view is the strongest reason, the book is a history book
+    let led: Vec<&String> = items
+        .iter()
+        .filter(|(_, r)| r[0] == reason)
+        .map(|(b, _)| b)
+        .collect();
+    assert!(!led.is_empty(), "{body}");
+    assert!(led.iter().all(|b| h.contains(b)), "{body}");
+    // … and a purchase takes a book out
+    let bought = led[0].clone();
+    post(json!({"event_type": "purchase", "user_id": user(0), "book_id": bought})).await;
+    until(&http, &recs, |b| {
+        reasons(b).iter().all(|(x, _)| x != &bought)
+    })
+    .await;
+
+    // a cold user: popular books, then books similar to what they view
+    let cold = format!("{api}/api/recommendations/{tag}-newbie?k=5");
+    let body = until(&http, &cold, |b| !reasons(b).is_empty()).await;
+    assert_eq!(body["cold_start"], true);
+    assert!(
+        reasons(&body)
+            .iter()
+            .all(|(_, r)| r.contains(&"popular".to_string())),
+        "{body}"
+    );
+    post(json!({"event_type": "view", "user_id": format!("{tag}-newbie"), "book_id": f[1]})).await;
+    let reason = format!("similar_to:{}", f[1]);
+    let body = until(&http, &cold, |b| {
+        reasons(b).iter().any(|(_, r)| r.contains(&reason))
+    })
+    .await;
+    assert!(f.contains(&reasons(&body)[0].0), "{body}");
+
+    // the other reads
+    let (s, body) = get(&http, &format!("{api}/api/similar/{}?k=3", f[0])).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(3));
+    assert!(
+        f.contains(
+            &body["items"][0]["book_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        )
+    );
+    let (s, body) = get(&http, &format!("{api}/api/similar/{tag}-nope")).await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (404, json!("unknown_book"))
+    );
+    let (s, body) = get(&http, &format!("{api}/api/popular?category=history&k=3")).await;
+    assert_eq!((s, body["source"].clone()), (200, json!("model")), "{body}");
+    assert!(
+        body["items"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty() && i.iter().all(|b| b["category"] == "history"))
+    );
+    let (s, body) = get(&http, &format!("{api}/api/users/{}/profile", user(0))).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["profile"]["user_id"], json!(user(0)), "{body}");
+    assert_eq!(
+        body["realtime"]["recent_books"][0]["book_id"],
+        json!(h[0]),
+        "{body}"
+    );
+    assert!(
+        body["realtime"]["owned_books"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|b| b["book_id"] == json!(bought)))
+    );
+    let (s, body) = get(&http, &format!("{recs}?k=0")).await;
+    assert_eq!((s, body["error"]["code"].clone()), (400, json!("bad_k")));
+    let (s, doc) = get(&http, &format!("{api}/api/openapi.json")).await;
+    assert_eq!(s, 200);
+    assert!(doc["paths"]["/api/recommendations/{user_id}"].is_object());
+    let metrics = http
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("bookrec_serve_request_seconds_bucket{route=\"/api/recommendations/{user_id}\",status=\"2xx\""),
+        "{metrics}"
+    );
+
+    // Redis stops: 200, the offline list, realtime flagged missing, quickly
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let started = Instant::now();
+        let (s, body) = get(&http, &recs).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a slow answer with Redis down"
+        );
+        if body["realtime"]["available"] == false {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "realtime still reported available: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body["realtime"]["error"].is_string(), "{body}");
+    assert_eq!(body["offline"]["available"], true);
+    let items = reasons(&body);
+    assert!(
+        !items.is_empty() && items[0].1.contains(&"als".to_string()),
+        "{body}"
+    );
+
+    stop.cancel();
+    let _ = server.await;
+    let _ = stream.await;
+    collector.stop().await;
+}
