@@ -52,7 +52,12 @@ async fn one(client: &reqwest::Client, url: &str) -> bool {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_owned());
-    let (base, store_url, redis_url, group) = (arg(0, "http://127.0.0.1:8080"), arg(1, ""), arg(2, ""), arg(3, "bench"));
+    let (base, store_url, redis_url, group) = (
+        arg(0, "http://127.0.0.1:8080"),
+        arg(1, ""),
+        arg(2, ""),
+        arg(3, "bench"),
+    );
     let rate: f64 = arg(4, "2000").parse()?;
     let seconds: f64 = arg(5, "20").parse()?;
     let concurrency: usize = arg(6, "32").parse()?;
@@ -77,7 +82,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .filter_map(|r| r.try_get::<String, _>(0).ok())
     .collect();
     if users.is_empty() || books.is_empty() {
-        return Err(format!("{store_url}: no published model (run bookrec demo --no-serve first)").into());
+        return Err(
+            format!("{store_url}: no published model (run bookrec demo --no-serve first)").into(),
+        );
     }
 
     // realtime features, as the stream writes them, newer than the cut-off
@@ -116,7 +123,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             field: "event_ms".into(),
             value: now.timestamp_millis() as f64,
         });
-        let span = Span { partition: 0, from: offset, to: offset + 1 };
+        let span = Span {
+            partition: 0,
+            from: offset,
+            to: offset + 1,
+        };
         offset += 1;
         redis.apply(&group, &ops, &[span]).await?;
     }

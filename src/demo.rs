@@ -201,6 +201,8 @@ pub fn embedded(mut cfg: Config) -> Config {
     cfg.lake.url = format!("file://{}", home.display());
     cfg.store.url = format!("sqlite://{}", home.join("bookrec.db").display());
     cfg.collect.spool.dir = home.join("spool");
+    // one process, no broker round trips: small micro-batches keep the page snappy
+    cfg.stream.max_batch_ms = cfg.stream.max_batch_ms.min(50);
     cfg
 }
 

@@ -19,6 +19,7 @@
 //! category's books do. Ties break by book id, so the same signals give the same list.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::config::BlendWeights;
 use crate::store::Ranked;
@@ -36,7 +37,8 @@ pub struct Signals {
     pub category_books: Vec<(String, Vec<Ranked>)>,
     pub popular: Vec<Ranked>,
     pub exclude: HashSet<String>,
-    pub book_category: HashMap<String, String>,
+    /// book → category (the catalogue's, shared by every request)
+    pub book_category: Arc<HashMap<String, String>>,
     pub only_category: Option<String>,
 }
 
@@ -232,10 +234,12 @@ mod tests {
                 .collect(),
             ..Signals::default()
         };
-        s.book_category = [("x", "fantasy"), ("b", "history"), ("f1", "fantasy")]
-            .iter()
-            .map(|(b, c)| (b.to_string(), c.to_string()))
-            .collect();
+        s.book_category = Arc::new(
+            [("x", "fantasy"), ("b", "history"), ("f1", "fantasy")]
+                .iter()
+                .map(|(b, c)| (b.to_string(), c.to_string()))
+                .collect(),
+        );
         let out = blend(&s, &weights(), 10);
         let get = |b: &str| out.iter().find(|i| i.book_id == b).cloned();
         assert!(get("owned").is_none() && get("v1").is_none());

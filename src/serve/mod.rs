@@ -93,9 +93,31 @@ struct Shared {
     db: RwLock<Option<Store>>,
     features: RwLock<Option<Arc<dyn FeatureStore>>>,
     catalogue: RwLock<Arc<HashMap<String, Book>>>,
+    /// book → category, from the catalogue
+    categories: RwLock<Arc<HashMap<String, String>>>,
     snapshot: RwLock<Arc<Snapshot>>,
     metrics: Arc<ServeMetrics>,
+    /// similar and popular lists of the current model version (immutable per version)
+    cache: std::sync::Mutex<ListCache>,
 }
+
+/// Which published list a cache entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum List {
+    Similar,
+    Popular,
+}
+
+type Listed = Option<(String, Vec<Ranked>)>;
+
+#[derive(Default)]
+struct ListCache {
+    version: String,
+    entries: HashMap<(List, String, usize), Listed>,
+}
+
+/// Entries kept before the cache starts afresh.
+const CACHE_MAX: usize = 200_000;
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
     l.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -143,8 +165,10 @@ fn app(cfg: &Config, sources: Sources) -> Result<(Router, Arc<Shared>), ServeErr
         db: RwLock::new(sources.db),
         features: RwLock::new(sources.features),
         catalogue: RwLock::new(Arc::new(HashMap::new())),
+        categories: RwLock::new(Arc::new(HashMap::new())),
         snapshot: RwLock::new(Arc::new(Snapshot::default())),
         metrics: Arc::new(ServeMetrics::new()?),
+        cache: std::sync::Mutex::new(ListCache::default()),
     });
     tokio::spawn(catalogue_loop(shared.clone(), sources.lake));
     let router = Router::new()
@@ -211,7 +235,14 @@ async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
 async fn catalogue_loop(shared: Arc<Shared>, lake: Lake) {
     loop {
         match load_catalogue(&lake).await {
-            Ok(c) => write(&shared.catalogue, Arc::new(c)),
+            Ok(c) => {
+                let categories = c
+                    .values()
+                    .filter_map(|b| Some((b.book_id.clone(), b.category.clone()?)))
+                    .collect();
+                write(&shared.categories, Arc::new(categories));
+                write(&shared.catalogue, Arc::new(c));
+            }
             Err(e) => tracing::warn!(error = %e, "serve: reading the book catalogue"),
         }
         tokio::time::sleep(Duration::from_secs(
@@ -374,6 +405,52 @@ async fn db_call<T>(
         shared.metrics.backend_error("db");
     }
     r
+}
+
+/// A similar-books or popular-books list, from the cache when the current model version's
+/// list was read before (a new version, seen by the refresh task, empties the cache).
+async fn listed(
+    shared: &Shared,
+    db: &Store,
+    list: List,
+    key: &str,
+    k: usize,
+) -> Result<Listed, String> {
+    let version = read(&shared.snapshot)
+        .model
+        .as_ref()
+        .map(|m| m.version.clone())
+        .unwrap_or_default();
+    let id = (list, key.to_owned(), k);
+    {
+        let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.version != version {
+            c.version = version.clone();
+            c.entries.clear();
+        }
+        if let Some(hit) = c.entries.get(&id) {
+            return Ok(hit.clone());
+        }
+    }
+    let got = match list {
+        List::Similar => db_call(shared, "similar_books", db.similar_books(key, k)).await?,
+        List::Popular => {
+            let category = (!key.is_empty()).then_some(key);
+            db_call(shared, "popular_books", db.popular_books(category, k)).await?
+        }
+    };
+    // cache only what the snapshot's version answered (a list of a newer version waits for
+    // the snapshot to catch up)
+    if !version.is_empty() && got.as_ref().is_none_or(|(v, _)| *v == version) {
+        let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.version == version {
+            if c.entries.len() >= CACHE_MAX {
+                c.entries.clear();
+            }
+            c.entries.insert(id, got.clone());
+        }
+    }
+    Ok(got)
 }
 
 async fn fs_call<T>(
@@ -572,22 +649,16 @@ async fn recommendations(
         let similar = join_all(
             seeds
                 .iter()
-                .map(|s| db_call(&shared, "similar_books", db.similar_books(s, 20))),
+                .map(|s| listed(&shared, db, List::Similar, s, 20)),
         );
         let by_category = join_all(
             cats.iter()
-                .map(|c| db_call(&shared, "popular_books", db.popular_books(Some(c), 50))),
+                .map(|c| listed(&shared, db, List::Popular, c, 50)),
         );
         let overall = async {
             if cold {
-                Some(
-                    db_call(
-                        &shared,
-                        "popular_books",
-                        db.popular_books(params.category.as_deref(), pool),
-                    )
-                    .await,
-                )
+                let category = params.category.as_deref().unwrap_or("");
+                Some(listed(&shared, db, List::Popular, category, pool).await)
             } else {
                 None
             }
@@ -627,10 +698,7 @@ async fn recommendations(
             .collect();
     }
     signals.only_category = params.category.clone();
-    signals.book_category = catalogue
-        .values()
-        .filter_map(|b| Some((b.book_id.clone(), b.category.clone()?)))
-        .collect();
+    signals.book_category = read(&shared.categories);
     let db_ok = db.is_some() && db_errors.is_empty();
     let fs_ok = fs.is_some() && fs_errors.is_empty() && snap.realtime_error.is_none();
     if !db_ok && !fs_ok {
@@ -707,7 +775,7 @@ async fn similar(
         );
     };
     let catalogue = read(&shared.catalogue);
-    match db_call(&shared, "similar_books", db.similar_books(&book_id, k)).await {
+    match listed(&shared, &db, List::Similar, &book_id, k).await {
         Ok(Some((version, items))) => Json(json!({
             "book_id": book_id,
             "model_version": version,
@@ -759,7 +827,7 @@ async fn popular_items(
     let catalogue = read(&shared.catalogue);
     let mut db_error = None;
     if let Some(db) = read(&shared.db) {
-        match db_call(shared, "popular_books", db.popular_books(category, k)).await {
+        match listed(shared, &db, List::Popular, category.unwrap_or(""), k).await {
             Ok(Some((version, items))) if !items.is_empty() => {
                 let items = items
                     .iter()

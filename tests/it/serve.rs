@@ -347,6 +347,41 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
         "{metrics}"
     );
 
+    // the DB unreachable (a second API on a dead DB URL): 200 from Redis alone, flagged
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let no_db_api = format!("http://{}", listener.local_addr().expect("addr"));
+    let no_db = {
+        let mut cfg = cfg.clone();
+        cfg.store.url = "postgres://postgres@127.0.0.1:1/nothing".into();
+        let (lake, stop) = (lake.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sources = bookrec::serve::Sources {
+                db: None,
+                features: None,
+                lake,
+            };
+            bookrec::serve::run(&cfg, listener, sources, stop).await
+        })
+    };
+    let body = until(
+        &http,
+        &format!("{no_db_api}/api/recommendations/{}", user(0)),
+        |b| b["realtime"]["available"] == true && !reasons(b).is_empty(),
+    )
+    .await;
+    assert_eq!(body["offline"]["available"], false, "{body}");
+    assert!(body["offline"]["error"].is_string(), "{body}");
+    let (s, body) = get(&http, &format!("{no_db_api}/api/popular")).await;
+    assert_eq!(
+        (s, body["source"].clone()),
+        (200, json!("trending")),
+        "{body}"
+    );
+    let (s, _) = get(&http, &format!("{no_db_api}/api/similar/{}", f[0])).await;
+    assert_eq!(s, 503, "similar books need the DB");
+
     // Redis stops: 200, the offline list, realtime flagged missing, quickly
     redis.stop();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -377,6 +412,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
 
     stop.cancel();
     let _ = server.await;
+    let _ = no_db.await;
     let _ = stream.await;
     collector.stop().await;
 }
