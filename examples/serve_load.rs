@@ -92,8 +92,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(7);
     let now = chrono::Utc::now();
     let minute = now.timestamp() - now.timestamp() % 60;
-    let mut offset = 0i64;
-    for chunk in users.chunks(200) {
+    for (offset, chunk) in users.chunks(200).enumerate() {
+        let offset = offset as i64;
         let mut ops = Vec::new();
         for u in chunk {
             for j in 0..5 {
