@@ -128,7 +128,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             from: offset,
             to: offset + 1,
         };
-        offset += 1;
         redis.apply(&group, &ops, &[span]).await?;
     }
     let urls: Arc<Vec<String>> = Arc::new(
