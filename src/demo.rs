@@ -383,7 +383,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
     let server = {
         let (cfg, stop) = (cfg.clone(), services.clone());
         let sources = crate::serve::Sources {
-            db: Some(store),
+            db: Some(crate::store::Store::connect_pool(&cfg.store.url, 4).await?),
             features: Some(features),
             lake,
         };

@@ -141,6 +141,29 @@ pub trait FeatureStore: Send + Sync {
     /// member first, as Redis's ZREVRANGE); for `PushRecent` sets, the newest first with
     /// their times.
     async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError>;
+    /// Several reads at once, answers in order (Redis: one pipelined round trip).
+    async fn read_many(
+        &self,
+        reads: &[Read<'_>],
+    ) -> Result<Vec<Vec<(String, f64)>>, FeaturesError> {
+        let mut out = Vec::with_capacity(reads.len());
+        for r in reads {
+            out.push(match r {
+                Read::Top(key, n) => self.top(key, *n).await?,
+                Read::Hash(key) => self.hash(key).await?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One read of [`FeatureStore::read_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read<'a> {
+    /// as [`FeatureStore::top`]
+    Top(&'a str, usize),
+    /// as [`FeatureStore::hash`]
+    Hash(&'a str),
 }
 
 /// The key under which a group's offsets live.

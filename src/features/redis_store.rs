@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Span, offsets_key};
+use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Read, Span, offsets_key};
 
 const APPLY: &str = r#"
 -- KEYS[1] = offsets hash; KEYS[2..] = the ops' keys
@@ -244,5 +244,36 @@ impl FeatureStore for RedisStore {
         let mut conn = self.conn.clone();
         self.timed("top", conn.zrevrange_withscores(key, 0, n as isize - 1))
             .await
+    }
+
+    async fn read_many(
+        &self,
+        reads: &[Read<'_>],
+    ) -> Result<Vec<Vec<(String, f64)>>, FeaturesError> {
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for r in reads {
+            match r {
+                Read::Top(key, n) => {
+                    pipe.zrevrange_withscores(*key, 0, (*n as isize).max(1) - 1);
+                }
+                Read::Hash(key) => {
+                    pipe.hgetall(*key);
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        let mut out: Vec<Vec<(String, f64)>> =
+            self.timed("read_many", pipe.query_async(&mut conn)).await?;
+        for (r, v) in reads.iter().zip(out.iter_mut()) {
+            match r {
+                Read::Top(_, 0) => v.clear(),
+                Read::Top(..) => {}
+                Read::Hash(_) => v.sort_by(|a, b| a.0.cmp(&b.0)),
+            }
+        }
+        Ok(out)
     }
 }

@@ -27,15 +27,15 @@ use crate::store::Ranked;
 /// Everything one request's blend reads.
 #[derive(Debug, Default, Clone)]
 pub struct Signals {
-    pub als: Vec<Ranked>,
+    pub als: Arc<Vec<Ranked>>,
     /// (seed book, its similar books), most important seed first
-    pub similar: Vec<(String, Vec<Ranked>)>,
+    pub similar: Vec<(String, Arc<Vec<Ranked>>)>,
     pub trending: Vec<(String, f64)>,
     /// short-term interest per category (events in the window)
     pub categories: Vec<(String, f64)>,
     /// popular books of the interest (or requested) categories
-    pub category_books: Vec<(String, Vec<Ranked>)>,
-    pub popular: Vec<Ranked>,
+    pub category_books: Vec<(String, Arc<Vec<Ranked>>)>,
+    pub popular: Arc<Vec<Ranked>>,
     pub exclude: HashSet<String>,
     /// book → category (the catalogue's, shared by every request)
     pub book_category: Arc<HashMap<String, String>>,
@@ -85,13 +85,13 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
         }
     };
     let als = scaled(s.als.iter().map(|r| &r.score));
-    for r in &s.als {
+    for r in s.als.iter() {
         put(&r.item, "als".into(), w.als * als(r.score));
     }
     // the similar "score" of a book is its best seed's (seed weight × cosine)
     let mut similar: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
     for (i, (_, list)) in s.similar.iter().enumerate() {
-        for r in list {
+        for r in list.iter() {
             similar
                 .entry(r.item.as_str())
                 .or_default()
@@ -121,7 +121,7 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
     for (cat, books) in &s.category_books {
         let sh = share.get(cat.as_str()).copied().unwrap_or(0.0);
         let pop = scaled(books.iter().map(|r| &r.score));
-        for r in books {
+        for r in books.iter() {
             put(
                 &r.item,
                 format!("category:{cat}"),
@@ -131,7 +131,7 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
     }
     if s.als.is_empty() {
         let pop = scaled(s.popular.iter().map(|r| &r.score));
-        for r in &s.popular {
+        for r in s.popular.iter() {
             put(&r.item, "popular".into(), w.popular * pop(r.score));
         }
     }
@@ -173,14 +173,16 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
 mod tests {
     use super::*;
 
-    fn ranked(items: &[(&str, f64)]) -> Vec<Ranked> {
-        items
-            .iter()
-            .map(|(b, s)| Ranked {
-                item: b.to_string(),
-                score: *s,
-            })
-            .collect()
+    fn ranked(items: &[(&str, f64)]) -> Arc<Vec<Ranked>> {
+        Arc::new(
+            items
+                .iter()
+                .map(|(b, s)| Ranked {
+                    item: b.to_string(),
+                    score: *s,
+                })
+                .collect(),
+        )
     }
 
     fn weights() -> BlendWeights {

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::features::{FeatureStore, FeaturesError, RedisStore};
+use crate::features::{FeatureStore, FeaturesError, Read, RedisStore};
 use crate::lake::Lake;
 use crate::store::{Ranked, Store, StoreError};
 pub use metrics::ServeMetrics;
@@ -104,11 +104,12 @@ struct Shared {
 /// Which published list a cache entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum List {
+    User,
     Similar,
     Popular,
 }
 
-type Listed = Option<(String, Vec<Ranked>)>;
+type Listed = Option<(String, Arc<Vec<Ranked>>)>;
 
 #[derive(Default)]
 struct ListCache {
@@ -198,7 +199,7 @@ async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if read(&shared.db).is_none() {
             match tokio::time::timeout(
                 Duration::from_secs(5),
-                Store::connect(&shared.cfg.store.url),
+                Store::connect_pool(&shared.cfg.store.url, 4),
             )
             .await
             {
@@ -407,8 +408,10 @@ async fn db_call<T>(
     r
 }
 
-/// A similar-books or popular-books list, from the cache when the current model version's
-/// list was read before (a new version, seen by the refresh task, empties the cache).
+/// A published list (a user's, a book's similar books, popular books), from the cache when
+/// the current model version's list was read before: the lists of a version never change,
+/// so the cache needs no invalidation but a new version (seen by the refresh task), which
+/// empties it. At most [`CACHE_MAX`] lists are kept (then it starts afresh).
 async fn listed(
     shared: &Shared,
     db: &Store,
@@ -433,12 +436,14 @@ async fn listed(
         }
     }
     let got = match list {
+        List::User => db_call(shared, "user_books", db.user_books(key, k)).await?,
         List::Similar => db_call(shared, "similar_books", db.similar_books(key, k)).await?,
         List::Popular => {
             let category = (!key.is_empty()).then_some(key);
             db_call(shared, "popular_books", db.popular_books(category, k)).await?
         }
-    };
+    }
+    .map(|(v, items)| (v, Arc::new(items)));
     // cache only what the snapshot's version answered (a list of a newer version waits for
     // the snapshot to catch up)
     if !version.is_empty() && got.as_ref().is_none_or(|(v, _)| *v == version) {
@@ -451,6 +456,33 @@ async fn listed(
         }
     }
     Ok(got)
+}
+
+type Scored = Vec<(String, f64)>;
+
+/// A user's realtime state in one round trip: the latest `n.0` views and `n.1` owned books
+/// (with their times), and the category-interest hashes of `cat_buckets`.
+async fn user_state(
+    shared: &Shared,
+    fs: &dyn FeatureStore,
+    user_id: &str,
+    n: (usize, usize),
+    cat_buckets: &[i64],
+) -> Result<(Scored, Scored, Vec<Scored>), String> {
+    let (recent_key, owned_key) = (
+        format!("rt:recent:{user_id}"),
+        format!("rt:owned:{user_id}"),
+    );
+    let cat_keys: Vec<String> = cat_buckets
+        .iter()
+        .map(|b| format!("rt:cat:{user_id}:{b}"))
+        .collect();
+    let mut reads = vec![Read::Top(&recent_key, n.0), Read::Top(&owned_key, n.1)];
+    reads.extend(cat_keys.iter().map(|k| Read::Hash(k)));
+    let mut got = fs_call(shared, fs.read_many(&reads)).await?.into_iter();
+    let recent = got.next().unwrap_or_default();
+    let owned = got.next().unwrap_or_default();
+    Ok((recent, owned, got.collect()))
 }
 
 async fn fs_call<T>(
@@ -554,27 +586,15 @@ async fn recommendations(
     // stage 1: the offline list and the user's realtime state, concurrently
     let offline = async {
         match &db {
-            Some(db) => Some(db_call(&shared, "user_books", db.user_books(&user_id, pool)).await),
+            Some(db) => Some(listed(&shared, db, List::User, &user_id, pool).await),
             None => None,
         }
     };
     let window = shared.cfg.serve.category_window_minutes;
     let realtime = async {
         let fs = fs.as_ref()?;
-        let keys: Vec<String> = buckets(now_ms(), window, 0, cutoff)
-            .iter()
-            .map(|b| format!("rt:cat:{user_id}:{b}"))
-            .collect();
-        let (recent_key, owned_key) = (
-            format!("rt:recent:{user_id}"),
-            format!("rt:owned:{user_id}"),
-        );
-        let (recent, owned, cats) = tokio::join!(
-            fs_call(&shared, fs.top(&recent_key, 50)),
-            fs_call(&shared, fs.top(&owned_key, 500)),
-            join_all(keys.iter().map(|k| fs_call(&shared, fs.hash(k))))
-        );
-        Some((recent, owned, cats))
+        let cat_buckets = buckets(now_ms(), window, 0, cutoff);
+        Some(user_state(&shared, fs.as_ref(), &user_id, (50, 500), &cat_buckets).await)
     };
     let (offline, realtime) = tokio::join!(offline, realtime);
     let mut signals = blend::Signals::default();
@@ -590,36 +610,25 @@ async fn recommendations(
         }
     }
     let mut recent: Vec<(String, f64)> = Vec::new();
-    if let Some((r, owned, cats)) = realtime {
-        match r {
+    match realtime {
+        Some(Ok((r, owned, cats))) => {
             // only views after the model's data cut-off
-            Ok(r) => {
-                recent = r
-                    .into_iter()
-                    .filter(|(_, at)| *at as i64 > cutoff)
-                    .collect()
+            recent = r
+                .into_iter()
+                .filter(|(_, at)| *at as i64 > cutoff)
+                .collect();
+            signals.exclude.extend(owned.into_iter().map(|(b, _)| b));
+            let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+            for (cat, n) in cats.into_iter().flatten() {
+                *sum.entry(cat).or_default() += n;
             }
-            Err(e) => fs_errors.push(e),
+            signals.categories = sum.into_iter().collect();
+            signals
+                .categories
+                .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         }
-        match owned {
-            Ok(o) => signals.exclude.extend(o.into_iter().map(|(b, _)| b)),
-            Err(e) => fs_errors.push(e),
-        }
-        let mut sum: BTreeMap<String, f64> = BTreeMap::new();
-        for c in cats {
-            match c {
-                Ok(h) => {
-                    for (cat, n) in h {
-                        *sum.entry(cat).or_default() += n;
-                    }
-                }
-                Err(e) => fs_errors.push(e),
-            }
-        }
-        signals.categories = sum.into_iter().collect();
-        signals
-            .categories
-            .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Some(Err(e)) => fs_errors.push(e),
+        None => {}
     }
 
     // stage 2: books similar to the seeds, popular books of the interest categories
@@ -688,14 +697,16 @@ async fn recommendations(
     signals.trending = snap.trending.iter().take(50).cloned().collect();
     if cold && signals.popular.is_empty() {
         // no model yet and no DB: popular = trending
-        signals.popular = signals
-            .trending
-            .iter()
-            .map(|(b, s)| Ranked {
-                item: b.clone(),
-                score: *s,
-            })
-            .collect();
+        signals.popular = Arc::new(
+            signals
+                .trending
+                .iter()
+                .map(|(b, s)| Ranked {
+                    item: b.clone(),
+                    score: *s,
+                })
+                .collect(),
+        );
     }
     signals.only_category = params.category.clone();
     signals.book_category = read(&shared.categories);
@@ -914,25 +925,10 @@ async fn profile(State(shared): State<Arc<Shared>>, Path(user_id): Path<String>)
             None => None,
         }
     };
+    let hour = buckets(now_ms(), 60, 0, 0);
     let realtime = async {
         let fs = fs.as_ref()?;
-        let now = now_ms();
-        let five = buckets(now, 5, 0, 0);
-        let hour = buckets(now, 60, 0, 0);
-        let keys: Vec<String> = hour
-            .iter()
-            .map(|b| format!("rt:cat:{user_id}:{b}"))
-            .collect();
-        let (recent_key, owned_key) = (
-            format!("rt:recent:{user_id}"),
-            format!("rt:owned:{user_id}"),
-        );
-        let (recent, owned, cats) = tokio::join!(
-            fs_call(&shared, fs.top(&recent_key, 20)),
-            fs_call(&shared, fs.top(&owned_key, 100)),
-            join_all(keys.iter().map(|k| fs_call(&shared, fs.hash(k))))
-        );
-        Some((recent, owned, cats, five))
+        Some(user_state(&shared, fs.as_ref(), &user_id, (20, 100), &hour).await)
     };
     let (batch, realtime) = tokio::join!(batch, realtime);
     let profile = match batch {
@@ -948,43 +944,37 @@ async fn profile(State(shared): State<Arc<Shared>>, Path(user_id): Path<String>)
         _ => None,
     };
     let mut rt = json!(null);
-    if let Some((recent, owned, cats, five)) = realtime {
-        let times = |r: Result<Vec<(String, f64)>, String>, errors: &mut Vec<String>| match r {
-            Ok(v) => v
-                .into_iter()
-                .map(|(b, at)| {
-                    let at = chrono::DateTime::from_timestamp_millis(at as i64)
-                        .map(|t| crate::event::format_ts(&t));
-                    book_json(&catalogue, &b, json!({ "at": at }))
-                })
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                errors.push(e);
-                Vec::new()
-            }
-        };
-        let recent = times(recent, &mut fs_errors);
-        let owned = times(owned, &mut fs_errors);
-        let (mut m5, mut h1): (BTreeMap<String, f64>, BTreeMap<String, f64>) = Default::default();
-        let hour = buckets(now_ms(), 60, 0, 0);
-        for (b, c) in hour.iter().zip(cats) {
-            match c {
-                Ok(h) => {
-                    for (cat, n) in h {
-                        if five.contains(b) {
-                            *m5.entry(cat.clone()).or_default() += n;
-                        }
-                        *h1.entry(cat).or_default() += n;
+    match realtime {
+        Some(Err(e)) => fs_errors.push(e),
+        None => {}
+        Some(Ok((recent, owned, cats))) => {
+            let times = |v: Scored| {
+                v.into_iter()
+                    .map(|(b, at)| {
+                        let at = chrono::DateTime::from_timestamp_millis(at as i64)
+                            .map(|t| crate::event::format_ts(&t));
+                        book_json(&catalogue, &b, json!({ "at": at }))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let (recent, owned) = (times(recent), times(owned));
+            let (mut m5, mut h1): (BTreeMap<String, f64>, BTreeMap<String, f64>) =
+                Default::default();
+            // the hour's buckets, newest first: the first five are the last five minutes
+            for (i, h) in cats.into_iter().enumerate() {
+                for (cat, n) in h {
+                    if i < 5 {
+                        *m5.entry(cat.clone()).or_default() += n;
                     }
+                    *h1.entry(cat).or_default() += n;
                 }
-                Err(e) => fs_errors.push(e),
             }
+            rt = json!({
+                "recent_books": recent,
+                "owned_books": owned,
+                "category_interest": {"5m": m5, "1h": h1},
+            });
         }
-        rt = json!({
-            "recent_books": recent,
-            "owned_books": owned,
-            "category_interest": {"5m": m5, "1h": h1},
-        });
     }
     if profile.is_none() && rt.is_null() && !(db_errors.is_empty() && db.is_some()) {
         return error(

@@ -93,6 +93,13 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
 impl Store {
     /// Connects (creating a SQLite file when needed) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_pool(url, 1).await
+    }
+
+    /// Like [`Store::connect`] with up to `sqlite_connections` connections to a SQLite file
+    /// (readers: the API). SQLite files are switched to WAL, so readers go on while a batch
+    /// publishes. MySQL and PostgreSQL pools have 5 connections.
+    pub async fn connect_pool(url: &str, sqlite_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let shown = crate::config::redact_url(url);
         let dialect = if url.starts_with("sqlite:") {
@@ -128,7 +135,11 @@ impl Store {
             }
         }
         let pool = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 1 } else { 5 })
+            .max_connections(if dialect == Dialect::Sqlite {
+                sqlite_connections.max(1)
+            } else {
+                5
+            })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&connect_url)
             .await
@@ -141,6 +152,15 @@ impl Store {
             dialect,
             url: shown,
         };
+        if dialect == Dialect::Sqlite && !url.contains(":memory:") {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&store.pool)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: store.url.clone(),
+                    source,
+                })?;
+        }
         store.migrate().await?;
         Ok(store)
     }

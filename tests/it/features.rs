@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bookrec::features::{
-    Applied, Expiry, FeatureStore, FeaturesError, MemoryStore, Op, RedisStore, Span,
+    Applied, Expiry, FeatureStore, FeaturesError, MemoryStore, Op, Read, RedisStore, Span,
 };
 
 use crate::support::unique;
@@ -151,6 +151,28 @@ async fn contract(store: &dyn FeatureStore) {
         .expect("replay");
     assert_eq!(again, Applied::AlreadyApplied);
     assert_eq!(store.hash(&k("cat")).await.expect("hash")[0].1, 3.5);
+    // several reads at once answer as one by one
+    let (cat, heat, none) = (k("cat"), k("heat"), k("none"));
+    let many = store
+        .read_many(&[
+            Read::Hash(&cat),
+            Read::Top(&heat, 2),
+            Read::Hash(&none),
+            Read::Top(&none, 3),
+            Read::Top(&heat, 0),
+        ])
+        .await
+        .expect("read_many");
+    assert_eq!(
+        many,
+        vec![
+            store.hash(&cat).await.expect("hash"),
+            store.top(&heat, 2).await.expect("top"),
+            vec![],
+            vec![],
+            vec![],
+        ]
+    );
     store
         .apply(
             &group,
