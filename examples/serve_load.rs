@@ -50,6 +50,8 @@ async fn one(client: &reqwest::Client, url: &str) -> bool {
     }
 }
 
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Requests due at start + i/rate for `seconds`; latency from each request's due time.
 async fn open_loop(
     client: &reqwest::Client,
@@ -59,12 +61,18 @@ async fn open_loop(
 ) -> serde_json::Value {
     let n = (rate * seconds) as usize;
     let start = Instant::now() + Duration::from_millis(50);
+    // at most this many requests in flight (connections); a late request waits for one,
+    // and its wait counts in its latency
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
-        let (client, urls) = (client.clone(), urls.clone());
+        let (client, urls, slots) = (client.clone(), urls.clone(), slots.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(due.into()).await;
+            let Ok(_slot) = slots.acquire().await else {
+                return (false, 0.0);
+            };
             let ok = one(&client, &urls[i % urls.len()]).await;
             (ok, due.elapsed().as_secs_f64() * 1000.0)
         }));
@@ -175,7 +183,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     );
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .timeout(Duration::from_secs(5))
         .build()?;
     // connections up

@@ -50,17 +50,42 @@ pub struct Item {
     pub reasons: Vec<String>,
 }
 
-#[derive(Default)]
-struct Candidate {
-    /// reason → contribution (the best one per reason)
-    parts: HashMap<String, f64>,
+/// Why a book is a candidate (strings are made only for the books returned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why<'a> {
+    Als,
+    /// index of the seed in `Signals::similar`
+    Similar(usize),
+    Trending,
+    Category(&'a str),
+    Popular,
 }
 
-impl Candidate {
-    fn add(&mut self, reason: String, value: f64) {
+impl Why<'_> {
+    fn text(self, s: &Signals) -> String {
+        match self {
+            Why::Als => "als".into(),
+            Why::Similar(i) => format!("similar_to:{}", s.similar[i].0),
+            Why::Trending => "trending".into(),
+            Why::Category(c) => format!("category:{c}"),
+            Why::Popular => "popular".into(),
+        }
+    }
+}
+
+/// A candidate's contributions: the best one per reason (a handful: a short list).
+#[derive(Default)]
+struct Candidate<'a> {
+    parts: Vec<(Why<'a>, f64)>,
+}
+
+impl<'a> Candidate<'a> {
+    fn add(&mut self, why: Why<'a>, value: f64) {
         if value > 0.0 {
-            let v = self.parts.entry(reason).or_insert(0.0);
-            *v = v.max(value);
+            match self.parts.iter_mut().find(|p| p.0 == why) {
+                Some(p) => p.1 = p.1.max(value),
+                None => self.parts.push((why, value)),
+            }
         }
     }
 }
@@ -75,56 +100,47 @@ where
 
 /// The top `k` books with scores and reasons.
 pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
-    let mut c: HashMap<String, Candidate> = HashMap::new();
-    let mut put = |book: &str, reason: String, value: f64| {
-        if !c.contains_key(book) {
-            c.insert(book.to_owned(), Candidate::default());
-        }
-        if let Some(cand) = c.get_mut(book) {
-            cand.add(reason, value);
-        }
-    };
+    let mut c: HashMap<&str, Candidate> = HashMap::with_capacity(256);
+    fn put<'a>(c: &mut HashMap<&'a str, Candidate<'a>>, book: &'a str, why: Why<'a>, v: f64) {
+        c.entry(book).or_default().add(why, v);
+    }
     let als = scaled(s.als.iter().map(|r| &r.score));
     for r in s.als.iter() {
-        put(&r.item, "als".into(), w.als * als(r.score));
+        put(&mut c, &r.item, Why::Als, w.als * als(r.score));
     }
-    // the similar "score" of a book is its best seed's (seed weight × cosine)
-    let mut similar: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
+    // seed i counts 1/(1+i); each seed that proposes a book is a reason, the best counts
     for (i, (_, list)) in s.similar.iter().enumerate() {
         for r in list.iter() {
-            similar
-                .entry(r.item.as_str())
-                .or_default()
-                .push((i, r.score.max(0.0) / (1 + i) as f64));
-        }
-    }
-    for (book, seeds) in &similar {
-        for (i, v) in seeds {
             put(
-                book,
-                format!("similar_to:{}", s.similar[*i].0),
-                w.similar * v,
+                &mut c,
+                &r.item,
+                Why::Similar(i),
+                w.similar * r.score.max(0.0) / (1 + i) as f64,
             );
         }
     }
     let trending = scaled(s.trending.iter().map(|t| &t.1));
     for (book, heat) in &s.trending {
-        put(book, "trending".into(), w.trending * trending(*heat));
+        put(&mut c, book, Why::Trending, w.trending * trending(*heat));
     }
     let total: f64 = s.categories.iter().map(|c| c.1.max(0.0)).sum();
-    let share: HashMap<&str, f64> = s
-        .categories
-        .iter()
-        .filter(|_| total > 0.0)
-        .map(|(c, n)| (c.as_str(), n.max(0.0) / total))
-        .collect();
+    let share = |cat: &str| -> f64 {
+        if total <= 0.0 {
+            return 0.0;
+        }
+        s.categories
+            .iter()
+            .find(|c| c.0 == cat)
+            .map_or(0.0, |c| c.1.max(0.0) / total)
+    };
     for (cat, books) in &s.category_books {
-        let sh = share.get(cat.as_str()).copied().unwrap_or(0.0);
+        let sh = share(cat);
         let pop = scaled(books.iter().map(|r| &r.score));
         for r in books.iter() {
             put(
+                &mut c,
                 &r.item,
-                format!("category:{cat}"),
+                Why::Category(cat),
                 w.category * sh * pop(r.score),
             );
         }
@@ -132,41 +148,54 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
     if s.als.is_empty() {
         let pop = scaled(s.popular.iter().map(|r| &r.score));
         for r in s.popular.iter() {
-            put(&r.item, "popular".into(), w.popular * pop(r.score));
+            put(&mut c, &r.item, Why::Popular, w.popular * pop(r.score));
         }
     }
-    let mut out: Vec<Item> = c
+    let mut scored: Vec<(&str, f64, Candidate)> = c
         .into_iter()
-        .filter(|(book, _)| !s.exclude.contains(book))
-        .filter(|(book, _)| {
-            s.only_category
-                .as_ref()
-                .is_none_or(|want| s.book_category.get(book) == Some(want))
-        })
-        .map(|(book, mut cand)| {
-            // the category boost reaches every candidate of an interest category
-            if let Some(cat) = s.book_category.get(&book)
-                && let Some(sh) = share.get(cat.as_str())
+        .filter(|(book, _)| !s.exclude.contains(*book))
+        .filter_map(|(book, mut cand)| {
+            let cat = s.book_category.get(book);
+            if let Some(want) = &s.only_category
+                && cat != Some(want)
             {
-                cand.add(format!("category:{cat}"), w.category * sh);
+                return None;
             }
-            let mut parts: Vec<(String, f64)> = cand.parts.into_iter().collect();
+            // the category boost reaches every candidate of an interest category
+            if let Some(cat) = cat {
+                let sh = share(cat);
+                if sh > 0.0 {
+                    cand.add(Why::Category(cat), w.category * sh);
+                }
+            }
+            let score: f64 = cand.parts.iter().map(|p| p.1).sum();
+            (score > 0.0).then_some((book, score, cand))
+        })
+        .collect();
+    let order = |a: &(&str, f64, Candidate), b: &(&str, f64, Candidate)| {
+        b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0))
+    };
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k, order);
+        scored.truncate(k);
+    }
+    scored.sort_by(order);
+    scored
+        .into_iter()
+        .map(|(book, score, cand)| {
+            let mut parts: Vec<(String, f64)> = cand
+                .parts
+                .into_iter()
+                .map(|(w, v)| (w.text(s), v))
+                .collect();
             parts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             Item {
-                book_id: book,
-                score: parts.iter().map(|p| p.1).sum(),
+                book_id: book.to_owned(),
+                score,
                 reasons: parts.into_iter().map(|p| p.0).collect(),
             }
         })
-        .filter(|i| i.score > 0.0)
-        .collect();
-    out.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.book_id.cmp(&b.book_id))
-    });
-    out.truncate(k);
-    out
+        .collect()
 }
 
 #[cfg(test)]

@@ -114,7 +114,9 @@ type Listed = Option<(String, Arc<Vec<Ranked>>)>;
 #[derive(Default)]
 struct ListCache {
     version: String,
-    entries: HashMap<(List, String, usize), Listed>,
+    /// (list, k) → key → list
+    entries: HashMap<(List, usize), HashMap<String, Listed>>,
+    len: usize,
 }
 
 /// Entries kept before the cache starts afresh.
@@ -424,14 +426,14 @@ async fn listed(
         .as_ref()
         .map(|m| m.version.clone())
         .unwrap_or_default();
-    let id = (list, key.to_owned(), k);
     {
         let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
         if c.version != version {
             c.version = version.clone();
             c.entries.clear();
+            c.len = 0;
         }
-        if let Some(hit) = c.entries.get(&id) {
+        if let Some(hit) = c.entries.get(&(list, k)).and_then(|m| m.get(key)) {
             return Ok(hit.clone());
         }
     }
@@ -449,10 +451,15 @@ async fn listed(
     if !version.is_empty() && got.as_ref().is_none_or(|(v, _)| *v == version) {
         let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
         if c.version == version {
-            if c.entries.len() >= CACHE_MAX {
+            if c.len >= CACHE_MAX {
                 c.entries.clear();
+                c.len = 0;
             }
-            c.entries.insert(id, got.clone());
+            c.len += 1;
+            c.entries
+                .entry((list, k))
+                .or_default()
+                .insert(key.to_owned(), got.clone());
         }
     }
     Ok(got)
@@ -726,27 +733,54 @@ async fn recommendations(
             ),
         );
     }
-    let items: Vec<Value> = blend::blend(&signals, &shared.cfg.serve.weights, k)
-        .into_iter()
+    let blended = blend::blend(&signals, &shared.cfg.serve.weights, k);
+    let items: Vec<ItemOut> = blended
+        .iter()
         .map(|i| {
-            book_json(
-                &catalogue,
-                &i.book_id,
-                json!({"score": i.score, "reasons": i.reasons}),
-            )
+            let b = catalogue.get(&i.book_id);
+            ItemOut {
+                book_id: &i.book_id,
+                title: b.and_then(|b| b.title.as_deref()),
+                author: b.and_then(|b| b.author.as_deref()),
+                category: b.and_then(|b| b.category.as_deref()),
+                score: i.score,
+                reasons: &i.reasons,
+            }
         })
         .collect();
-    let offline_state = SourceState::from_errors(db.is_some(), &db_errors);
-    Json(json!({
-        "user_id": user_id,
-        "model_version": model_version.or_else(|| snap.model.as_ref().map(|m| m.version.clone())),
-        "model_data_cutoff": snap.model.as_ref().map(|m| m.data_cutoff.clone()),
-        "cold_start": cold,
-        "items": items,
-        "realtime": realtime_state(&snap, fs.is_some(), &fs_errors),
-        "offline": offline_state,
-    }))
+    let model_version = model_version.or_else(|| snap.model.as_ref().map(|m| m.version.clone()));
+    Json(RecResponse {
+        user_id: &user_id,
+        model_version: model_version.as_deref(),
+        model_data_cutoff: snap.model.as_ref().map(|m| m.data_cutoff.as_str()),
+        cold_start: cold,
+        items,
+        realtime: realtime_state(&snap, fs.is_some(), &fs_errors),
+        offline: SourceState::from_errors(db.is_some(), &db_errors),
+    })
     .into_response()
+}
+
+/// One recommended book in a response.
+#[derive(serde::Serialize)]
+struct ItemOut<'a> {
+    book_id: &'a str,
+    title: Option<&'a str>,
+    author: Option<&'a str>,
+    category: Option<&'a str>,
+    score: f64,
+    reasons: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct RecResponse<'a> {
+    user_id: &'a str,
+    model_version: Option<&'a str>,
+    model_data_cutoff: Option<&'a str>,
+    cold_start: bool,
+    items: Vec<ItemOut<'a>>,
+    realtime: Value,
+    offline: SourceState,
 }
 
 /// A book with its catalogue fields merged into `extra`.
