@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, StringArray};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -165,24 +165,12 @@ async fn write_catalogue(lake: &Lake, books: &[serde_json::Value]) -> Result<(),
     if n == 0 {
         return Ok(());
     }
-    let keys: Vec<String> = books
+    let rows: Vec<(String, String)> = books
         .iter()
-        .map(|b| json!({"book_id": b["book_id"]}).to_string())
+        .map(|b| (json!({"book_id": b["book_id"]}).to_string(), b.to_string()))
         .collect();
-    let after: Vec<String> = books.iter().map(|b| b.to_string()).collect();
     let now = chrono::Utc::now().timestamp_millis();
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec!["r"; n])),
-        Arc::new(Int64Array::from(vec![now; n])),
-        Arc::new(StringArray::from(keys)),
-        Arc::new(StringArray::from(vec![None::<&str>; n])),
-        Arc::new(StringArray::from(after)),
-        Arc::new(StringArray::from(vec![Some("book_db"); n])),
-        Arc::new(StringArray::from(vec![Some("books"); n])),
-        Arc::new(Int32Array::from(vec![0; n])),
-        Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
-    ];
-    let batch = RecordBatch::try_new(crate::lake::cdc_changes_schema(), cols)
+    let batch = crate::lake::cdc_snapshot("book_db", "books", now, &rows)
         .map_err(|e| DemoError::Step(format!("catalogue batch: {e}")))?;
     let bytes = crate::lake::write_parquet(&batch)
         .map_err(|e| DemoError::Step(format!("catalogue parquet: {e}")))?;

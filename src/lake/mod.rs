@@ -321,6 +321,35 @@ pub fn cdc_changes_schema() -> SchemaRef {
     ]))
 }
 
+/// A Debezium snapshot of `source_db.table` as a CDC change batch: one `r` (read) row per
+/// `(key JSON, after JSON)`, at `ts_ms`, offsets 0.. in partition 0 — what the CDC lander
+/// writes for a connector's initial snapshot (the demo's catalogue, test fixtures).
+pub fn cdc_snapshot(
+    source_db: &str,
+    table: &str,
+    ts_ms: i64,
+    rows: &[(String, String)],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
+    let n = rows.len();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["r"; n])),
+        Arc::new(Int64Array::from(vec![ts_ms; n])),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.as_str()),
+        )),
+        Arc::new(StringArray::from(vec![None::<&str>; n])),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.1.as_str()),
+        )),
+        Arc::new(StringArray::from(vec![Some(source_db); n])),
+        Arc::new(StringArray::from(vec![Some(table); n])),
+        Arc::new(Int32Array::from(vec![0; n])),
+        Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
+    ];
+    RecordBatch::try_new(cdc_changes_schema(), cols)
+}
+
 /// Schema of the lander's dead letters.
 pub fn dead_letters_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -194,6 +194,18 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // end the session (Chromium quits with it), then stop chromedriver
+        use std::io::{Read as _, Write as _};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                s,
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            let _ = s.read_to_end(&mut Vec::new());
+        }
         let _ = self.process.kill();
         let _ = self.process.wait();
     }

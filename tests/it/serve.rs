@@ -105,6 +105,31 @@ async fn until(client: &reqwest::Client, url: &str, ok: impl Fn(&Value) -> bool)
     }
 }
 
+/// `bookrec serve` on a free port, connecting its DB and Redis from `cfg`.
+async fn start_api(
+    cfg: &bookrec::config::Config,
+    lake: &Lake,
+    stop: &CancellationToken,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<(), bookrec::serve::ServeError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (cfg, lake, stop) = (cfg.clone(), lake.clone(), stop.clone());
+    let handle = tokio::spawn(async move {
+        let sources = bookrec::serve::Sources {
+            db: None,
+            features: None,
+            lake,
+        };
+        bookrec::serve::run(&cfg, listener, sources, stop).await
+    });
+    (url, handle)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_become_blended_recommendations_and_redis_down_degrades() {
     let mut redis = PrivateRedis::start();
@@ -199,21 +224,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
             async move { bookrec::realtime::run(&cfg, &lake, fs, metrics, stop, false).await },
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let api = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = {
-        let (cfg, lake, stop) = (cfg.clone(), lake.clone(), stop.clone());
-        tokio::spawn(async move {
-            let sources = bookrec::serve::Sources {
-                db: None,
-                features: None,
-                lake,
-            };
-            bookrec::serve::run(&cfg, listener, sources, stop).await
-        })
-    };
+    let (api, server) = start_api(&cfg, &lake, &stop).await;
 
     // u0 (fantasy): the offline list; the history views of u0 are older than the cut-off,
     // so no "similar_to" although the stream has them in Redis
@@ -348,23 +359,9 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     );
 
     // the DB unreachable (a second API on a dead DB URL): 200 from Redis alone, flagged
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let no_db_api = format!("http://{}", listener.local_addr().expect("addr"));
-    let no_db = {
-        let mut cfg = cfg.clone();
-        cfg.store.url = "postgres://postgres@127.0.0.1:1/nothing".into();
-        let (lake, stop) = (lake.clone(), stop.clone());
-        tokio::spawn(async move {
-            let sources = bookrec::serve::Sources {
-                db: None,
-                features: None,
-                lake,
-            };
-            bookrec::serve::run(&cfg, listener, sources, stop).await
-        })
-    };
+    let mut dead_db = cfg.clone();
+    dead_db.store.url = "postgres://postgres@127.0.0.1:1/nothing".into();
+    let (no_db_api, no_db) = start_api(&dead_db, &lake, &stop).await;
     let body = until(
         &http,
         &format!("{no_db_api}/api/recommendations/{}", user(0)),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::StringArray;
 use bookrec::config::Config;
 use bookrec::features::{FeatureStore, MemoryStore, RedisStore};
 use bookrec::lake::Lake;
@@ -27,29 +27,17 @@ pub async fn books_lake(dir: &Path, books: &[(String, String)]) -> Lake {
     cfg.lake.url = format!("file://{}", dir.display());
     let lake = Lake::open(&cfg.lake).expect("lake");
     let n = books.len();
-    let after: Vec<String> = books
+    let rows: Vec<(String, String)> = books
         .iter()
         .map(|(id, cat)| {
-            json!({"book_id": id, "title": id, "author": format!("{cat} writer"), "category": cat})
-                .to_string()
+            (
+                json!({ "book_id": id }).to_string(),
+                json!({"book_id": id, "title": id, "author": format!("{cat} writer"), "category": cat})
+                    .to_string(),
+            )
         })
         .collect();
-    let keys: Vec<String> = books
-        .iter()
-        .map(|(id, _)| json!({ "book_id": id }).to_string())
-        .collect();
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec!["c"; n])),
-        Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(keys)),
-        Arc::new(StringArray::from(vec![None::<&str>; n])),
-        Arc::new(StringArray::from(after)),
-        Arc::new(StringArray::from(vec![Some("book_db"); n])),
-        Arc::new(StringArray::from(vec![Some("books"); n])),
-        Arc::new(Int32Array::from(vec![0; n])),
-        Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
-    ];
-    let batch = RecordBatch::try_new(bookrec::lake::cdc_changes_schema(), cols).expect("batch");
+    let batch = bookrec::lake::cdc_snapshot("book_db", "books", 0, &rows).expect("batch");
     lake.put(
         &format!("cdc/books/part-book_db.books-0-0-{}.parquet", n - 1),
         bookrec::lake::write_parquet(&batch).expect("parquet"),
