@@ -505,10 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let lake = crate::lake::Lake::open(&config.lake)?;
             let record = runtime()?.block_on(async {
                 let store = crate::store::Store::connect(&config.store.url).await?;
-                let training = crate::sql::runner::Training {
-                    params: config.als.clone(),
-                    publish: config.publish.clone(),
-                };
+                let training = crate::sql::runner::Training::from_config(&config);
                 crate::sql::runner::run(
                     &lake,
                     Some(&store),
@@ -541,10 +538,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &lake,
                     &store,
                     &config.batch.queries_dir,
-                    Some(&crate::sql::runner::Training {
-                        params: config.als.clone(),
-                        publish: config.publish.clone(),
-                    }),
+                    Some(&crate::sql::runner::Training::from_config(&config)),
                     &holder,
                     cancel,
                 )

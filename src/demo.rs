@@ -324,10 +324,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
     // 4: features, ALS, publish
     eprintln!("== SQL features, ALS, publishing to {}", cfg.store.url);
     let store = crate::store::Store::connect(&cfg.store.url).await?;
-    let training = crate::sql::runner::Training {
-        params: cfg.als.clone(),
-        publish: cfg.publish.clone(),
-    };
+    let training = crate::sql::runner::Training::from_config(&cfg);
     let record = crate::sql::runner::run(
         &lake,
         Some(&store),

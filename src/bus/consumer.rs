@@ -238,6 +238,37 @@ impl Consumer for KafkaConsumer {
     }
 }
 
+/// A client under `group` that does not join it (nothing subscribed, no commits), and the
+/// partitions of `topic`.
+fn topic_client(
+    cfg: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(BaseConsumer<QuietContext>, Vec<i32>), BusError> {
+    let mut cc = client_config(cfg);
+    cc.set("group.id", group).set("enable.auto.commit", "false");
+    let consumer: BaseConsumer<QuietContext> = cc
+        .create_with_context(QuietContext::default())
+        .map_err(|source| BusError::Client {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| BusError::Metadata {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    let partitions = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| p.id())
+        .collect();
+    Ok((consumer, partitions))
+}
+
 /// Reads a whole topic from the start with a fresh, non-committing consumer: partitions in
 /// order, up to the high watermarks at call time. For tools and tests.
 pub fn read_topic(
@@ -249,31 +280,18 @@ pub fn read_topic(
         brokers: cfg.brokers.clone(),
         source,
     };
-    let mut cc = client_config(cfg);
-    cc.set(
-        "group.id",
-        format!("bookrec-reader-{}", uuid::Uuid::new_v4()),
-    )
-    .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer<QuietContext> = cc
-        .create_with_context(QuietContext::default())
-        .map_err(client)?;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|source| BusError::Metadata {
-            brokers: cfg.brokers.clone(),
-            source,
-        })?;
+    let reader = format!("bookrec-reader-{}", uuid::Uuid::new_v4());
+    let (consumer, partitions) = topic_client(cfg, &reader, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
     let mut highs = std::collections::HashMap::new();
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+    for p in partitions {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), timeout)
+            .fetch_watermarks(topic, p, timeout)
             .map_err(client)?;
         if high > low {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .map_err(client)?;
-            highs.insert(p.id(), high);
+            highs.insert(p, high);
         }
     }
     consumer.assign(&tpl).map_err(client)?;
@@ -306,20 +324,10 @@ pub fn group_offsets(
         brokers: cfg.brokers.clone(),
         source,
     };
-    let mut cc = client_config(cfg);
-    cc.set("group.id", group).set("enable.auto.commit", "false");
-    let consumer: BaseConsumer<QuietContext> = cc
-        .create_with_context(QuietContext::default())
-        .map_err(client)?;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|source| BusError::Metadata {
-            brokers: cfg.brokers.clone(),
-            source,
-        })?;
+    let (consumer, partitions) = topic_client(cfg, group, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        tpl.add_partition(topic, p.id());
+    for p in partitions {
+        tpl.add_partition(topic, p);
     }
     let committed = consumer.committed_offsets(tpl, timeout).map_err(client)?;
     let out = committed

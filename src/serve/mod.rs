@@ -145,8 +145,8 @@ pub async fn run(
     sources: Sources,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let (app, shared) = app(cfg, sources)?;
     let background = cancel.child_token();
+    let (app, shared) = app(cfg, sources, &background)?;
     tokio::spawn(connect_loop(shared.clone(), background.clone()));
     tokio::spawn(refresh_loop(shared.clone(), background.clone()));
     let addr = listener
@@ -162,7 +162,11 @@ pub async fn run(
     r
 }
 
-fn app(cfg: &Config, sources: Sources) -> Result<(Router, Arc<Shared>), ServeError> {
+fn app(
+    cfg: &Config,
+    sources: Sources,
+    stop: &CancellationToken,
+) -> Result<(Router, Arc<Shared>), ServeError> {
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         db: RwLock::new(sources.db),
@@ -173,7 +177,7 @@ fn app(cfg: &Config, sources: Sources) -> Result<(Router, Arc<Shared>), ServeErr
         metrics: Arc::new(ServeMetrics::new()?),
         cache: std::sync::Mutex::new(ListCache::default()),
     });
-    tokio::spawn(catalogue_loop(shared.clone(), sources.lake));
+    tokio::spawn(catalogue_loop(shared.clone(), sources.lake, stop.clone()));
     let router = Router::new()
         .route("/api/recommendations/{user_id}", get(recommendations))
         .route("/api/similar/{book_id}", get(similar))
@@ -235,7 +239,7 @@ async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// Reads the book catalogue from the lake now and then.
-async fn catalogue_loop(shared: Arc<Shared>, lake: Lake) {
+async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: CancellationToken) {
     loop {
         match load_catalogue(&lake).await {
             Ok(c) => {
@@ -248,10 +252,11 @@ async fn catalogue_loop(shared: Arc<Shared>, lake: Lake) {
             }
             Err(e) => tracing::warn!(error = %e, "serve: reading the book catalogue"),
         }
-        tokio::time::sleep(Duration::from_secs(
-            shared.cfg.serve.catalogue_refresh_secs.max(1),
-        ))
-        .await;
+        let every = Duration::from_secs(shared.cfg.serve.catalogue_refresh_secs.max(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 

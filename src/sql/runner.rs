@@ -42,6 +42,16 @@ pub struct Training {
     pub publish: crate::config::PublishConfig,
 }
 
+impl Training {
+    /// The configured `[als]` and `[publish]` settings.
+    pub fn from_config(cfg: &crate::config::Config) -> Training {
+        Training {
+            params: cfg.als.clone(),
+            publish: cfg.publish.clone(),
+        }
+    }
+}
+
 /// Maps a DataFusion error to the query file and line when it carries one.
 fn located(q: &Query, e: &datafusion::error::DataFusionError) -> CatalogError {
     let msg = e.to_string();

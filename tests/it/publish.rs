@@ -93,10 +93,7 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
 
 fn training(tolerance: f64) -> Training {
     let cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
-    let mut t = Training {
-        params: cfg.als.clone(),
-        publish: cfg.publish.clone(),
-    };
+    let mut t = Training::from_config(&cfg);
     t.params.factors = 8;
     t.params.iterations = 8;
     t.params.regularization = 0.1;

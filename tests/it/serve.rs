@@ -191,10 +191,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     let store = bookrec::store::Store::connect(&cfg.store.url)
         .await
         .expect("sqlite");
-    let training = bookrec::sql::runner::Training {
-        params: cfg.als.clone(),
-        publish: cfg.publish.clone(),
-    };
+    let training = bookrec::sql::runner::Training::from_config(&cfg);
     let run = bookrec::sql::runner::run(
         &lake,
         Some(&store),
