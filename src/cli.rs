@@ -495,7 +495,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             skip_als,
         } => {
             init_logging(&config)?;
-            let dir = queries.unwrap_or(config.batch.queries_dir.clone());
+            let mut batch = config.batch.clone();
+            if let Some(dir) = queries {
+                batch.queries_dir = dir;
+            }
             let as_of = match as_of {
                 Some(ts) => chrono::DateTime::parse_from_rfc3339(&ts)
                     .with_context(|| format!("--as-of {ts:?}: not an RFC 3339 timestamp"))?
@@ -509,7 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::sql::runner::run(
                     &lake,
                     Some(&store),
-                    &dir,
+                    &batch,
                     &select,
                     as_of,
                     (!skip_als).then_some(&training),
@@ -537,7 +540,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &config.schedule,
                     &lake,
                     &store,
-                    &config.batch.queries_dir,
+                    &config.batch,
                     Some(&crate::sql::runner::Training::from_config(&config)),
                     &holder,
                     cancel,

@@ -175,6 +175,8 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     pub queries_dir: PathBuf,
+    /// `datafusion` (in process) or `ballista://host:port` (see [`crate::sql::Engine`])
+    pub engine: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -422,6 +424,17 @@ impl Config {
                     ),
                 });
             }
+        }
+        if let Err(e) = crate::sql::Engine::parse(&self.batch.engine) {
+            return Err(ConfigError::Value {
+                key: "batch.engine",
+                reason: match e {
+                    crate::sql::SqlError::Engine { reason, .. } => {
+                        format!("{:?}: {reason}", self.batch.engine)
+                    }
+                    other => other.to_string(),
+                },
+            });
         }
         let scheme_ok = ["file://", "s3://", "memory://"]
             .iter()

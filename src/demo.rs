@@ -328,7 +328,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
     let record = crate::sql::runner::run(
         &lake,
         Some(&store),
-        &cfg.batch.queries_dir,
+        &cfg.batch,
         &[],
         chrono::Utc::now(),
         Some(&training),

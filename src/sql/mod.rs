@@ -4,6 +4,13 @@
 //! Tables: `events` (partition columns `dt` = 'YYYY-MM-DD' and `hour` = 0..23, so filters
 //! on them prune whole folders) and `dead_letters` (the lander's). Their schemas are fixed,
 //! so queries plan against an empty lake too.
+//!
+//! Engines (`batch.engine`): DataFusion in this process (the default), or an Apache
+//! DataFusion Ballista cluster (`ballista://host:port`, the scheduler). The SQL and the
+//! table definitions are the same; a cluster's executors read the lake themselves, so tables
+//! this process computes (the CDC current state, outputs of a run's earlier queries) are
+//! staged as Parquet under `_staging/<session>/` in the lake instead of held in memory, and
+//! removed when the run ends.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -41,6 +48,152 @@ pub enum SqlError {
         format: &'static str,
         reason: String,
     },
+    #[error("batch.engine {engine:?}: {reason}")]
+    Engine { engine: String, reason: String },
+}
+
+/// Where batch SQL runs (`batch.engine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// `datafusion`: DataFusion in this process
+    InProcess,
+    /// `ballista://host:port`: a Ballista cluster, through its scheduler
+    Ballista { host: String, port: u16 },
+}
+
+impl Engine {
+    /// Parses `datafusion` or `ballista://host:port`; the error says what is accepted.
+    pub fn parse(text: &str) -> Result<Engine, SqlError> {
+        let bad = |reason: &str| SqlError::Engine {
+            engine: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let text = text.trim();
+        if text == "datafusion" {
+            return Ok(Engine::InProcess);
+        }
+        let Some(rest) = text.strip_prefix("ballista://") else {
+            return Err(bad(
+                "use \"datafusion\" (in process) or \"ballista://HOST:PORT\" (a Ballista scheduler)",
+            ));
+        };
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(|| bad("ballista://HOST:PORT needs the scheduler's port (e.g. 50050)"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad(&format!("{port:?} is not a port number")))?;
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("ballista://HOST:PORT needs a host name or address"));
+        }
+        Ok(Engine::Ballista {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Engine::InProcess => "datafusion".into(),
+            Engine::Ballista { host, port } => format!("ballista://{host}:{port}"),
+        }
+    }
+}
+
+/// Tables computed in this process, made readable by the session's engine: in memory for
+/// the in-process engine; for a cluster, Parquet staged under `_staging/<id>/` in the lake
+/// (its executors cannot read this process's memory).
+pub struct Tables {
+    lake: Lake,
+    staging: Option<String>,
+}
+
+impl Tables {
+    /// Registers `batches` as table `name` (replacing an earlier one).
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), SqlError> {
+        let register = |url: &str| {
+            let table = name.to_string();
+            let url = url.to_string();
+            move |source| SqlError::Register { table, url, source }
+        };
+        let table: Arc<dyn datafusion::catalog::TableProvider> = match &self.staging {
+            None => Arc::new(
+                datafusion::datasource::MemTable::try_new(schema, vec![batches])
+                    .map_err(register("(in memory)"))?,
+            ),
+            Some(folder) => {
+                let folder = format!("{folder}/{name}");
+                let all = arrow::compute::concat_batches(&schema, &batches).map_err(|e| {
+                    SqlError::Output {
+                        format: "staged table",
+                        reason: format!("{name}: {e}"),
+                    }
+                })?;
+                let bytes =
+                    crate::lake::write_parquet(&all).map_err(|reason| SqlError::Output {
+                        format: "staged table",
+                        reason: format!("{name}: {reason}"),
+                    })?;
+                self.lake
+                    .put(&format!("{folder}/part-0.parquet"), bytes)
+                    .await
+                    .map_err(|e| SqlError::Lake(e.to_string()))?;
+                let url = self.lake.folder_url(&folder);
+                Arc::new(listing_table(&url, schema, Vec::new()).map_err(register(&url))?)
+            }
+        };
+        ctx.deregister_table(name)
+            .map_err(register("(deregister)"))?;
+        ctx.register_table(name, table)
+            .map_err(register("(register)"))?;
+        Ok(())
+    }
+
+    /// Removes what was staged (a no-op in process).
+    pub async fn cleanup(&self) -> Result<(), SqlError> {
+        let Some(folder) = &self.staging else {
+            return Ok(());
+        };
+        let objects = self
+            .lake
+            .list(folder)
+            .await
+            .map_err(|e| SqlError::Lake(e.to_string()))?;
+        for m in objects {
+            if let Some(rel) = self.lake.relative(&m.location) {
+                self.lake
+                    .delete(rel)
+                    .await
+                    .map_err(|e| SqlError::Lake(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Parquet listing table over a lake folder with a fixed schema.
+fn listing_table(
+    url: &str,
+    schema: SchemaRef,
+    partitions: Vec<(String, DataType)>,
+) -> Result<ListingTable, DataFusionError> {
+    let table_url = ListingTableUrl::parse(url)?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(partitions);
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config)
 }
 
 /// A lake table: its name, folder, file schema and Hive partition columns.
@@ -71,13 +224,73 @@ fn lake_tables() -> Vec<LakeTable> {
     ]
 }
 
-/// A DataFusion session with the lake's store and tables registered: `events`,
+/// A DataFusion session (in process) with the lake's store and tables registered: `events`,
 /// `dead_letters`, and per CDC table `<table>_changes` (every change) and `<table>` (the
 /// current state, computed when the session opens).
 pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
-    let ctx = SessionContext::new();
+    session_on(lake, &Engine::InProcess)
+        .await
+        .map(|(ctx, _)| ctx)
+}
+
+/// A session on `engine` with the lake's tables, and where this process's own tables go.
+pub async fn session_on(
+    lake: &Lake,
+    engine: &Engine,
+) -> Result<(SessionContext, Tables), SqlError> {
+    // DataFusion's own settings from DATAFUSION_* environment variables, e.g.
+    // DATAFUSION_EXECUTION_TARGET_PARTITIONS=8 (datafusion.execution.target_partitions)
+    let config = datafusion::prelude::SessionConfig::from_env().map_err(SqlError::Query)?;
+    let (ctx, staging) = match engine {
+        Engine::InProcess => (SessionContext::new_with_config(config), None),
+        Engine::Ballista { host, port } => {
+            if lake.store_url().scheme() == "memory" {
+                return Err(SqlError::Engine {
+                    engine: engine.describe(),
+                    reason: "a cluster cannot read an in-process lake (lake.url = memory://); \
+                             use a folder the executors share or an S3 bucket"
+                        .into(),
+                });
+            }
+            // fail here, clearly, rather than at the first query
+            let probe = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await;
+            if let Err(reason) = match probe {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 5 s".to_string()),
+            } {
+                return Err(SqlError::Engine {
+                    engine: engine.describe(),
+                    reason: format!(
+                        "cannot reach the Ballista scheduler at {host}:{port}: {reason}"
+                    ),
+                });
+            }
+            use ballista::prelude::SessionContextExt;
+            let state = datafusion::execution::SessionStateBuilder::new()
+                .with_config(config)
+                .with_default_features()
+                .build();
+            let ctx = SessionContext::remote_with_state(&format!("df://{host}:{port}"), state)
+                .await
+                .map_err(|e| SqlError::Engine {
+                    engine: engine.describe(),
+                    reason: e.to_string(),
+                })?;
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            (ctx, Some(format!("_staging/{id}")))
+        }
+    };
+    let tables = Tables {
+        lake: lake.clone(),
+        staging,
+    };
     ctx.register_object_store(lake.store_url(), lake.store());
-    let mut tables = lake_tables();
+    let mut listed = lake_tables();
     let cdc_tables: std::collections::BTreeSet<String> = lake
         .data_files(crate::lake::layout::CDC)
         .await
@@ -89,58 +302,36 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
         })
         .collect();
     for table in &cdc_tables {
-        tables.push(LakeTable {
+        listed.push(LakeTable {
             name: format!("{table}_changes"),
             folder: format!("cdc/{table}"),
             schema: crate::lake::cdc_changes_schema(),
             partitions: vec![],
         });
     }
-    for t in tables {
+    for t in listed {
         let url = lake.folder_url(&t.folder);
         let register = |source| SqlError::Register {
             table: t.name.clone(),
             url: url.clone(),
             source,
         };
-        let table_url = ListingTableUrl::parse(&url).map_err(register)?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(t.partitions.clone());
-        let config = ListingTableConfig::new(table_url)
-            .with_listing_options(options)
-            .with_schema(t.schema.clone());
-        let table = ListingTable::try_new(config).map_err(register)?;
+        let table = listing_table(&url, t.schema, t.partitions).map_err(register)?;
         ctx.register_table(t.name.as_str(), Arc::new(table))
             .map_err(register)?;
     }
     register_features(&ctx, lake).await?;
     if !cdc_tables.contains("books") {
         // the catalogue contract, empty until CDC (or the demo's loader) fills it
-        let t = datafusion::datasource::MemTable::try_new(books_schema(), vec![vec![]]).map_err(
-            |source| SqlError::Register {
-                table: "books".into(),
-                url: "(empty catalogue)".into(),
-                source,
-            },
-        )?;
-        ctx.register_table("books", Arc::new(t))
-            .map_err(|source| SqlError::Register {
-                table: "books".into(),
-                url: "(empty catalogue)".into(),
-                source,
-            })?;
+        tables
+            .register(&ctx, "books", books_schema(), Vec::new())
+            .await?;
     }
     for table in &cdc_tables {
-        let current = current_state(&ctx, table).await?;
-        ctx.register_table(table.as_str(), Arc::new(current))
-            .map_err(|source| SqlError::Register {
-                table: table.clone(),
-                url: "cdc current state".into(),
-                source,
-            })?;
+        let (schema, batches) = current_state(&ctx, table).await?;
+        tables.register(&ctx, table, schema, batches).await?;
     }
-    Ok(ctx)
+    Ok((ctx, tables))
 }
 
 /// The columns feature queries may use from `books`. The CDC source (or the demo's
@@ -204,7 +395,7 @@ async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlE
 async fn current_state(
     ctx: &SessionContext,
     table: &str,
-) -> Result<datafusion::datasource::MemTable, SqlError> {
+) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
     let batches = query(
         ctx,
         &format!(
@@ -265,13 +456,7 @@ async fn current_state(
         .build(std::io::Cursor::new(&ndjson))
         .map_err(json_err)?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(json_err)?;
-    datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(|source| {
-        SqlError::Register {
-            table: table.to_string(),
-            url: "cdc current state".into(),
-            source,
-        }
-    })
+    Ok((schema, batches))
 }
 
 /// Runs one statement and collects the result.

@@ -186,7 +186,10 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
 pub struct OutputReport {
     pub name: String,
     pub rows: usize,
+    /// the whole step: query, lake and DB writes
     pub seconds: f64,
+    /// planning, executing and collecting the query's result (before any write)
+    pub query_seconds: f64,
     pub lake_path: Option<String>,
     pub db_table: Option<String>,
 }
@@ -209,9 +212,43 @@ pub struct RunRecord {
     pub model: Option<super::publish::PublishReport>,
 }
 
-/// Runs the selected queries (all when `select` is empty; a selected query brings the
-/// queries it reads) in dependency order. `progress` receives one line per query.
+/// Runs the selected queries of `batch.queries_dir` (all when `select` is empty; a
+/// selected query brings the queries it reads) in dependency order on `batch.engine`.
+/// `progress` receives one line per query.
 pub async fn run(
+    lake: &Lake,
+    store: Option<&crate::store::Store>,
+    batch: &crate::config::BatchConfig,
+    select: &[String],
+    as_of: DateTime<Utc>,
+    training: Option<&Training>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<RunRecord, RunError> {
+    let engine = super::Engine::parse(&batch.engine)?;
+    let (ctx, tables) = super::session_on(lake, &engine).await?;
+    let result = run_on(
+        &ctx,
+        &tables,
+        lake,
+        store,
+        &batch.queries_dir,
+        select,
+        as_of,
+        training,
+        progress,
+    )
+    .await;
+    // staged tables go whatever happened; a run that failed reports its own error first
+    let cleaned = tables.cleanup().await;
+    let record = result?;
+    cleaned?;
+    Ok(record)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_on(
+    ctx: &SessionContext,
+    tables: &super::Tables,
     lake: &Lake,
     store: Option<&crate::store::Store>,
     dir: &Path,
@@ -221,8 +258,7 @@ pub async fn run(
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
     use super::publish;
-    let ctx = super::session(lake).await?;
-    let (queries, reads) = ordered(&ctx, dir, &as_of).await?;
+    let (queries, reads) = ordered(ctx, dir, &as_of).await?;
     let train_step = select.is_empty() || select.iter().any(|s| s == publish::STEP);
     let train_step = train_step && training.is_some() && store.is_some();
     let mut select: Vec<String> = select
@@ -246,7 +282,7 @@ pub async fn run(
         started.format("%Y%m%dT%H%M%SZ"),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let watermark = input_watermark(&ctx, &as_of).await;
+    let watermark = input_watermark(ctx, &as_of).await;
     let mut record = RunRecord {
         run_id: run_id.clone(),
         as_of: crate::event::format_ts(&as_of),
@@ -264,7 +300,7 @@ pub async fn run(
     for q in queries.iter().filter(|q| wanted.contains(&q.name)) {
         done += 1;
         let t0 = Instant::now();
-        match run_one(&ctx, lake, store, q, &as_of, &run_id).await {
+        match run_one(ctx, tables, lake, store, q, &as_of, &run_id).await {
             Ok(out) => {
                 progress(&format!(
                     "[{done}/{total}] {} ({}): {} rows in {:.2} s",
@@ -288,7 +324,7 @@ pub async fn run(
     {
         let t0 = Instant::now();
         match publish::train_and_publish(
-            &ctx,
+            ctx,
             lake,
             store,
             &t.params,
@@ -384,6 +420,7 @@ fn closure(queries: &[Query], reads: &Reads, select: &[String]) -> BTreeSet<Stri
 
 async fn run_one(
     ctx: &SessionContext,
+    tables: &super::Tables,
     lake: &Lake,
     store: Option<&crate::store::Store>,
     q: &Query,
@@ -396,12 +433,12 @@ async fn run_one(
     let df = ctx.sql(&sql).await.map_err(fail)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches: Vec<RecordBatch> = df.collect().await.map_err(fail)?;
+    let query_seconds = t0.elapsed().as_secs_f64();
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
     // later queries of this run read this result
-    let table = MemTable::try_new(schema.clone(), vec![batches.clone()]).map_err(fail)?;
-    ctx.deregister_table(q.name.as_str()).map_err(fail)?;
-    ctx.register_table(q.name.as_str(), Arc::new(table))
-        .map_err(fail)?;
+    tables
+        .register(ctx, &q.name, schema.clone(), batches.clone())
+        .await?;
     let mut lake_path = None;
     if q.outputs.lake {
         let folder = format!("features/{}/run={run_id}", q.name);
@@ -446,6 +483,7 @@ async fn run_one(
         rows,
         db_table,
         seconds: t0.elapsed().as_secs_f64(),
+        query_seconds,
         lake_path,
     })
 }

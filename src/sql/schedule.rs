@@ -49,12 +49,12 @@ pub struct ScheduleReport {
     pub runs: Vec<(String, DateTime<Utc>, String)>,
 }
 
-/// Runs until `cancel`. `queries` is the batch queries folder.
+/// Runs until `cancel`. `batch` names the queries folder and the engine.
 pub async fn run(
     cfg: &ScheduleConfig,
     lake: &Lake,
     store: &Store,
-    queries: &std::path::Path,
+    batch: &crate::config::BatchConfig,
     training: Option<&super::runner::Training>,
     holder: &str,
     cancel: CancellationToken,
@@ -136,7 +136,7 @@ pub async fn run(
             let result = super::runner::run(
                 lake,
                 Some(store),
-                queries,
+                batch,
                 &job.select,
                 Utc::now(),
                 training.filter(|_| !job.skip_als),

@@ -106,6 +106,14 @@ pub fn queries_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/batch")
 }
 
+/// The shipped queries on the in-process engine.
+pub fn batch_config() -> bookrec::config::BatchConfig {
+    bookrec::config::BatchConfig {
+        queries_dir: queries_dir(),
+        engine: "datafusion".into(),
+    }
+}
+
 async fn rows(lake: &Lake, sql: &str) -> Vec<RecordBatch> {
     let ctx = bookrec::sql::session(lake).await.expect("session");
     bookrec::sql::query(&ctx, sql).await.expect("query")
@@ -150,35 +158,13 @@ fn close(a: &[f64], b: &[f64]) {
     }
 }
 
-#[tokio::test]
-async fn shipped_features_match_hand_computed_values() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lake = fixture_lake(dir.path()).await;
-    let check = bookrec::sql::runner::check(&lake, &queries_dir())
-        .await
-        .expect("every shipped query plans");
-    assert_eq!(check.order.len(), 4);
-    let store =
-        bookrec::store::Store::connect(&format!("sqlite://{}/bookrec.db", dir.path().display()))
-            .await
-            .expect("sqlite store");
-    let record = bookrec::sql::runner::run(
-        &lake,
-        Some(&store),
-        &queries_dir(),
-        &[],
-        as_of(),
-        None,
-        &mut |_| {},
-    )
-    .await
-    .expect("batch run");
-    assert_eq!(record.status, "succeeded");
+/// The shipped features' lake outputs on the fixture, against values computed by hand.
+pub async fn assert_hand_computed(lake: &Lake) {
     let h = |days: f64, half: f64| 2f64.powf(-days / half);
 
     // interactions: weight = Σ type weight × 2^(−age/30); (u1,b2) has only an unfavourite
     let b = rows(
-        &lake,
+        lake,
         "SELECT user_id, book_id, weight FROM interactions ORDER BY user_id, book_id",
     )
     .await;
@@ -195,7 +181,7 @@ async fn shipped_features_match_hand_computed_values() {
     );
 
     // book popularity: windows, trend and decayed score (half-life 7)
-    let b = rows(&lake, "SELECT book_id, views_1d, views_7d, clicks_1d, purchases_30d, trend_7d, popularity FROM book_popularity ORDER BY book_id").await;
+    let b = rows(lake, "SELECT book_id, views_1d, views_7d, clicks_1d, purchases_30d, trend_7d, popularity FROM book_popularity ORDER BY book_id").await;
     assert_eq!(strs(&b, 0), ["b1", "b2"]);
     close(&f64s(&b, 1), &[0.0, 0.0]);
     close(&f64s(&b, 2), &[1.0, 0.0]);
@@ -211,7 +197,7 @@ async fn shipped_features_match_hand_computed_values() {
     );
 
     // category popularity
-    let b = rows(&lake, "SELECT category, events_7d, users_7d, popularity, popularity_rank FROM category_popularity ORDER BY popularity_rank").await;
+    let b = rows(lake, "SELECT category, events_7d, users_7d, popularity, popularity_rank FROM category_popularity ORDER BY popularity_rank").await;
     assert_eq!(strs(&b, 0), ["fantasy", "history"]);
     close(&f64s(&b, 1), &[2.0, 1.0]);
     close(&f64s(&b, 2), &[2.0, 1.0]);
@@ -224,7 +210,7 @@ async fn shipped_features_match_hand_computed_values() {
     );
 
     // user profile
-    let b = rows(&lake, "SELECT user_id, events, views, purchases, recency_days, top_categories, top_authors FROM user_profile ORDER BY user_id").await;
+    let b = rows(lake, "SELECT user_id, events, views, purchases, recency_days, top_categories, top_authors FROM user_profile ORDER BY user_id").await;
     assert_eq!(strs(&b, 0), ["u1", "u2", "u3"]);
     close(&f64s(&b, 1), &[3.0, 2.0, 1.0]);
     close(&f64s(&b, 2), &[1.0, 1.0, 0.0]);
@@ -232,12 +218,39 @@ async fn shipped_features_match_hand_computed_values() {
     close(&f64s(&b, 4), &[1.0, 0.5, 60.0]);
     assert_eq!(strs(&b, 5)[0], "fantasy:0.667,history:0.333");
     assert_eq!(strs(&b, 6)[0], "A:0.667,B:0.333");
+}
+
+#[tokio::test]
+async fn shipped_features_match_hand_computed_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = fixture_lake(dir.path()).await;
+    let check = bookrec::sql::runner::check(&lake, &queries_dir())
+        .await
+        .expect("every shipped query plans");
+    assert_eq!(check.order.len(), 4);
+    let store =
+        bookrec::store::Store::connect(&format!("sqlite://{}/bookrec.db", dir.path().display()))
+            .await
+            .expect("sqlite store");
+    let record = bookrec::sql::runner::run(
+        &lake,
+        Some(&store),
+        &batch_config(),
+        &[],
+        as_of(),
+        None,
+        &mut |_| {},
+    )
+    .await
+    .expect("batch run");
+    assert_eq!(record.status, "succeeded");
+    assert_hand_computed(&lake).await;
 
     // a rerun with the same as_of gives the same outputs, switched atomically
     let again = bookrec::sql::runner::run(
         &lake,
         Some(&store),
-        &queries_dir(),
+        &batch_config(),
         &["interactions".into()],
         as_of(),
         None,

@@ -3,6 +3,7 @@
 //! tansu broker when they must stop and restart it.
 
 mod als;
+mod ballista;
 mod batch;
 mod bus;
 mod cli;

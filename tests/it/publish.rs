@@ -12,7 +12,7 @@ use bookrec::sql::runner::Training;
 use bookrec::store::{RecTable, Store};
 use chrono::Duration;
 
-use crate::batch::{as_of, queries_dir};
+use crate::batch::{as_of, batch_config};
 use crate::store::Databases;
 
 const CLUSTERS: usize = 4;
@@ -110,7 +110,7 @@ async fn batch(lake: &Lake, store: &Store, t: &Training) -> bookrec::sql::runner
     bookrec::sql::runner::run(
         lake,
         Some(store),
-        &queries_dir(),
+        &batch_config(),
         &["als".to_string()],
         as_of(),
         Some(t),
@@ -276,7 +276,7 @@ async fn an_empty_lake_runs_the_features_and_skips_the_model() {
     let record = bookrec::sql::runner::run(
         &lake,
         Some(&store),
-        &queries_dir(),
+        &batch_config(),
         &[],
         as_of(),
         Some(&training(0.02)),

@@ -6,7 +6,7 @@ use bookrec::config::{Config, JobConfig, MissedRunPolicy};
 use bookrec::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{fixture_lake, queries_dir};
+use crate::batch::{batch_config, fixture_lake};
 
 fn schedule(cron: &str, policy: MissedRunPolicy) -> bookrec::config::ScheduleConfig {
     let mut c = Config::load_with_env(None, Vec::new())
@@ -37,7 +37,7 @@ async fn two_schedulers_never_run_at_once() {
         let store = Store::connect(&url).await.expect("store");
         let (lake, cfg, cancel) = (lake.clone(), cfg.clone(), cancel.clone());
         handles.push(tokio::spawn(async move {
-            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, holder, cancel)
+            bookrec::sql::schedule::run(&cfg, &lake, &store, &batch_config(), None, holder, cancel)
                 .await
         }));
     }
@@ -76,7 +76,7 @@ async fn a_missed_run_runs_once_on_start() {
             c.cancel();
         });
         let report =
-            bookrec::sql::schedule::run(&cfg, &lake, &store, &queries_dir(), None, "me", cancel)
+            bookrec::sql::schedule::run(&cfg, &lake, &store, &batch_config(), None, "me", cancel)
                 .await
                 .expect("scheduler");
         assert_eq!(report.runs.len(), expected, "{report:?}");
@@ -96,7 +96,7 @@ async fn a_missed_run_runs_once_on_start() {
         &schedule("0 0 0 1 1 *", MissedRunPolicy::Skip),
         &lake,
         &store2,
-        &queries_dir(),
+        &batch_config(),
         None,
         "me",
         cancel,

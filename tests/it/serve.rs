@@ -195,7 +195,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     let run = bookrec::sql::runner::run(
         &lake,
         Some(&store),
-        &cfg.batch.queries_dir,
+        &cfg.batch,
         &[],
         chrono::Utc::now(),
         Some(&training),

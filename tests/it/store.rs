@@ -3,7 +3,7 @@
 use bookrec::store::Store;
 use sqlx::Connection;
 
-use crate::batch::{as_of, fixture_lake, queries_dir};
+use crate::batch::{as_of, batch_config, fixture_lake};
 use crate::support::unique;
 
 /// A fresh database on each server (dropped at the end), and a SQLite file.
@@ -74,7 +74,7 @@ async fn the_same_batch_gives_the_same_outputs_on_sqlite_mariadb_and_postgres() 
             let record = bookrec::sql::runner::run(
                 &lake,
                 Some(&store),
-                &queries_dir(),
+                &batch_config(),
                 &[],
                 as_of(),
                 None,

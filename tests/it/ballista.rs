@@ -1,0 +1,204 @@
+//! `batch.engine = "ballista://host:port"`: the shipped features run on a real Apache
+//! DataFusion Ballista scheduler and executor that the test starts (gRPC and Arrow Flight
+//! on loopback ports), and give the same lake outputs as the in-process engine and the
+//! values computed by hand; through the library and through the `bookrec batch` command.
+
+use std::process::Command;
+
+use arrow::array::RecordBatch;
+use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use bookrec::config::BatchConfig;
+use bookrec::lake::Lake;
+
+use crate::batch::{as_of, assert_hand_computed, fixture_lake, queries_dir};
+
+/// Starts a Ballista scheduler and one executor (2 task slots); returns the scheduler's port.
+async fn start_cluster() -> u16 {
+    let addr = ballista_scheduler::standalone::new_standalone_scheduler()
+        .await
+        .expect("ballista scheduler");
+    let url = format!("http://localhost:{}", addr.port());
+    let mut client = None;
+    for _ in 0..100 {
+        match SchedulerGrpcClient::connect(url.clone()).await {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let client = client.expect("the scheduler answers");
+    ballista_executor::new_standalone_executor(client, 2, BallistaCodec::default())
+        .await
+        .expect("ballista executor");
+    addr.port()
+}
+
+fn on(engine: &str) -> BatchConfig {
+    BatchConfig {
+        queries_dir: queries_dir(),
+        engine: engine.into(),
+    }
+}
+
+/// Every feature table of the lake's current runs, rows sorted, as text.
+async fn outputs(lake: &Lake) -> Vec<String> {
+    let ctx = bookrec::sql::session(lake).await.expect("session");
+    let mut out = Vec::new();
+    for table in [
+        "book_popularity",
+        "category_popularity",
+        "interactions",
+        "user_profile",
+    ] {
+        let batches: Vec<RecordBatch> =
+            bookrec::sql::query(&ctx, &format!("SELECT * FROM {table} ORDER BY 1, 2"))
+                .await
+                .expect("feature table");
+        out.push(format!(
+            "{table}\n{}",
+            arrow::util::pretty::pretty_format_batches(&batches).expect("format")
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
+    let port = start_cluster().await;
+    let engine = format!("ballista://localhost:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = fixture_lake(dir.path()).await;
+    // no DB outputs here (the store suite covers those): lake outputs only
+    let queries = tempfile::tempdir().expect("tempdir");
+    for f in std::fs::read_dir(queries_dir()).expect("queries") {
+        let path = f.expect("entry").path();
+        let text = std::fs::read_to_string(&path)
+            .expect("query")
+            .replace("-- output: lake, db", "-- output: lake");
+        std::fs::write(queries.path().join(path.file_name().expect("name")), text).expect("copy");
+    }
+    let run_in = |engine: &str| BatchConfig {
+        queries_dir: queries.path().to_path_buf(),
+        engine: engine.to_string(),
+    };
+
+    let local = bookrec::sql::runner::run(
+        &lake,
+        None,
+        &run_in("datafusion"),
+        &[],
+        as_of(),
+        None,
+        &mut |_| {},
+    )
+    .await
+    .expect("in-process run");
+    let expected = outputs(&lake).await;
+
+    let mut lines = Vec::new();
+    let record = bookrec::sql::runner::run(
+        &lake,
+        None,
+        &run_in(&engine),
+        &[],
+        as_of(),
+        None,
+        &mut |l| lines.push(l.to_string()),
+    )
+    .await
+    .expect("ballista run");
+    assert_eq!(record.status, "succeeded");
+    assert_eq!(record.outputs.len(), 4, "{lines:?}");
+    assert_ne!(record.run_id, local.run_id);
+    for (a, b) in record.outputs.iter().zip(&local.outputs) {
+        assert_eq!((&a.name, a.rows), (&b.name, b.rows));
+    }
+    assert_eq!(
+        record.input_watermark, local.input_watermark,
+        "the watermark query ran on the cluster too"
+    );
+    assert_eq!(outputs(&lake).await, expected);
+    assert_hand_computed(&lake).await;
+    // what the engine's session plans: a job for the scheduler, not a local scan
+    let (ctx, tables) = bookrec::sql::session_on(
+        &lake,
+        &bookrec::sql::Engine::parse(&engine).expect("engine"),
+    )
+    .await
+    .expect("ballista session");
+    let plan = ctx
+        .sql("SELECT count(*) FROM events")
+        .await
+        .expect("plan")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+    let shown = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(false)
+        .to_string();
+    assert!(shown.contains("DistributedQueryExec"), "{shown}");
+    tables.cleanup().await.expect("cleanup");
+    let staged = lake.list("_staging").await.expect("list");
+    assert!(staged.is_empty(), "staged tables are removed: {staged:?}");
+
+    // the command line, configured through the environment, against the same cluster
+    let db = dir.path().join("cli.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_bookrec"))
+        .args(["batch", "--select", "interactions", "--skip-als", "--as-of"])
+        .arg(bookrec::event::format_ts(&as_of()))
+        .env(
+            "BOOKREC__LAKE__URL",
+            format!("file://{}", dir.path().display()),
+        )
+        .env("BOOKREC__STORE__URL", format!("sqlite://{}", db.display()))
+        .env("BOOKREC__BATCH__ENGINE", &engine)
+        .env("BOOKREC__BATCH__QUERIES_DIR", queries.path())
+        .output()
+        .expect("bookrec batch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or_default())
+            .expect("run record");
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["outputs"][0]["name"], "interactions");
+    assert_eq!(record["outputs"][0]["rows"], 4);
+    assert_eq!(outputs(&lake).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_or_misspelt_engine_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = fixture_lake(dir.path()).await;
+    // a port nobody listens on
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let engine = format!("ballista://127.0.0.1:{port}");
+    let err = bookrec::sql::runner::run(&lake, None, &on(&engine), &[], as_of(), None, &mut |_| {})
+        .await
+        .expect_err("no scheduler there")
+        .to_string();
+    assert!(
+        err.contains(&format!("batch.engine \"{engine}\"")) && err.contains("scheduler"),
+        "{err}"
+    );
+    for (bad, needle) in [
+        ("ballista://localhost", "port"),
+        ("spark://localhost:7077", "ballista://HOST:PORT"),
+        ("ballista://:50050", "host"),
+    ] {
+        let err = bookrec::sql::Engine::parse(bad).expect_err(bad).to_string();
+        assert!(
+            err.contains(&format!("{bad:?}")) && err.contains(needle),
+            "{err}"
+        );
+    }
+}
