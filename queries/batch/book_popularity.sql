@@ -19,6 +19,9 @@ WITH e AS (
     WHERE book_id IS NOT NULL
       AND event_ts <= ${as_of}
       AND event_ts > ${as_of} - INTERVAL '90 days'
+      -- the same window on the partition column: only those days' folders are read
+      AND dt >= CAST(CAST(${as_of} - INTERVAL '90 days' AS DATE) AS VARCHAR)
+      AND dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
 )
 SELECT
     book_id,

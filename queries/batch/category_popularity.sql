@@ -16,5 +16,8 @@ FROM events e
 JOIN books b ON e.book_id = b.book_id
 WHERE e.event_ts <= ${as_of}
   AND e.event_ts > ${as_of} - INTERVAL '90 days'
+  -- the same window on the partition column: only those days' folders are read
+  AND e.dt >= CAST(CAST(${as_of} - INTERVAL '90 days' AS DATE) AS VARCHAR)
+  AND e.dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
   AND b.category IS NOT NULL
 GROUP BY b.category

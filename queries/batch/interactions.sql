@@ -38,6 +38,7 @@ WITH weighted AS (
     WHERE user_id IS NOT NULL
       AND book_id IS NOT NULL
       AND event_ts <= ${as_of}
+      AND dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
 )
 SELECT
     user_id,

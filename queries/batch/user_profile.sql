@@ -11,6 +11,7 @@ WITH ev AS (
     LEFT JOIN books b ON e.book_id = b.book_id
     WHERE e.user_id IS NOT NULL
       AND e.event_ts <= ${as_of}
+      AND e.dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
 ),
 activity AS (
     SELECT

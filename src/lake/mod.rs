@@ -25,7 +25,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use url::Url;
 
@@ -370,10 +370,12 @@ pub fn dead_letters_schema() -> SchemaRef {
 
 /// One Parquet file in memory: zstd, page statistics.
 pub fn write_parquet(batch: &RecordBatch) -> Result<Bytes, String> {
+    // Snappy, not zstd: lake files are small (one per Kafka partition and event hour), and
+    // the Parquet reader builds a zstd compression and decompression context for every
+    // column chunk it reads: on ML-1M's 23k hourly files that setup was ~20% of a full
+    // scan's CPU (BENCHMARKS.md, batch). Snappy's codec has no such state.
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
-        ))
+        .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_created_by(format!("bookrec {}", env!("CARGO_PKG_VERSION")))
         .build();

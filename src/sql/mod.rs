@@ -148,7 +148,7 @@ impl Tables {
                     .await
                     .map_err(|e| SqlError::Lake(e.to_string()))?;
                 let url = self.lake.folder_url(&folder);
-                Arc::new(listing_table(&url, schema, Vec::new()).map_err(register(&url))?)
+                Arc::new(listing_table(ctx, &url, schema, Vec::new()).map_err(register(&url))?)
             }
         };
         ctx.deregister_table(name)
@@ -180,14 +180,21 @@ impl Tables {
     }
 }
 
+/// The session's Parquet reading options (`datafusion.execution.parquet.*`), which a
+/// table's format must carry: `ParquetFormat::default()` would ignore them.
+fn parquet_format(ctx: &SessionContext) -> Arc<ParquetFormat> {
+    Arc::new(ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone()))
+}
+
 /// A Parquet listing table over a lake folder with a fixed schema.
 fn listing_table(
+    ctx: &SessionContext,
     url: &str,
     schema: SchemaRef,
     partitions: Vec<(String, DataType)>,
 ) -> Result<ListingTable, DataFusionError> {
     let table_url = ListingTableUrl::parse(url)?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+    let options = ListingOptions::new(parquet_format(ctx))
         .with_file_extension(".parquet")
         .with_table_partition_cols(partitions);
     let config = ListingTableConfig::new(table_url)
@@ -233,14 +240,54 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
         .map(|(ctx, _)| ctx)
 }
 
+/// DataFusion settings for the lake: DataFusion's defaults, then bookrec's defaults for a
+/// lake of many small files, then DataFusion's own `DATAFUSION_*` environment variables
+/// (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS=8` for
+/// `datafusion.execution.target_partitions`), which win.
+///
+/// bookrec's defaults, measured on ML-1M's 23k hourly files (BENCHMARKS.md, batch):
+/// - `collect_statistics = false`: planning would read every file's footer to gather
+///   statistics that these aggregations do not use, and read them again to scan;
+/// - `parquet.enable_page_index = false`: a lake file is one row group of a few pages, and
+///   the page index costs another read per file for no pruning;
+/// - `parquet.bloom_filter_on_read = false`: the lake writes no bloom filters;
+/// - `target_partitions` = twice the cores: opening a small file waits on I/O (each read is
+///   a blocking-pool task), so more scans in flight keep the cores busy.
+pub fn session_config() -> Result<datafusion::prelude::SessionConfig, SqlError> {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    {
+        let options = config.options_mut();
+        options.execution.collect_statistics = false;
+        options.execution.target_partitions = 2 * options.execution.target_partitions.max(1);
+        options.execution.parquet.enable_page_index = false;
+        options.execution.parquet.bloom_filter_on_read = false;
+    }
+    // the environment overrides, key by key (the names ConfigOptions::from_env reads); a
+    // value DataFusion cannot parse is an error naming the variable
+    let keys = datafusion::common::config::ConfigOptions::new().entries();
+    for entry in keys {
+        let env = entry.key.to_uppercase().replace('.', "_");
+        let Some(value) = std::env::var_os(&env) else {
+            continue;
+        };
+        let value = value.to_string_lossy();
+        config
+            .options_mut()
+            .set(&entry.key, &value)
+            .map_err(|e| SqlError::Engine {
+                engine: "datafusion".into(),
+                reason: format!("{env}={value:?}: {e}"),
+            })?;
+    }
+    Ok(config)
+}
+
 /// A session on `engine` with the lake's tables, and where this process's own tables go.
 pub async fn session_on(
     lake: &Lake,
     engine: &Engine,
 ) -> Result<(SessionContext, Tables), SqlError> {
-    // DataFusion's own settings from DATAFUSION_* environment variables, e.g.
-    // DATAFUSION_EXECUTION_TARGET_PARTITIONS=8 (datafusion.execution.target_partitions)
-    let config = datafusion::prelude::SessionConfig::from_env().map_err(SqlError::Query)?;
+    let config = session_config()?;
     let (ctx, staging) = match engine {
         Engine::InProcess => (SessionContext::new_with_config(config), None),
         Engine::Ballista { host, port } => {
@@ -316,7 +363,7 @@ pub async fn session_on(
             url: url.clone(),
             source,
         };
-        let table = listing_table(&url, t.schema, t.partitions).map_err(register)?;
+        let table = listing_table(&ctx, &url, t.schema, t.partitions).map_err(register)?;
         ctx.register_table(t.name.as_str(), Arc::new(table))
             .map_err(register)?;
     }
@@ -375,8 +422,7 @@ async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlE
             source,
         };
         let table_url = ListingTableUrl::parse(&url).map_err(register)?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let options = ListingOptions::new(parquet_format(ctx)).with_file_extension(".parquet");
         let config = ListingTableConfig::new(table_url)
             .with_listing_options(options)
             .infer_schema(&ctx.state())
