@@ -368,7 +368,7 @@ pub fn dead_letters_schema() -> SchemaRef {
     ]))
 }
 
-/// One Parquet file in memory: zstd, page statistics.
+/// One Parquet file in memory: Snappy, page statistics.
 pub fn write_parquet(batch: &RecordBatch) -> Result<Bytes, String> {
     // Snappy, not zstd: lake files are small (one per Kafka partition and event hour), and
     // the Parquet reader builds a zstd compression and decompression context for every

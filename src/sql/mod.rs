@@ -148,7 +148,11 @@ impl Tables {
                     .await
                     .map_err(|e| SqlError::Lake(e.to_string()))?;
                 let url = self.lake.folder_url(&folder);
-                Arc::new(listing_table(ctx, &url, schema, Vec::new()).map_err(register(&url))?)
+                Arc::new(
+                    listing_table(ctx, &url, Some(schema), Vec::new())
+                        .await
+                        .map_err(register(&url))?,
+                )
             }
         };
         ctx.deregister_table(name)
@@ -186,20 +190,23 @@ fn parquet_format(ctx: &SessionContext) -> Arc<ParquetFormat> {
     Arc::new(ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone()))
 }
 
-/// A Parquet listing table over a lake folder with a fixed schema.
-fn listing_table(
+/// A Parquet listing table over a lake folder: with the given schema, or the files' own
+/// when `None`.
+async fn listing_table(
     ctx: &SessionContext,
     url: &str,
-    schema: SchemaRef,
+    schema: Option<SchemaRef>,
     partitions: Vec<(String, DataType)>,
 ) -> Result<ListingTable, DataFusionError> {
     let table_url = ListingTableUrl::parse(url)?;
     let options = ListingOptions::new(parquet_format(ctx))
         .with_file_extension(".parquet")
         .with_table_partition_cols(partitions);
-    let config = ListingTableConfig::new(table_url)
-        .with_listing_options(options)
-        .with_schema(schema);
+    let config = ListingTableConfig::new(table_url).with_listing_options(options);
+    let config = match schema {
+        Some(schema) => config.with_schema(schema),
+        None => config.infer_schema(&ctx.state()).await?,
+    };
     ListingTable::try_new(config)
 }
 
@@ -305,11 +312,12 @@ pub async fn session_on(
                 tokio::net::TcpStream::connect((host.as_str(), *port)),
             )
             .await;
-            if let Err(reason) = match probe {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("no answer within 5 s".to_string()),
-            } {
+            let unreachable = match probe {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer within 5 s".to_string()),
+            };
+            if let Some(reason) = unreachable {
                 return Err(SqlError::Engine {
                     engine: engine.describe(),
                     reason: format!(
@@ -363,7 +371,9 @@ pub async fn session_on(
             url: url.clone(),
             source,
         };
-        let table = listing_table(&ctx, &url, t.schema, t.partitions).map_err(register)?;
+        let table = listing_table(&ctx, &url, Some(t.schema), t.partitions)
+            .await
+            .map_err(register)?;
         ctx.register_table(t.name.as_str(), Arc::new(table))
             .map_err(register)?;
     }
@@ -421,14 +431,9 @@ async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlE
             url: url.clone(),
             source,
         };
-        let table_url = ListingTableUrl::parse(&url).map_err(register)?;
-        let options = ListingOptions::new(parquet_format(ctx)).with_file_extension(".parquet");
-        let config = ListingTableConfig::new(table_url)
-            .with_listing_options(options)
-            .infer_schema(&ctx.state())
+        let table = listing_table(ctx, &url, None, Vec::new())
             .await
             .map_err(register)?;
-        let table = ListingTable::try_new(config).map_err(register)?;
         ctx.register_table(name, Arc::new(table))
             .map_err(register)?;
     }
