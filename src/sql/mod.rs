@@ -29,6 +29,7 @@ use crate::lake::Lake;
 pub mod catalog;
 pub mod publish;
 pub mod runner;
+pub mod scan;
 pub mod schedule;
 
 #[derive(Debug, thiserror::Error)]
@@ -371,10 +372,24 @@ pub async fn session_on(
             url: url.clone(),
             source,
         };
-        let table = listing_table(&ctx, &url, Some(t.schema), t.partitions)
-            .await
-            .map_err(register)?;
-        ctx.register_table(t.name.as_str(), Arc::new(table))
+        // in process, the partitioned folders get the lake's own scan (see `scan`); a
+        // cluster's executors know only DataFusion's listing table
+        let table: Arc<dyn datafusion::catalog::TableProvider> =
+            if *engine == Engine::InProcess && !t.partitions.is_empty() {
+                Arc::new(scan::LakeScanTable::new(
+                    lake,
+                    &t.folder,
+                    t.schema,
+                    t.partitions,
+                ))
+            } else {
+                Arc::new(
+                    listing_table(&ctx, &url, Some(t.schema), t.partitions)
+                        .await
+                        .map_err(register)?,
+                )
+            };
+        ctx.register_table(t.name.as_str(), table)
             .map_err(register)?;
     }
     register_features(&ctx, lake).await?;

@@ -13,6 +13,7 @@ mod demo;
 mod features;
 mod land;
 mod publish;
+mod scan;
 mod schedule;
 mod serve;
 mod store;
