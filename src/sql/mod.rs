@@ -3,7 +3,9 @@
 //!
 //! Tables: `events` (partition columns `dt` = 'YYYY-MM-DD' and `hour` = 0..23, so filters
 //! on them prune whole folders) and `dead_letters` (the lander's). Their schemas are fixed,
-//! so queries plan against an empty lake too.
+//! so queries plan against an empty lake too. In process they are read by the lake's own
+//! scan ([`scan`]: one request per small file, rows of many files per batch); on a cluster
+//! by DataFusion's listing table.
 //!
 //! Engines (`batch.engine`): DataFusion in this process (the default), or an Apache
 //! DataFusion Ballista cluster (`ballista://host:port`, the scheduler). The SQL and the
@@ -382,12 +384,37 @@ pub async fn session_on(
                     t.schema,
                     t.partitions,
                 ))
-            } else {
+            } else if t.partitions.iter().all(|(_, ty)| *ty == DataType::Utf8) {
                 Arc::new(
                     listing_table(&ctx, &url, Some(t.schema), t.partitions)
                         .await
                         .map_err(register)?,
                 )
+            } else {
+                // the listing table would turn `hour = 5` into the folder prefix `hour=5/`
+                // and miss the lake's `hour=05/`: it reads the partition values as text, and
+                // the table casts them to their types
+                let text = t
+                    .partitions
+                    .iter()
+                    .map(|(n, _)| (n.clone(), DataType::Utf8))
+                    .collect();
+                let listed = listing_table(&ctx, &url, Some(t.schema.clone()), text)
+                    .await
+                    .map_err(register)?;
+                let mut columns: Vec<datafusion::prelude::Expr> = t
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| datafusion::prelude::col(f.name()))
+                    .collect();
+                columns.extend(t.partitions.iter().map(|(n, ty)| {
+                    datafusion::prelude::cast(datafusion::prelude::col(n), ty.clone()).alias(n)
+                }));
+                ctx.read_table(Arc::new(listed))
+                    .and_then(|df| df.select(columns))
+                    .map_err(register)?
+                    .into_view()
             };
         ctx.register_table(t.name.as_str(), table)
             .map_err(register)?;

@@ -64,7 +64,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use crate::lake::Lake;
 
 /// Files up to this size are read with one request and decoded in memory.
-pub const WHOLE_FILE_MAX: u64 = 8 * 1024 * 1024;
+pub const WHOLE_FILE_MAX: u64 = 1024 * 1024;
 
 /// Small files in flight per scan partition (requests issued ahead of decoding).
 const FILES_IN_FLIGHT: usize = 8;
@@ -436,56 +436,102 @@ impl ExecutionPlan for LakeScanExec {
             bytes_scanned: MetricBuilder::new(&self.metrics).counter("bytes_scanned", partition),
         };
         let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let limit = self.limit;
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
-        let tx = builder.tx();
+        let mut out = Output {
+            coalescer: BatchCoalescer::new(reader.schema.clone(), reader.batch_size),
+            left: self.limit.unwrap_or(usize::MAX),
+            tx: builder.tx(),
+            baseline,
+        };
         builder.spawn(async move {
-            let mut coalescer = BatchCoalescer::new(reader.schema.clone(), reader.batch_size);
-            let mut left = limit.unwrap_or(usize::MAX);
             let reader = Arc::new(reader);
-            let mut small = futures::stream::iter(files)
+            let mut opened = futures::stream::iter(files)
                 .map(|f| {
                     let reader = reader.clone();
-                    async move { reader.read(f).await }
+                    async move { reader.open(f).await }
                 })
                 .buffered(FILES_IN_FLIGHT);
-            while let Some(batches) = small.next().await {
-                for batch in batches? {
-                    let timer = baseline.elapsed_compute().timer();
-                    let batch = if batch.num_rows() > left {
-                        batch.slice(0, left)
-                    } else {
-                        batch
-                    };
-                    left -= batch.num_rows();
-                    coalescer.push_batch(batch)?;
-                    timer.done();
-                    while let Some(out) = coalescer.next_completed_batch() {
-                        baseline.record_output(out.num_rows());
-                        if tx.send(Ok(out)).await.is_err() {
-                            return Ok(()); // the consumer is gone
+            while let Some(file) = opened.next().await {
+                let more = match file? {
+                    Opened::Decoded(batches) => {
+                        let mut more = true;
+                        for b in batches {
+                            more = out.push(b).await?;
+                            if !more {
+                                break;
+                            }
                         }
+                        more
                     }
-                    if left == 0 {
-                        break;
+                    Opened::Streaming(mut batches) => {
+                        let mut more = true;
+                        while let Some(b) = batches.next().await {
+                            more = out.push(b?).await?;
+                            if !more {
+                                break;
+                            }
+                        }
+                        more
                     }
-                }
-                if left == 0 {
+                };
+                if !more {
                     break;
                 }
             }
-            coalescer.finish_buffered_batch()?;
-            while let Some(out) = coalescer.next_completed_batch() {
-                baseline.record_output(out.num_rows());
-                if tx.send(Ok(out)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            baseline.done();
-            Ok(())
+            out.finish().await
         });
         Ok(builder.build())
     }
+}
+
+/// A scan partition's output: rows coalesced into batches of the session's size, up to the
+/// limit, sent to the consumer.
+struct Output {
+    coalescer: BatchCoalescer,
+    left: usize,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    baseline: BaselineMetrics,
+}
+
+impl Output {
+    /// Takes a file's batch; false once the limit is reached or the consumer is gone.
+    async fn push(&mut self, batch: RecordBatch) -> Result<bool> {
+        let timer = self.baseline.elapsed_compute().timer();
+        let batch = if batch.num_rows() > self.left {
+            batch.slice(0, self.left)
+        } else {
+            batch
+        };
+        self.left -= batch.num_rows();
+        self.coalescer.push_batch(batch)?;
+        timer.done();
+        Ok(self.send_completed().await && self.left > 0)
+    }
+
+    async fn send_completed(&mut self) -> bool {
+        while let Some(b) = self.coalescer.next_completed_batch() {
+            self.baseline.record_output(b.num_rows());
+            if self.tx.send(Ok(b)).await.is_err() {
+                return false; // the consumer is gone
+            }
+        }
+        true
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        self.coalescer.finish_buffered_batch()?;
+        self.send_completed().await;
+        self.baseline.done();
+        Ok(())
+    }
+}
+
+/// A file ready to hand over its rows.
+enum Opened {
+    /// a small file, read whole and decoded
+    Decoded(Vec<RecordBatch>),
+    /// a large file: footer read, projected column chunks fetched as the stream is polled
+    Streaming(futures::stream::BoxStream<'static, Result<RecordBatch>>),
 }
 
 /// Reads the files of one scan partition.
@@ -500,10 +546,12 @@ struct PartitionReader {
 }
 
 impl PartitionReader {
-    /// One file's projected rows, with the partition columns and the table's types.
-    async fn read(&self, file: LakeFile) -> Result<Vec<RecordBatch>> {
-        let at = |e: &dyn fmt::Display| {
-            DataFusionError::Execution(format!("reading lake file {}: {e}", file.path))
+    /// One file, opened: its projected rows with the partition columns in the table's
+    /// types, decoded (small files) or as a stream (large files).
+    async fn open(self: Arc<Self>, file: LakeFile) -> Result<Opened> {
+        let path = file.path.clone();
+        let at = move |e: &dyn fmt::Display| {
+            DataFusionError::Execution(format!("reading lake file {path}: {e}"))
         };
         self.files_scanned.add(1);
         if file.size <= self.whole_file_max {
@@ -527,12 +575,13 @@ impl PartitionReader {
                 .with_batch_size(self.batch_size)
                 .build()
                 .map_err(|e| at(&e))?;
-            reader
+            let batches = reader
                 .map(|b| {
                     b.map_err(|e| at(&e))
                         .and_then(|b| self.assemble(&file, &columns, b).map_err(|e| at(&e)))
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Opened::Decoded(batches))
         } else {
             let object = RangedReader {
                 store: self.spec.store.clone(),
@@ -549,13 +598,15 @@ impl PartitionReader {
                 .build()
                 .map_err(|e| at(&e))?;
             self.bytes_scanned.add(file.size as usize);
-            stream
-                .map(|b| {
-                    b.map_err(|e| at(&e))
-                        .and_then(|b| self.assemble(&file, &columns, b).map_err(|e| at(&e)))
-                })
-                .try_collect()
-                .await
+            let this = self.clone();
+            Ok(Opened::Streaming(
+                stream
+                    .map(move |b| {
+                        b.map_err(|e| at(&e))
+                            .and_then(|b| this.assemble(&file, &columns, b).map_err(|e| at(&e)))
+                    })
+                    .boxed(),
+            ))
         }
     }
 

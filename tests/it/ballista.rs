@@ -180,6 +180,29 @@ async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
         .indent(false)
         .to_string();
     assert!(shown.contains("DistributedQueryExec"), "{shown}");
+    // an equality on the hour finds the zero-padded `hour=00/` and `hour=12/` folders, on the
+    // cluster as in process
+    let local_ctx = bookrec::sql::session(&lake).await.expect("session");
+    for c in [&ctx, &local_ctx] {
+        let counts = bookrec::sql::query(
+            c,
+            "SELECT count(*) FILTER (WHERE hour = 0) AS h0, \
+                    count(*) FILTER (WHERE hour = 12) AS h12 FROM events",
+        )
+        .await
+        .expect("hour counts");
+        let pruned = bookrec::sql::query(c, "SELECT count(*) AS n FROM events WHERE hour = 12")
+            .await
+            .expect("hour filter");
+        let show = |b: &[RecordBatch]| {
+            arrow::util::pretty::pretty_format_batches(b)
+                .expect("format")
+                .to_string()
+        };
+        let (counts, pruned) = (show(&counts), show(&pruned));
+        assert!(counts.contains("| 5  | 1   |"), "{counts}");
+        assert!(pruned.contains("| 1 |"), "{pruned}");
+    }
     tables.cleanup().await.expect("cleanup");
     let staged = lake.list("_staging").await.expect("list");
     assert!(staged.is_empty(), "staged tables are removed: {staged:?}");
