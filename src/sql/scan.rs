@@ -78,10 +78,12 @@ struct LakeFile {
 }
 
 /// What every partition of a scan shares.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Spec {
     store: Arc<dyn ObjectStore>,
     folder: String,
+    /// Files up to this size are read whole.
+    whole_file_max: u64,
     /// The columns stored in the files.
     file_schema: SchemaRef,
     partitions: Vec<(String, DataType)>,
@@ -91,7 +93,6 @@ struct Spec {
 #[derive(Debug)]
 pub struct LakeScanTable {
     spec: Arc<Spec>,
-    whole_file_max: u64,
     prefix: Path,
     schema: SchemaRef,
 }
@@ -117,10 +118,10 @@ impl LakeScanTable {
             spec: Arc::new(Spec {
                 store: lake.store(),
                 folder: folder.to_string(),
+                whole_file_max: WHOLE_FILE_MAX,
                 file_schema,
                 partitions,
             }),
-            whole_file_max: WHOLE_FILE_MAX,
             prefix: lake.path(folder),
             schema: Arc::new(Schema::new(fields)),
         }
@@ -128,7 +129,7 @@ impl LakeScanTable {
 
     /// Reads files up to `bytes` whole, larger ones by ranges (default [`WHOLE_FILE_MAX`]).
     pub fn with_whole_file_max(mut self, bytes: u64) -> LakeScanTable {
-        self.whole_file_max = bytes;
+        Arc::make_mut(&mut self.spec).whole_file_max = bytes;
         self
     }
 
@@ -290,7 +291,6 @@ impl TableProvider for LakeScanTable {
         Ok(Arc::new(LakeScanExec::new(
             self.spec.clone(),
             split(files, n),
-            self.whole_file_max,
             projection,
             schema,
             limit,
@@ -318,7 +318,6 @@ fn split(files: Vec<LakeFile>, n: usize) -> Vec<Vec<LakeFile>> {
 pub struct LakeScanExec {
     spec: Arc<Spec>,
     groups: Vec<Vec<LakeFile>>,
-    whole_file_max: u64,
     /// Table column indexes to produce.
     projection: Vec<usize>,
     schema: SchemaRef,
@@ -331,7 +330,6 @@ impl LakeScanExec {
     fn new(
         spec: Arc<Spec>,
         groups: Vec<Vec<LakeFile>>,
-        whole_file_max: u64,
         projection: Vec<usize>,
         schema: SchemaRef,
         limit: Option<usize>,
@@ -345,7 +343,6 @@ impl LakeScanExec {
         LakeScanExec {
             spec,
             groups,
-            whole_file_max,
             projection,
             schema,
             limit,
@@ -428,7 +425,6 @@ impl ExecutionPlan for LakeScanExec {
         })?;
         let reader = PartitionReader {
             spec: self.spec.clone(),
-            whole_file_max: self.whole_file_max,
             projection: self.projection.clone(),
             schema: self.schema.clone(),
             batch_size: context.session_config().batch_size(),
@@ -537,7 +533,6 @@ enum Opened {
 /// Reads the files of one scan partition.
 struct PartitionReader {
     spec: Arc<Spec>,
-    whole_file_max: u64,
     projection: Vec<usize>,
     schema: SchemaRef,
     batch_size: usize,
@@ -554,7 +549,7 @@ impl PartitionReader {
             DataFusionError::Execution(format!("reading lake file {path}: {e}"))
         };
         self.files_scanned.add(1);
-        if file.size <= self.whole_file_max {
+        if file.size <= self.spec.whole_file_max {
             // one request: `get_ranges` opens and reads a local file in one blocking task
             // (`get` would take two)
             let whole = std::iter::once(0..file.size).collect::<Vec<_>>();
