@@ -57,7 +57,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderBuilder, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
@@ -564,17 +564,10 @@ impl PartitionReader {
                 .unwrap_or_else(Bytes::new);
             self.bytes_scanned.add(bytes.len());
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| at(&e))?;
-            let (mask, columns) = self.plan(builder.schema(), builder.parquet_schema());
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(self.batch_size)
-                .build()
-                .map_err(|e| at(&e))?;
+            let (builder, columns) = self.configure(builder);
+            let reader = builder.build().map_err(|e| at(&e))?;
             let batches = reader
-                .map(|b| {
-                    b.map_err(|e| at(&e))
-                        .and_then(|b| self.assemble(&file, &columns, b).map_err(|e| at(&e)))
-                })
+                .map(|b| self.assemble(&file, &columns, b))
                 .collect::<Result<Vec<_>>>()?;
             Ok(Opened::Decoded(batches))
         } else {
@@ -586,23 +579,26 @@ impl PartitionReader {
             let builder = ParquetRecordBatchStreamBuilder::new(object)
                 .await
                 .map_err(|e| at(&e))?;
-            let (mask, columns) = self.plan(builder.schema(), builder.parquet_schema());
-            let stream = builder
-                .with_projection(mask)
-                .with_batch_size(self.batch_size)
-                .build()
-                .map_err(|e| at(&e))?;
+            let (builder, columns) = self.configure(builder);
+            let stream = builder.build().map_err(|e| at(&e))?;
             self.bytes_scanned.add(file.size as usize);
             let this = self.clone();
             Ok(Opened::Streaming(
                 stream
-                    .map(move |b| {
-                        b.map_err(|e| at(&e))
-                            .and_then(|b| this.assemble(&file, &columns, b).map_err(|e| at(&e)))
-                    })
+                    .map(move |b| this.assemble(&file, &columns, b))
                     .boxed(),
             ))
         }
+    }
+
+    /// A file's reader set to decode the projected columns in batches of the session's
+    /// size; and where each output column comes from.
+    fn configure<T>(&self, builder: ArrowReaderBuilder<T>) -> (ArrowReaderBuilder<T>, Vec<Source>) {
+        let (mask, columns) = self.plan(builder.schema(), builder.parquet_schema());
+        let builder = builder
+            .with_projection(mask)
+            .with_batch_size(self.batch_size);
+        (builder, columns)
     }
 
     /// Which of the file's root columns to decode, and where each output column comes from.
@@ -646,7 +642,23 @@ impl PartitionReader {
         (ProjectionMask::roots(parquet, roots), columns)
     }
 
-    fn assemble(
+    /// A decoded batch of `file` (or the decoder's error), in the table's columns; errors
+    /// name the file.
+    fn assemble<E: fmt::Display>(
+        &self,
+        file: &LakeFile,
+        columns: &[Source],
+        batch: std::result::Result<RecordBatch, E>,
+    ) -> Result<RecordBatch> {
+        batch
+            .map_err(|e| e.to_string())
+            .and_then(|b| self.fill(file, columns, b))
+            .map_err(|e| {
+                DataFusionError::Execution(format!("reading lake file {}: {e}", file.path))
+            })
+    }
+
+    fn fill(
         &self,
         file: &LakeFile,
         columns: &[Source],
