@@ -46,7 +46,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput,
 };
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
@@ -506,7 +506,7 @@ impl Output {
 
     async fn send_completed(&mut self) -> bool {
         while let Some(b) = self.coalescer.next_completed_batch() {
-            self.baseline.record_output(b.num_rows());
+            let b = b.record_output(&self.baseline);
             if self.tx.send(Ok(b)).await.is_err() {
                 return false; // the consumer is gone
             }

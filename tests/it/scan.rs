@@ -208,6 +208,15 @@ async fn the_lake_scan_returns_what_the_listing_table_returns() {
         plan.contains("LakeScanExec: folder=events, files=4"),
         "{plan}"
     );
+    let analyzed = rows(
+        &ctx,
+        "EXPLAIN ANALYZE SELECT count(*) FROM events WHERE dt = '2026-11-21'",
+    )
+    .await
+    .join("\n");
+    for metric in ["output_rows=120", "output_batches=1", "files_scanned=48"] {
+        assert!(analyzed.contains(metric), "{metric}: {analyzed}");
+    }
     // a limit stops early and still gives rows of the table
     let limited = bookrec::sql::query(&ctx, "SELECT event_id FROM events LIMIT 7")
         .await
