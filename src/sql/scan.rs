@@ -39,6 +39,7 @@ use bytes::Bytes;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
@@ -94,6 +95,8 @@ struct Spec {
 pub struct LakeScanTable {
     spec: Arc<Spec>,
     prefix: Path,
+    /// The partition columns alone: what partition filters are evaluated against.
+    partition_schema: SchemaRef,
     schema: SchemaRef,
 }
 
@@ -104,16 +107,18 @@ impl LakeScanTable {
         file_schema: SchemaRef,
         partitions: Vec<(String, DataType)>,
     ) -> LakeScanTable {
-        let mut fields: Vec<Field> = file_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(
+        let partition_schema = Arc::new(Schema::new(
             partitions
                 .iter()
-                .map(|(name, t)| Field::new(name, t.clone(), false)),
-        );
+                .map(|(name, t)| Field::new(name, t.clone(), false))
+                .collect::<Vec<_>>(),
+        ));
+        let fields: Vec<Field> = file_schema
+            .fields()
+            .iter()
+            .chain(partition_schema.fields())
+            .map(|f| f.as_ref().clone())
+            .collect();
         LakeScanTable {
             spec: Arc::new(Spec {
                 store: lake.store(),
@@ -123,6 +128,7 @@ impl LakeScanTable {
                 partitions,
             }),
             prefix: lake.path(folder),
+            partition_schema,
             schema: Arc::new(Schema::new(fields)),
         }
     }
@@ -185,13 +191,16 @@ impl LakeScanTable {
         Ok(files)
     }
 
+    /// Whether a filter reads only partition columns (DataFusion's own test, as its
+    /// listing table uses it), so the files can be pruned with it exactly.
     fn partition_only(&self, e: &Expr) -> bool {
-        let refs = e.column_refs();
-        !refs.is_empty()
-            && !e.is_volatile()
-            && refs
-                .iter()
-                .all(|c| self.spec.partitions.iter().any(|(n, _)| *n == c.name))
+        let names: Vec<&str> = self
+            .spec
+            .partitions
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        expr_applicable_for_cols(&names, e)
     }
 
     /// Keeps the files whose partition values pass every partition-only filter: each filter
@@ -206,13 +215,7 @@ impl LakeScanTable {
         if filters.is_empty() || files.is_empty() {
             return Ok(files);
         }
-        let schema = Arc::new(Schema::new(
-            self.spec
-                .partitions
-                .iter()
-                .map(|(n, t)| Field::new(n, t.clone(), false))
-                .collect::<Vec<_>>(),
-        ));
+        let schema = self.partition_schema.clone();
         let columns = (0..self.spec.partitions.len())
             .map(|i| ScalarValue::iter_to_array(files.iter().map(|f| f.values[i].clone())))
             .collect::<Result<Vec<ArrayRef>>>()?;
