@@ -481,7 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { queries } => {
             let dir = queries.unwrap_or(config.batch.queries_dir.clone());
             let lake = crate::lake::Lake::open(&config.lake)?;
-            let report = runtime()?.block_on(crate::sql::runner::check(&lake, &dir))?;
+            let report = runtime()?.block_on(crate::batch::runner::check(&lake, &dir))?;
             println!("{} queries OK, in dependency order:", report.order.len());
             for (i, name) in report.order.iter().enumerate() {
                 println!("  {}. {name}", i + 1);
@@ -508,8 +508,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let lake = crate::lake::Lake::open(&config.lake)?;
             let record = runtime()?.block_on(async {
                 let store = crate::store::Store::connect(&config.store.url).await?;
-                let training = crate::sql::runner::Training::from_config(&config);
-                crate::sql::runner::run(
+                let training = crate::batch::runner::Training::from_config(&config);
+                crate::batch::runner::run(
                     &lake,
                     Some(&store),
                     &batch,
@@ -536,12 +536,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
                     std::process::id()
                 );
-                crate::sql::schedule::run(
+                crate::batch::schedule::run(
                     &config.schedule,
                     &lake,
                     &store,
                     &config.batch,
-                    Some(&crate::sql::runner::Training::from_config(&config)),
+                    Some(&crate::batch::runner::Training::from_config(&config)),
                     &holder,
                     cancel,
                 )

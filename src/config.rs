@@ -45,7 +45,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub schedule: ScheduleConfig,
     /// ALS training parameters (`bookrec batch`, and the defaults of `bookrec als fit`)
-    pub als: crate::als::Params,
+    pub als: AlsParams,
     pub publish: PublishConfig,
     pub redis: RedisConfig,
     pub stream: StreamConfig,
@@ -175,8 +175,125 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     pub queries_dir: PathBuf,
-    /// `datafusion` (in process) or `ballista://host:port` (see [`crate::sql::Engine`])
+    /// `datafusion` (in process) or `ballista://host:port` (parsed by [`Engine::parse`])
     pub engine: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    /// Conjugate gradient, `cg_steps` steps per row, warm-started (fast; the default).
+    Cg,
+    /// Exact solve by Cholesky factorisation (slower; a reference).
+    Cholesky,
+}
+
+/// ALS training parameters (`[als]`; defaults tuned on ML-100k, see BENCHMARKS.md), trained
+/// by [`crate::als`], which calls them `als::Params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlsParams {
+    pub factors: usize,
+    pub regularization: f32,
+    pub alpha: f32,
+    pub iterations: usize,
+    pub cg_steps: usize,
+    pub solver: Solver,
+    pub seed: u64,
+    /// Worker threads; 0 = one per core.
+    pub threads: usize,
+}
+
+impl Default for AlsParams {
+    fn default() -> AlsParams {
+        AlsParams {
+            factors: 64,
+            regularization: 50.0,
+            alpha: 5.0,
+            iterations: 15,
+            cg_steps: 3,
+            solver: Solver::Cg,
+            seed: 42,
+            threads: 0,
+        }
+    }
+}
+
+impl AlsParams {
+    /// The first parameter out of its range and why, or `None` when all are in range.
+    pub fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
+        if self.factors == 0 || self.factors > 4096 {
+            return Some(("factors", "must be 1..=4096"));
+        }
+        if !(self.regularization >= 0.0 && self.regularization.is_finite()) {
+            return Some(("regularization", "must be a finite number >= 0"));
+        }
+        if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
+            return Some(("alpha", "must be a finite number >= 0"));
+        }
+        if self.iterations == 0 {
+            return Some(("iterations", "must be at least 1"));
+        }
+        if self.solver == Solver::Cg && self.cg_steps == 0 {
+            return Some(("cg_steps", "must be at least 1 with the cg solver"));
+        }
+        None
+    }
+}
+
+/// Where batch SQL runs (`batch.engine`): a config type, parsed here; [`crate::sql`]
+/// interprets it (opens the session on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// `datafusion`: DataFusion in this process
+    InProcess,
+    /// `ballista://host:port`: a Ballista cluster, through its scheduler
+    Ballista { host: String, port: u16 },
+}
+
+impl Engine {
+    /// Parses `datafusion` or `ballista://host:port`; the error names the key, the value
+    /// and what is accepted.
+    pub fn parse(text: &str) -> Result<Engine, ConfigError> {
+        let bad = |reason: &str| ConfigError::Value {
+            key: "batch.engine",
+            reason: format!("{text:?}: {reason}"),
+        };
+        let trimmed = text.trim();
+        if trimmed == "datafusion" {
+            return Ok(Engine::InProcess);
+        }
+        let Some(rest) = trimmed.strip_prefix("ballista://") else {
+            return Err(bad(
+                "use \"datafusion\" (in process) or \"ballista://HOST:PORT\" (a Ballista scheduler)",
+            ));
+        };
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(|| bad("ballista://HOST:PORT needs the scheduler's port (e.g. 50050)"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad(&format!("{port:?} is not a port number")))?;
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("ballista://HOST:PORT needs a host name or address"));
+        }
+        Ok(Engine::Ballista {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Engine::InProcess => f.write_str("datafusion"),
+            Engine::Ballista { host, port } => write!(f, "ballista://{host}:{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -387,9 +504,11 @@ impl Config {
                 });
             }
         }
-        self.als
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("als: {e}")))?;
+        if let Some((name, why)) = self.als.out_of_range() {
+            return Err(ConfigError::Invalid(format!(
+                "als: als parameter {name}: {why}"
+            )));
+        }
         let p = &self.publish;
         if p.k == 0 || p.similar_k == 0 || p.popular_k == 0 || p.keep_versions == 0 {
             return Err(ConfigError::Value {
@@ -425,17 +544,7 @@ impl Config {
                 });
             }
         }
-        if let Err(e) = crate::sql::Engine::parse(&self.batch.engine) {
-            return Err(ConfigError::Value {
-                key: "batch.engine",
-                reason: match e {
-                    crate::sql::SqlError::Engine { reason, .. } => {
-                        format!("{:?}: {reason}", self.batch.engine)
-                    }
-                    other => other.to_string(),
-                },
-            });
-        }
+        Engine::parse(&self.batch.engine)?;
         let scheme_ok = ["file://", "s3://", "memory://"]
             .iter()
             .any(|s| self.lake.url.starts_with(s));

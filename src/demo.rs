@@ -56,7 +56,7 @@ pub enum DemoError {
     #[error(transparent)]
     Land(#[from] crate::land::LandError),
     #[error(transparent)]
-    Batch(#[from] crate::sql::runner::RunError),
+    Batch(#[from] crate::batch::runner::RunError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -324,8 +324,8 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
     // 4: features, ALS, publish
     eprintln!("== SQL features, ALS, publishing to {}", cfg.store.url);
     let store = crate::store::Store::connect(&cfg.store.url).await?;
-    let training = crate::sql::runner::Training::from_config(&cfg);
-    let record = crate::sql::runner::run(
+    let training = crate::batch::runner::Training::from_config(&cfg);
+    let record = crate::batch::runner::run(
         &lake,
         Some(&store),
         &cfg.batch,

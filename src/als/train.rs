@@ -15,75 +15,25 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::AlsError;
 use super::kernel::{self, axpy, dot as kdot};
 use super::matrix::Csr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Solver {
-    /// Conjugate gradient, `cg_steps` steps per row, warm-started (fast; the default).
-    Cg,
-    /// Exact solve by Cholesky factorisation (slower; a reference).
-    Cholesky,
-}
-
-/// Training parameters (defaults tuned on ML-100k, see BENCHMARKS.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub factors: usize,
-    pub regularization: f32,
-    pub alpha: f32,
-    pub iterations: usize,
-    pub cg_steps: usize,
-    pub solver: Solver,
-    pub seed: u64,
-    /// Worker threads; 0 = one per core.
-    pub threads: usize,
-}
-
-impl Default for Params {
-    fn default() -> Params {
-        Params {
-            factors: 64,
-            regularization: 50.0,
-            alpha: 5.0,
-            iterations: 15,
-            cg_steps: 3,
-            solver: Solver::Cg,
-            seed: 42,
-            threads: 0,
-        }
-    }
-}
+// The parameters are configuration (`[als]`), so their type lives in `config` (a leaf of the
+// module graph); training gives them their meaning and checks them.
+pub use crate::config::{AlsParams as Params, Solver};
 
 impl Params {
+    /// The parameters' ranges (see [`Params::out_of_range`]), as an ALS error.
     pub fn validate(&self) -> Result<(), AlsError> {
-        let bad = |name: &'static str, why: &str| {
-            Err(AlsError::Param {
+        match self.out_of_range() {
+            Some((name, why)) => Err(AlsError::Param {
                 name,
                 reason: why.to_owned(),
-            })
-        };
-        if self.factors == 0 || self.factors > 4096 {
-            return bad("factors", "must be 1..=4096");
+            }),
+            None => Ok(()),
         }
-        if !(self.regularization >= 0.0 && self.regularization.is_finite()) {
-            return bad("regularization", "must be a finite number >= 0");
-        }
-        if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
-            return bad("alpha", "must be a finite number >= 0");
-        }
-        if self.iterations == 0 {
-            return bad("iterations", "must be at least 1");
-        }
-        if self.solver == Solver::Cg && self.cg_steps == 0 {
-            return bad("cg_steps", "must be at least 1 with the cg solver");
-        }
-        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
 //! The lake: Parquet files on object storage (local folder, S3-compatible, in-memory), with
-//! the layout of DESIGN.md. The only module that names `object_store`.
+//! the layout of ARCHITECTURE.md. The only module that names `object_store`.
 //!
 //! ```text
 //! events/dt=YYYY-MM-DD/hour=HH/part-<topic>-<partition>-<first_offset>-<last_offset>.parquet

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
@@ -78,7 +78,7 @@ impl ServeMetrics {
 
 /// Middleware: times every request under its route pattern.
 pub async fn track(State(m): State<Arc<ServeMetrics>>, req: Request, next: Next) -> Response {
-    let route = super::route_of(&req);
+    let route = route_of(&req);
     let started = Instant::now();
     let resp = next.run(req).await;
     let class = format!("{}xx", resp.status().as_u16() / 100);
@@ -86,4 +86,12 @@ pub async fn track(State(m): State<Arc<ServeMetrics>>, req: Request, next: Next)
         .with_label_values(&[route.as_str(), class.as_str()])
         .observe(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Route label for the latency histogram.
+fn route_of(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into())
 }

@@ -26,13 +26,11 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
+use crate::config::Engine;
 use crate::lake::Lake;
 
 pub mod catalog;
-pub mod publish;
-pub mod runner;
 pub mod scan;
-pub mod schedule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -51,59 +49,9 @@ pub enum SqlError {
         format: &'static str,
         reason: String,
     },
+    /// the engine could not be reached or set up (`batch.engine`, `DATAFUSION_*`)
     #[error("batch.engine {engine:?}: {reason}")]
     Engine { engine: String, reason: String },
-}
-
-/// Where batch SQL runs (`batch.engine`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Engine {
-    /// `datafusion`: DataFusion in this process
-    InProcess,
-    /// `ballista://host:port`: a Ballista cluster, through its scheduler
-    Ballista { host: String, port: u16 },
-}
-
-impl Engine {
-    /// Parses `datafusion` or `ballista://host:port`; the error says what is accepted.
-    pub fn parse(text: &str) -> Result<Engine, SqlError> {
-        let bad = |reason: &str| SqlError::Engine {
-            engine: text.to_string(),
-            reason: reason.to_string(),
-        };
-        let text = text.trim();
-        if text == "datafusion" {
-            return Ok(Engine::InProcess);
-        }
-        let Some(rest) = text.strip_prefix("ballista://") else {
-            return Err(bad(
-                "use \"datafusion\" (in process) or \"ballista://HOST:PORT\" (a Ballista scheduler)",
-            ));
-        };
-        let (host, port) = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .ok_or_else(|| bad("ballista://HOST:PORT needs the scheduler's port (e.g. 50050)"))?;
-        let port = port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| bad(&format!("{port:?} is not a port number")))?;
-        if host.is_empty() || host.contains('/') {
-            return Err(bad("ballista://HOST:PORT needs a host name or address"));
-        }
-        Ok(Engine::Ballista {
-            host: host.to_string(),
-            port,
-        })
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Engine::InProcess => "datafusion".into(),
-            Engine::Ballista { host, port } => format!("ballista://{host}:{port}"),
-        }
-    }
 }
 
 /// Tables computed in this process, made readable by the session's engine: in memory for
@@ -303,7 +251,7 @@ pub async fn session_on(
         Engine::Ballista { host, port } => {
             if lake.store_url().scheme() == "memory" {
                 return Err(SqlError::Engine {
-                    engine: engine.describe(),
+                    engine: engine.to_string(),
                     reason: "a cluster cannot read an in-process lake (lake.url = memory://); \
                              use a folder the executors share or an S3 bucket"
                         .into(),
@@ -322,7 +270,7 @@ pub async fn session_on(
             };
             if let Some(reason) = unreachable {
                 return Err(SqlError::Engine {
-                    engine: engine.describe(),
+                    engine: engine.to_string(),
                     reason: format!(
                         "cannot reach the Ballista scheduler at {host}:{port}: {reason}"
                     ),
@@ -336,7 +284,7 @@ pub async fn session_on(
             let ctx = SessionContext::remote_with_state(&format!("df://{host}:{port}"), state)
                 .await
                 .map_err(|e| SqlError::Engine {
-                    engine: engine.describe(),
+                    engine: engine.to_string(),
                     reason: e.to_string(),
                 })?;
             let id = uuid::Uuid::new_v4().simple().to_string();

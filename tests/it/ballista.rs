@@ -125,7 +125,7 @@ async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
         engine: engine.to_string(),
     };
 
-    let local = bookrec::sql::runner::run(
+    let local = bookrec::batch::runner::run(
         &lake,
         None,
         &run_in("datafusion"),
@@ -139,7 +139,7 @@ async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
     let expected = outputs(&lake).await;
 
     let mut lines = Vec::new();
-    let record = bookrec::sql::runner::run(
+    let record = bookrec::batch::runner::run(
         &lake,
         None,
         &run_in(&engine),
@@ -165,7 +165,7 @@ async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
     // what the engine's session plans: a job for the scheduler, not a local scan
     let (ctx, tables) = bookrec::sql::session_on(
         &lake,
-        &bookrec::sql::Engine::parse(&engine).expect("engine"),
+        &bookrec::config::Engine::parse(&engine).expect("engine"),
     )
     .await
     .expect("ballista session");
@@ -245,10 +245,11 @@ async fn an_unreachable_or_misspelt_engine_is_a_clear_error() {
         l.local_addr().expect("addr").port()
     };
     let engine = format!("ballista://127.0.0.1:{port}");
-    let err = bookrec::sql::runner::run(&lake, None, &on(&engine), &[], as_of(), None, &mut |_| {})
-        .await
-        .expect_err("no scheduler there")
-        .to_string();
+    let err =
+        bookrec::batch::runner::run(&lake, None, &on(&engine), &[], as_of(), None, &mut |_| {})
+            .await
+            .expect_err("no scheduler there")
+            .to_string();
     assert!(
         err.contains(&format!("batch.engine \"{engine}\"")) && err.contains("scheduler"),
         "{err}"
@@ -258,7 +259,9 @@ async fn an_unreachable_or_misspelt_engine_is_a_clear_error() {
         ("spark://localhost:7077", "ballista://HOST:PORT"),
         ("ballista://:50050", "host"),
     ] {
-        let err = bookrec::sql::Engine::parse(bad).expect_err(bad).to_string();
+        let err = bookrec::config::Engine::parse(bad)
+            .expect_err(bad)
+            .to_string();
         assert!(
             err.contains(&format!("{bad:?}")) && err.contains(needle),
             "{err}"

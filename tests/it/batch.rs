@@ -224,7 +224,7 @@ pub async fn assert_hand_computed(lake: &Lake) {
 async fn shipped_features_match_hand_computed_values() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = fixture_lake(dir.path()).await;
-    let check = bookrec::sql::runner::check(&lake, &queries_dir())
+    let check = bookrec::batch::runner::check(&lake, &queries_dir())
         .await
         .expect("every shipped query plans");
     assert_eq!(check.order.len(), 4);
@@ -232,7 +232,7 @@ async fn shipped_features_match_hand_computed_values() {
         bookrec::store::Store::connect(&format!("sqlite://{}/bookrec.db", dir.path().display()))
             .await
             .expect("sqlite store");
-    let record = bookrec::sql::runner::run(
+    let record = bookrec::batch::runner::run(
         &lake,
         Some(&store),
         &batch_config(),
@@ -247,7 +247,7 @@ async fn shipped_features_match_hand_computed_values() {
     assert_hand_computed(&lake).await;
 
     // a rerun with the same as_of gives the same outputs, switched atomically
-    let again = bookrec::sql::runner::run(
+    let again = bookrec::batch::runner::run(
         &lake,
         Some(&store),
         &batch_config(),
@@ -303,7 +303,7 @@ async fn broken_queries_are_reported_with_file_and_line() {
     for (file, text, want_file, want_line, needle) in cases {
         let q = tempfile::tempdir().expect("tempdir");
         write_query(q.path(), file, text);
-        let err = bookrec::sql::runner::check(&lake, q.path())
+        let err = bookrec::batch::runner::check(&lake, q.path())
             .await
             .expect_err("broken")
             .to_string();
@@ -323,7 +323,7 @@ async fn broken_queries_are_reported_with_file_and_line() {
         "b.sql",
         "-- name: b\n-- output: lake\nSELECT *\nFROM a\n",
     );
-    let err = bookrec::sql::runner::check(&lake, q.path())
+    let err = bookrec::batch::runner::check(&lake, q.path())
         .await
         .expect_err("cycle")
         .to_string();

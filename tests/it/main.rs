@@ -12,6 +12,7 @@ mod compose;
 mod demo;
 mod features;
 mod land;
+mod modules;
 mod publish;
 mod scan;
 mod schedule;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch};
+use bookrec::batch::runner::Training;
 use bookrec::event::{Event, EventType};
 use bookrec::lake::Lake;
-use bookrec::sql::runner::Training;
 use bookrec::store::{RecTable, Store};
 use chrono::Duration;
 
@@ -106,8 +106,8 @@ fn training(tolerance: f64) -> Training {
     t
 }
 
-async fn batch(lake: &Lake, store: &Store, t: &Training) -> bookrec::sql::runner::RunRecord {
-    bookrec::sql::runner::run(
+async fn batch(lake: &Lake, store: &Store, t: &Training) -> bookrec::batch::runner::RunRecord {
+    bookrec::batch::runner::run(
         lake,
         Some(store),
         &batch_config(),
@@ -273,7 +273,7 @@ async fn an_empty_lake_runs_the_features_and_skips_the_model() {
     let store = Store::connect(&format!("sqlite://{}/s.db", dir.path().display()))
         .await
         .expect("store");
-    let record = bookrec::sql::runner::run(
+    let record = bookrec::batch::runner::run(
         &lake,
         Some(&store),
         &batch_config(),

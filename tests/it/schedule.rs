@@ -37,8 +37,16 @@ async fn two_schedulers_never_run_at_once() {
         let store = Store::connect(&url).await.expect("store");
         let (lake, cfg, cancel) = (lake.clone(), cfg.clone(), cancel.clone());
         handles.push(tokio::spawn(async move {
-            bookrec::sql::schedule::run(&cfg, &lake, &store, &batch_config(), None, holder, cancel)
-                .await
+            bookrec::batch::schedule::run(
+                &cfg,
+                &lake,
+                &store,
+                &batch_config(),
+                None,
+                holder,
+                cancel,
+            )
+            .await
         }));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -76,7 +84,7 @@ async fn a_missed_run_runs_once_on_start() {
             c.cancel();
         });
         let report =
-            bookrec::sql::schedule::run(&cfg, &lake, &store, &batch_config(), None, "me", cancel)
+            bookrec::batch::schedule::run(&cfg, &lake, &store, &batch_config(), None, "me", cancel)
                 .await
                 .expect("scheduler");
         assert_eq!(report.runs.len(), expected, "{report:?}");
@@ -92,7 +100,7 @@ async fn a_missed_run_runs_once_on_start() {
         tokio::time::sleep(Duration::from_millis(800)).await;
         c.cancel();
     });
-    let report = bookrec::sql::schedule::run(
+    let report = bookrec::batch::schedule::run(
         &schedule("0 0 0 1 1 *", MissedRunPolicy::Skip),
         &lake,
         &store2,

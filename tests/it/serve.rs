@@ -191,8 +191,8 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     let store = bookrec::store::Store::connect(&cfg.store.url)
         .await
         .expect("sqlite");
-    let training = bookrec::sql::runner::Training::from_config(&cfg);
-    let run = bookrec::sql::runner::run(
+    let training = bookrec::batch::runner::Training::from_config(&cfg);
+    let run = bookrec::batch::runner::run(
         &lake,
         Some(&store),
         &cfg.batch,

@@ -71,7 +71,7 @@ async fn the_same_batch_gives_the_same_outputs_on_sqlite_mariadb_and_postgres() 
         let store = Store::connect(url).await.expect("connect + migrate");
         // twice: reruns are idempotent
         for _ in 0..2 {
-            let record = bookrec::sql::runner::run(
+            let record = bookrec::batch::runner::run(
                 &lake,
                 Some(&store),
                 &batch_config(),

@@ -17,15 +17,17 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
-use super::catalog::{self, CatalogError, Query};
 use crate::lake::Lake;
+use crate::sql::catalog::{self, CatalogError, Query};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Catalog(Vec<CatalogError>),
     #[error("{0}")]
-    Session(#[from] super::SqlError),
+    Session(#[from] crate::sql::SqlError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("{path}: writing output: {reason}")]
     Output { path: String, reason: String },
     #[error("--select {0}: no query has that name (nor is it the als step)")]
@@ -156,7 +158,7 @@ pub struct CheckReport {
 /// Parses and plans every query (with default parameters) in dependency order; each
 /// query's output schema is registered (empty) for the ones after it. Reports every error.
 pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
-    let ctx = super::session(lake).await?;
+    let ctx = crate::sql::session(lake).await?;
     let as_of = Utc::now();
     let (queries, _) = ordered(&ctx, dir, &as_of).await?;
     let mut errors = Vec::new();
@@ -224,8 +226,8 @@ pub async fn run(
     training: Option<&Training>,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
-    let engine = super::Engine::parse(&batch.engine)?;
-    let (ctx, tables) = super::session_on(lake, &engine).await?;
+    let engine = crate::config::Engine::parse(&batch.engine)?;
+    let (ctx, tables) = crate::sql::session_on(lake, &engine).await?;
     let result = run_on(
         &ctx,
         &tables,
@@ -248,7 +250,7 @@ pub async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn run_on(
     ctx: &SessionContext,
-    tables: &super::Tables,
+    tables: &crate::sql::Tables,
     lake: &Lake,
     store: Option<&crate::store::Store>,
     dir: &Path,
@@ -420,7 +422,7 @@ fn closure(queries: &[Query], reads: &Reads, select: &[String]) -> BTreeSet<Stri
 
 async fn run_one(
     ctx: &SessionContext,
-    tables: &super::Tables,
+    tables: &crate::sql::Tables,
     lake: &Lake,
     store: Option<&crate::store::Store>,
     q: &Query,
@@ -494,7 +496,7 @@ async fn input_watermark(ctx: &SessionContext, as_of: &DateTime<Utc>) -> serde_j
          FROM events WHERE event_ts <= TIMESTAMP '{}' GROUP BY kafka_partition ORDER BY 1",
         as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     );
-    let Ok(batches) = super::query(ctx, &sql).await else {
+    let Ok(batches) = crate::sql::query(ctx, &sql).await else {
         return serde_json::Value::Null;
     };
     let mut buf = Vec::new();

@@ -1,0 +1,643 @@
+//! The HTTP handlers: recommendations, similar and popular books, the catalogue, profiles,
+//! the OpenAPI document, metrics, the demo page and `/tracker.js`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::future::join_all;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::cache::{List, listed};
+use super::refresh::buckets;
+use super::*;
+use crate::features::{FeatureStore, Read};
+use crate::store::Ranked;
+
+type Scored = Vec<(String, f64)>;
+
+/// A user's realtime state in one round trip: the latest `n.0` views and `n.1` owned books
+/// (with their times), and the category-interest hashes of `cat_buckets`.
+async fn user_state(
+    shared: &Shared,
+    fs: &dyn FeatureStore,
+    user_id: &str,
+    n: (usize, usize),
+    cat_buckets: &[i64],
+) -> Result<(Scored, Scored, Vec<Scored>), String> {
+    let (recent_key, owned_key) = (
+        format!("rt:recent:{user_id}"),
+        format!("rt:owned:{user_id}"),
+    );
+    let cat_keys: Vec<String> = cat_buckets
+        .iter()
+        .map(|b| format!("rt:cat:{user_id}:{b}"))
+        .collect();
+    let mut reads = vec![Read::Top(&recent_key, n.0), Read::Top(&owned_key, n.1)];
+    reads.extend(cat_keys.iter().map(|k| Read::Hash(k)));
+    let mut got = fs_call(shared, fs.read_many(&reads)).await?.into_iter();
+    let recent = got.next().unwrap_or_default();
+    let owned = got.next().unwrap_or_default();
+    Ok((recent, owned, got.collect()))
+}
+
+/// A JSON error with a status.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RecParams {
+    k: Option<String>,
+    context_book: Option<String>,
+    category: Option<String>,
+}
+
+fn parse_k(k: Option<&str>) -> Result<usize, String> {
+    match k {
+        None => Ok(10),
+        Some(t) => match t.parse::<usize>() {
+            Ok(k) if (1..=MAX_K).contains(&k) => Ok(k),
+            _ => Err(format!(
+                "query parameter k={t:?}: a whole number from 1 to {MAX_K}"
+            )),
+        },
+    }
+}
+
+/// The state of each source for one response.
+#[derive(Debug, Default, serde::Serialize)]
+struct SourceState {
+    available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl SourceState {
+    fn from_errors(connected: bool, errors: &[String]) -> SourceState {
+        SourceState {
+            available: connected && errors.is_empty(),
+            error: if !connected {
+                Some("not connected".into())
+            } else {
+                errors.first().cloned()
+            },
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The realtime part of a response: availability and the features' age.
+fn realtime_state(snap: &Snapshot, connected: bool, errors: &[String]) -> Value {
+    let mut errors = errors.to_vec();
+    if let Some(e) = &snap.realtime_error {
+        errors.push(e.clone());
+    }
+    let state = SourceState::from_errors(connected, &errors);
+    json!({
+        "available": state.available,
+        "error": state.error,
+        "age_seconds": snap.event_ms.map(|e| ((now_ms() as f64 - e) / 1000.0).max(0.0)),
+        "applied_at": snap.applied_ms.and_then(|a| chrono::DateTime::from_timestamp_millis(a as i64)).map(|t| crate::event::format_ts(&t)),
+    })
+}
+
+pub(super) async fn recommendations(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    Query(params): Query<RecParams>,
+) -> Response {
+    let k = match parse_k(params.k.as_deref()) {
+        Ok(k) => k,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
+    };
+    let snap = read(&shared.snapshot);
+    let catalogue = read(&shared.catalogue);
+    let db = read(&shared.db);
+    let fs = read(&shared.features);
+    let cutoff = snap.model.as_ref().map_or(0, |m| m.cutoff_ms);
+    let pool = shared.cfg.publish.k.max(k);
+    let (mut db_errors, mut fs_errors) = (Vec::new(), Vec::new());
+
+    // stage 1: the offline list and the user's realtime state, concurrently
+    let offline = async {
+        match &db {
+            Some(db) => Some(listed(&shared, db, List::User, &user_id, pool).await),
+            None => None,
+        }
+    };
+    let window = shared.cfg.serve.category_window_minutes;
+    let realtime = async {
+        let fs = fs.as_ref()?;
+        let cat_buckets = buckets(now_ms(), window, 0, cutoff);
+        Some(user_state(&shared, fs.as_ref(), &user_id, (50, 500), &cat_buckets).await)
+    };
+    let (offline, realtime) = tokio::join!(offline, realtime);
+    let mut signals = blend::Signals::default();
+    let mut model_version = None;
+    if let Some(r) = offline {
+        match r {
+            Ok(Some((version, items))) => {
+                model_version = Some(version);
+                signals.als = items;
+            }
+            Ok(None) => {}
+            Err(e) => db_errors.push(e),
+        }
+    }
+    let mut recent: Vec<(String, f64)> = Vec::new();
+    match realtime {
+        Some(Ok((r, owned, cats))) => {
+            // only views after the model's data cut-off
+            recent = r
+                .into_iter()
+                .filter(|(_, at)| *at as i64 > cutoff)
+                .collect();
+            signals.exclude.extend(owned.into_iter().map(|(b, _)| b));
+            let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+            for (cat, n) in cats.into_iter().flatten() {
+                *sum.entry(cat).or_default() += n;
+            }
+            signals.categories = sum.into_iter().collect();
+            signals
+                .categories
+                .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        }
+        Some(Err(e)) => fs_errors.push(e),
+        None => {}
+    }
+
+    // stage 2: books similar to the seeds, popular books of the interest categories
+    let mut seeds: Vec<String> = params.context_book.iter().cloned().collect();
+    for (b, _) in &recent {
+        if seeds.len() > shared.cfg.serve.recent_views {
+            break;
+        }
+        if !seeds.contains(b) {
+            seeds.push(b.clone());
+        }
+    }
+    signals.exclude.extend(seeds.iter().cloned());
+    let mut cats: Vec<String> = signals
+        .categories
+        .iter()
+        .take(2)
+        .map(|c| c.0.clone())
+        .collect();
+    if let Some(c) = &params.category
+        && !cats.contains(c)
+    {
+        cats.push(c.clone());
+    }
+    let cold = signals.als.is_empty();
+    if let Some(db) = &db {
+        let similar = join_all(
+            seeds
+                .iter()
+                .map(|s| listed(&shared, db, List::Similar, s, 20)),
+        );
+        let by_category = join_all(
+            cats.iter()
+                .map(|c| listed(&shared, db, List::Popular, c, 50)),
+        );
+        let overall = async {
+            if cold {
+                let category = params.category.as_deref().unwrap_or("");
+                Some(listed(&shared, db, List::Popular, category, pool).await)
+            } else {
+                None
+            }
+        };
+        let (similar, by_category, overall) = tokio::join!(similar, by_category, overall);
+        for (seed, r) in seeds.iter().zip(similar) {
+            match r {
+                Ok(Some((_, items))) => signals.similar.push((seed.clone(), items)),
+                Ok(None) => {}
+                Err(e) => db_errors.push(e),
+            }
+        }
+        for (cat, r) in cats.iter().zip(by_category) {
+            match r {
+                Ok(Some((_, items))) => signals.category_books.push((cat.clone(), items)),
+                Ok(None) => {}
+                Err(e) => db_errors.push(e),
+            }
+        }
+        match overall {
+            Some(Ok(Some((_, items)))) => signals.popular = items,
+            Some(Err(e)) => db_errors.push(e),
+            _ => {}
+        }
+    }
+    // trending, after the cut-off (the snapshot's window already starts there)
+    signals.trending = snap.trending.iter().take(50).cloned().collect();
+    if cold && signals.popular.is_empty() {
+        // no model yet and no DB: popular = trending
+        signals.popular = Arc::new(
+            signals
+                .trending
+                .iter()
+                .map(|(b, s)| Ranked {
+                    item: b.clone(),
+                    score: *s,
+                })
+                .collect(),
+        );
+    }
+    signals.only_category = params.category.clone();
+    signals.book_category = read(&shared.categories);
+    let db_ok = db.is_some() && db_errors.is_empty();
+    let fs_ok = fs.is_some() && fs_errors.is_empty() && snap.realtime_error.is_none();
+    if !db_ok && !fs_ok {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_source",
+            format!(
+                "neither the recommendation DB ({}) nor the feature store ({}) answered",
+                db_errors.first().map_or("not connected", String::as_str),
+                fs_errors
+                    .first()
+                    .or(snap.realtime_error.as_ref())
+                    .map_or("not connected", String::as_str)
+            ),
+        );
+    }
+    let blended = blend::blend(&signals, &shared.cfg.serve.weights, k);
+    let items: Vec<ItemOut> = blended
+        .iter()
+        .map(|i| {
+            let b = catalogue.get(&i.book_id);
+            ItemOut {
+                book_id: &i.book_id,
+                title: b.and_then(|b| b.title.as_deref()),
+                author: b.and_then(|b| b.author.as_deref()),
+                category: b.and_then(|b| b.category.as_deref()),
+                score: i.score,
+                reasons: &i.reasons,
+            }
+        })
+        .collect();
+    let model_version = model_version.or_else(|| snap.model.as_ref().map(|m| m.version.clone()));
+    Json(RecResponse {
+        user_id: &user_id,
+        model_version: model_version.as_deref(),
+        model_data_cutoff: snap.model.as_ref().map(|m| m.data_cutoff.as_str()),
+        cold_start: cold,
+        items,
+        realtime: realtime_state(&snap, fs.is_some(), &fs_errors),
+        offline: SourceState::from_errors(db.is_some(), &db_errors),
+    })
+    .into_response()
+}
+
+/// One recommended book in a response.
+#[derive(serde::Serialize)]
+struct ItemOut<'a> {
+    book_id: &'a str,
+    title: Option<&'a str>,
+    author: Option<&'a str>,
+    category: Option<&'a str>,
+    score: f64,
+    reasons: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct RecResponse<'a> {
+    user_id: &'a str,
+    model_version: Option<&'a str>,
+    model_data_cutoff: Option<&'a str>,
+    cold_start: bool,
+    items: Vec<ItemOut<'a>>,
+    realtime: Value,
+    offline: SourceState,
+}
+
+/// A book with its catalogue fields merged into `extra`.
+fn book_json(catalogue: &HashMap<String, Book>, book_id: &str, extra: Value) -> Value {
+    let mut v = json!({"book_id": book_id});
+    if let Some(b) = catalogue.get(book_id) {
+        v["title"] = json!(b.title);
+        v["author"] = json!(b.author);
+        v["category"] = json!(b.category);
+    }
+    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct KParams {
+    k: Option<String>,
+    category: Option<String>,
+}
+
+pub(super) async fn similar(
+    State(shared): State<Arc<Shared>>,
+    Path(book_id): Path<String>,
+    Query(params): Query<KParams>,
+) -> Response {
+    let k = match parse_k(params.k.as_deref()) {
+        Ok(k) => k,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
+    };
+    let Some(db) = read(&shared.db) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "db_unavailable",
+            "the recommendation DB is not connected",
+        );
+    };
+    let catalogue = read(&shared.catalogue);
+    match listed(&shared, &db, List::Similar, &book_id, k).await {
+        Ok(Some((version, items))) => Json(json!({
+            "book_id": book_id,
+            "model_version": version,
+            "items": items.iter().map(|r| book_json(&catalogue, &r.item, json!({"score": r.score}))).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_book",
+            format!("book {book_id:?} has no similar books in the current model"),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "db_unavailable", e),
+    }
+}
+
+/// Popular books: the model's list (overall or per category); without a DB or a model,
+/// the trending books of the feature store.
+pub(super) async fn popular(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<KParams>,
+) -> Response {
+    let k = match parse_k(params.k.as_deref()) {
+        Ok(k) => k,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
+    };
+    let (items, version, source, db_error) =
+        popular_items(&shared, params.category.as_deref(), k).await;
+    let snap = read(&shared.snapshot);
+    if items.is_empty() && db_error.is_some() && snap.realtime_error.is_some() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_source",
+            "neither the recommendation DB nor the feature store answered",
+        );
+    }
+    Json(json!({
+        "category": params.category,
+        "model_version": version,
+        "source": source,
+        "items": items,
+        "offline": SourceState::from_errors(read(&shared.db).is_some(), &db_error.into_iter().collect::<Vec<_>>()),
+        "realtime": realtime_state(&snap, read(&shared.features).is_some(), &[]),
+    }))
+    .into_response()
+}
+
+async fn popular_items(
+    shared: &Shared,
+    category: Option<&str>,
+    k: usize,
+) -> (Vec<Value>, Option<String>, &'static str, Option<String>) {
+    let catalogue = read(&shared.catalogue);
+    let mut db_error = None;
+    if let Some(db) = read(&shared.db) {
+        match listed(shared, &db, List::Popular, category.unwrap_or(""), k).await {
+            Ok(Some((version, items))) if !items.is_empty() => {
+                let items = items
+                    .iter()
+                    .map(|r| book_json(&catalogue, &r.item, json!({"score": r.score})))
+                    .collect();
+                return (items, Some(version), "model", None);
+            }
+            Ok(_) => {}
+            Err(e) => db_error = Some(e),
+        }
+    } else {
+        db_error = Some("not connected".into());
+    }
+    let snap = read(&shared.snapshot);
+    let items = snap
+        .trending
+        .iter()
+        .filter(|(b, _)| {
+            category.is_none_or(|c| catalogue.get(b).and_then(|b| b.category.as_deref()) == Some(c))
+        })
+        .take(k)
+        .map(|(b, s)| {
+            let before = snap.trending_before.get(b).copied().unwrap_or(0.0);
+            book_json(
+                &catalogue,
+                b,
+                json!({"score": s, "previous_window": before}),
+            )
+        })
+        .collect();
+    (items, None, "trending", db_error)
+}
+
+/// Books for the demo page: popular ones first, then the rest of the catalogue by id.
+pub(super) async fn books(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<KParams>,
+) -> Response {
+    let k = match parse_k(params.k.as_deref()) {
+        Ok(k) => k,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
+    };
+    let (mut items, _, _, _) = popular_items(&shared, params.category.as_deref(), k).await;
+    let catalogue = read(&shared.catalogue);
+    if items.len() < k {
+        let have: HashSet<String> = items
+            .iter()
+            .filter_map(|i| i["book_id"].as_str().map(str::to_owned))
+            .collect();
+        let mut rest: Vec<&Book> = catalogue
+            .values()
+            .filter(|b| !have.contains(&b.book_id))
+            .filter(|b| {
+                params
+                    .category
+                    .as_deref()
+                    .is_none_or(|c| b.category.as_deref() == Some(c))
+            })
+            .collect();
+        rest.sort_by(|a, b| a.book_id.cmp(&b.book_id));
+        items.extend(
+            rest.into_iter()
+                .take(k - items.len())
+                .map(|b| book_json(&catalogue, &b.book_id, json!({}))),
+        );
+    }
+    Json(json!({"items": items})).into_response()
+}
+
+/// The batch profile (`feat_user_profile`) and the realtime features of one user.
+pub(super) async fn profile(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+) -> Response {
+    let snap = read(&shared.snapshot);
+    let catalogue = read(&shared.catalogue);
+    let db = read(&shared.db);
+    let fs = read(&shared.features);
+    let (mut db_errors, mut fs_errors) = (Vec::new(), Vec::new());
+    let batch = async {
+        match &db {
+            Some(db) => Some(
+                db_call(
+                    &shared,
+                    "user_profile",
+                    db.feature_row("user_profile", "user_id", &user_id),
+                )
+                .await,
+            ),
+            None => None,
+        }
+    };
+    let hour = buckets(now_ms(), 60, 0, 0);
+    let realtime = async {
+        let fs = fs.as_ref()?;
+        Some(user_state(&shared, fs.as_ref(), &user_id, (20, 100), &hour).await)
+    };
+    let (batch, realtime) = tokio::join!(batch, realtime);
+    let profile = match batch {
+        Some(Ok(Some(row))) => Some(
+            row.into_iter()
+                .map(|(c, v)| (c, json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+        Some(Err(e)) => {
+            db_errors.push(e);
+            None
+        }
+        _ => None,
+    };
+    let mut rt = json!(null);
+    match realtime {
+        Some(Err(e)) => fs_errors.push(e),
+        None => {}
+        Some(Ok((recent, owned, cats))) => {
+            let times = |v: Scored| {
+                v.into_iter()
+                    .map(|(b, at)| {
+                        let at = chrono::DateTime::from_timestamp_millis(at as i64)
+                            .map(|t| crate::event::format_ts(&t));
+                        book_json(&catalogue, &b, json!({ "at": at }))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let (recent, owned) = (times(recent), times(owned));
+            let (mut m5, mut h1): (BTreeMap<String, f64>, BTreeMap<String, f64>) =
+                Default::default();
+            // the hour's buckets, newest first: the first five are the last five minutes
+            for (i, h) in cats.into_iter().enumerate() {
+                for (cat, n) in h {
+                    if i < 5 {
+                        *m5.entry(cat.clone()).or_default() += n;
+                    }
+                    *h1.entry(cat).or_default() += n;
+                }
+            }
+            rt = json!({
+                "recent_books": recent,
+                "owned_books": owned,
+                "category_interest": {"5m": m5, "1h": h1},
+            });
+        }
+    }
+    if profile.is_none() && rt.is_null() && !(db_errors.is_empty() && db.is_some()) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_source",
+            "neither the recommendation DB nor the feature store answered",
+        );
+    }
+    Json(json!({
+        "user_id": user_id,
+        "profile": profile,
+        "realtime": rt,
+        "sources": {
+            "offline": SourceState::from_errors(db.is_some(), &db_errors),
+            "realtime": realtime_state(&snap, fs.is_some(), &fs_errors),
+        },
+    }))
+    .into_response()
+}
+
+pub(super) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+pub(super) async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.text(),
+    )
+        .into_response()
+}
+
+pub(super) async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+        .into_response()
+}
+
+pub(super) async fn tracker(State(shared): State<Arc<Shared>>) -> Response {
+    let js = include_str!("tracker.js").replace(
+        "__COLLECT_URL__",
+        &serde_json::to_string(&shared.cfg.serve.collect_url).unwrap_or_default(),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        js,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_is_checked() {
+        assert_eq!(parse_k(None).ok(), Some(10));
+        assert_eq!(parse_k(Some("5")).ok(), Some(5));
+        assert!(parse_k(Some("0")).is_err());
+        assert!(parse_k(Some("x")).is_err());
+        assert!(parse_k(Some("101")).is_err());
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: Value = serde_json::from_str(include_str!("openapi.json")).expect("json");
+        for p in [
+            "/api/recommendations/{user_id}",
+            "/api/similar/{book_id}",
+            "/api/popular",
+            "/api/users/{user_id}/profile",
+            "/api/books",
+        ] {
+            assert!(doc["paths"][p]["get"].is_object(), "{p} missing");
+        }
+    }
+}

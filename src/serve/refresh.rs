@@ -1,0 +1,234 @@
+//! The background tasks: connecting the backends that were down at start, re-reading the
+//! book catalogue from the lake, and re-reading the shared signals (model version, trending
+//! books, the stream's progress) every `serve.refresh_ms`, so requests never do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::features::{FeatureStore, FeaturesError, RedisStore};
+use crate::lake::Lake;
+use crate::store::Store;
+
+/// Connects the DB and Redis when they were not given or are not connected yet.
+pub(super) async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut missing = false;
+        if read(&shared.db).is_none() {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                Store::connect_pool(&shared.cfg.store.url, 4),
+            )
+            .await
+            {
+                Ok(Ok(s)) => write(&shared.db, Some(s)),
+                Ok(Err(e)) => {
+                    missing = true;
+                    tracing::warn!(error = %e, "serve: recommendation DB not reachable yet")
+                }
+                Err(_) => missing = true,
+            }
+        }
+        if read(&shared.features).is_none() {
+            let timeout = Duration::from_millis(shared.cfg.redis.timeout_ms.max(1000));
+            match RedisStore::connect(&shared.cfg.redis.url, timeout).await {
+                Ok(r) => write(&shared.features, Some(Arc::new(r) as Arc<dyn FeatureStore>)),
+                Err(e) => {
+                    missing = true;
+                    tracing::warn!(error = %e, "serve: feature store not reachable yet")
+                }
+            }
+        }
+        if !missing {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Reads the book catalogue from the lake now and then.
+pub(super) async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: CancellationToken) {
+    loop {
+        match load_catalogue(&lake).await {
+            Ok(c) => {
+                let categories = c
+                    .values()
+                    .filter_map(|b| Some((b.book_id.clone(), b.category.clone()?)))
+                    .collect();
+                write(&shared.categories, Arc::new(categories));
+                write(&shared.catalogue, Arc::new(c));
+            }
+            Err(e) => tracing::warn!(error = %e, "serve: reading the book catalogue"),
+        }
+        let every = Duration::from_secs(shared.cfg.serve.catalogue_refresh_secs.max(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn load_catalogue(lake: &Lake) -> Result<HashMap<String, Book>, crate::sql::SqlError> {
+    let ctx = crate::sql::session(lake).await?;
+    let batches = crate::sql::query(
+        &ctx,
+        "SELECT book_id, title, author, category FROM books WHERE book_id IS NOT NULL",
+    )
+    .await?;
+    let mut out = HashMap::new();
+    for b in &batches {
+        let cols: Vec<_> = (0..4)
+            .map(|i| cast(b.column(i), &DataType::Utf8))
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                crate::sql::SqlError::Query(datafusion::error::DataFusionError::ArrowError(
+                    Box::new(e),
+                    None,
+                ))
+            })?;
+        let text = |c: usize, r: usize| {
+            let a = cols[c].as_string::<i32>();
+            (!a.is_null(r)).then(|| a.value(r).to_owned())
+        };
+        for r in 0..b.num_rows() {
+            let Some(id) = text(0, r) else { continue };
+            out.insert(
+                id.clone(),
+                Book {
+                    book_id: id,
+                    title: text(1, r),
+                    author: text(2, r),
+                    category: text(3, r),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn minute(ms: i64) -> i64 {
+    ms.div_euclid(60_000) * 60
+}
+
+/// The minute buckets (epoch seconds) of the `minutes` before now, newest first, that start
+/// at or after the cut-off: a bucket that holds the cut-off mixes events the model has seen
+/// with newer ones, so it is left out (nothing counted twice; the newest events reach
+/// category interest and trending at the next minute, recent views at once).
+pub(super) fn buckets(now_ms: i64, minutes: u32, skip: u32, cutoff_ms: i64) -> Vec<i64> {
+    (skip..skip + minutes)
+        .map(|i| minute(now_ms) - 60 * i64::from(i))
+        .filter(|b| *b * 1000 >= cutoff_ms)
+        .collect()
+}
+
+/// Re-reads the shared signals every `serve.refresh_ms`.
+pub(super) async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_millis(shared.cfg.serve.refresh_ms);
+    loop {
+        let snap = refresh(&shared).await;
+        write(&shared.snapshot, Arc::new(snap));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn refresh(shared: &Shared) -> Snapshot {
+    let mut snap = Snapshot::default();
+    if let Some(db) = read(&shared.db) {
+        match db_call(shared, "model", db.current_version()).await {
+            Ok(Some(v)) => {
+                let cutoff_ms = chrono::DateTime::parse_from_rfc3339(&v.data_cutoff)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0);
+                snap.model = Some(ModelInfo {
+                    version: v.version,
+                    data_cutoff: v.data_cutoff,
+                    cutoff_ms,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => snap.model_error = Some(e),
+        }
+    } else {
+        snap.model_error = Some("not connected".into());
+    }
+    let Some(fs) = read(&shared.features) else {
+        snap.realtime_error = Some("not connected".into());
+        return snap;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let cutoff = snap.model.as_ref().map_or(0, |m| m.cutoff_ms);
+    let w = shared.cfg.serve.trending_window_minutes;
+    let heat = |skip| {
+        let keys: Vec<String> = buckets(now, w, skip, cutoff)
+            .iter()
+            .map(|b| format!("rt:heat:{b}"))
+            .collect();
+        let fs = fs.clone();
+        async move {
+            let tops = join_all(keys.iter().map(|k| fs.top(k, 500))).await;
+            let mut sum: HashMap<String, f64> = HashMap::new();
+            for t in tops {
+                for (book, n) in t? {
+                    *sum.entry(book).or_default() += n;
+                }
+            }
+            Ok::<_, FeaturesError>(sum)
+        }
+    };
+    let progress_key = crate::features::progress_key(&shared.cfg.stream.group_id);
+    let (now_heat, before, progress) = tokio::join!(heat(0), heat(w), fs.hash(&progress_key));
+    match (now_heat, before, progress) {
+        (Ok(h), Ok(b), Ok(p)) => {
+            let mut t: Vec<(String, f64)> = h.into_iter().collect();
+            t.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            t.truncate(200);
+            snap.trending = t;
+            snap.trending_before = b;
+            let p: HashMap<String, f64> = p.into_iter().collect();
+            snap.event_ms = p.get("event_ms").copied();
+            snap.applied_ms = p.get("applied_ms").copied();
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            shared.metrics.backend_error("redis");
+            snap.realtime_error = Some(e.to_string())
+        }
+    }
+    snap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_stop_at_the_cutoff() {
+        let now = 1_000_000 * 60_000 + 30_000; // 30 s into a minute
+        assert_eq!(
+            buckets(now, 3, 0, 0),
+            vec![60_000_000, 59_999_940, 59_999_880]
+        );
+        assert_eq!(buckets(now, 3, 3, 0)[0], 59_999_820);
+        // a cut-off 90 s ago (the start of the minute before) keeps this minute and that one;
+        // 89 s ago, the minute before holds it and is left out
+        assert_eq!(
+            buckets(now, 3, 0, now - 90_000),
+            vec![60_000_000, 59_999_940]
+        );
+        assert_eq!(buckets(now, 3, 0, now - 89_000), vec![60_000_000]);
+    }
+}
