@@ -442,7 +442,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &config.redis.url,
                     std::time::Duration::from_millis(config.redis.timeout_ms),
                 )
-                .await?;
+                .await?
+                .with_apply_timeout(std::time::Duration::from_millis(
+                    config.redis.apply_timeout_ms,
+                ));
                 if from_lake {
                     let rebuilt =
                         crate::realtime::rebuild_from_lake(&config, &lake, &store).await?;

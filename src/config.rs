@@ -103,6 +103,21 @@ pub struct StreamConfig {
     /// the longest the broker may hold a fetch for the stream's consumer (librdkafka
     /// fetch.wait.max.ms; kafka.extra overrides it): low for freshness
     pub fetch_wait_max_ms: u64,
+    /// what the stream does when the feature store lost its state (offsets gone or lower
+    /// than this process applied): `rebuild` (from the lake when the store is empty, then
+    /// re-read Kafka from the store's offsets) or `exit` (non-zero, with the reason)
+    pub on_state_lost: OnStateLost,
+    /// a Redis error or timeout retries the same batch with backoff; failing for longer
+    /// than this ends the process
+    pub redis_retry_max_secs: u64,
+}
+
+/// `stream.on_state_lost`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStateLost {
+    Rebuild,
+    Exit,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,8 +125,10 @@ pub struct StreamConfig {
 pub struct RedisConfig {
     /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (the password is redacted when printed)
     pub url: String,
-    /// every Redis call gives up after this long
+    /// every Redis read gives up after this long
     pub timeout_ms: u64,
+    /// a stream batch's apply (one script) gives up after this long
+    pub apply_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -350,6 +367,10 @@ pub struct KafkaConfig {
     pub compression: Compression,
     pub linger_ms: u64,
     pub batch_size_bytes: u64,
+    /// `land`/`stream --until-caught-up` give up (an error naming the group and topics) when
+    /// no partition has been assigned for this long; while waiting, they log what they wait
+    /// for every few seconds
+    pub assignment_timeout_secs: u64,
     /// librdkafka properties passed through verbatim.
     pub extra: BTreeMap<String, String>,
 }
@@ -446,7 +467,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 17] = [
+        let positive: [(&'static str, u64); 20] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -460,6 +481,15 @@ impl Config {
             ("collect.spool.max_in_flight", c.spool.max_in_flight as u64),
             ("kafka.partitions", self.kafka.partitions.max(0) as u64),
             ("redis.timeout_ms", self.redis.timeout_ms),
+            ("redis.apply_timeout_ms", self.redis.apply_timeout_ms),
+            (
+                "stream.redis_retry_max_secs",
+                self.stream.redis_retry_max_secs,
+            ),
+            (
+                "kafka.assignment_timeout_secs",
+                self.kafka.assignment_timeout_secs,
+            ),
             (
                 "stream.max_batch_events",
                 self.stream.max_batch_events as u64,

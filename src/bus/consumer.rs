@@ -109,6 +109,10 @@ pub trait Consumer: Send + Sync {
     /// Like [`Consumer::commit`], without waiting for the broker's answer (for offsets
     /// that are only a hint, such as the stream's: its truth is in the feature store).
     fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError>;
+    /// Moves the read position of an owned partition: the next poll of it returns
+    /// `offset` (`None`: the earliest record kept). Works once the partition is being
+    /// fetched (after a record of it arrived), as Kafka's seek does.
+    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<(), BusError>;
     /// The partitions this member owns now.
     fn assignment(&self) -> Result<Vec<(String, i32)>, BusError>;
     /// The group's committed offset per owned partition (`None` when it has none).
@@ -201,6 +205,13 @@ impl Consumer for KafkaConsumer {
 
     fn commit_async(&self, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
         self.commit_mode(offsets, CommitMode::Async)
+    }
+
+    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<(), BusError> {
+        let to = offset.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer
+            .seek(topic, partition, to, Duration::from_secs(10))
+            .map_err(|e| self.err(e))
     }
 
     fn assignment(&self) -> Result<Vec<(String, i32)>, BusError> {

@@ -292,6 +292,14 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<(), BusError> {
+        let mut inner = self.inner();
+        if let Some(at) = inner.positions.get_mut(&(topic.to_owned(), partition)) {
+            *at = offset.unwrap_or(0).max(0);
+        }
+        Ok(())
+    }
+
     fn take_rebalances(&self) -> Vec<Membership> {
         let st = self.bus.lock();
         let mut inner = self.inner();

@@ -92,11 +92,12 @@ fn now_ms() -> i64 {
 
 #[async_trait::async_trait]
 impl FeatureStore for MemoryStore {
-    async fn apply(
+    async fn apply_expecting(
         &self,
         group: &str,
         ops: &[Op],
         spans: &[Span],
+        expect: &[(i32, i64)],
     ) -> Result<Applied, FeaturesError> {
         let now = now_ms();
         let mut guard = self.lock();
@@ -105,6 +106,17 @@ impl FeatureStore for MemoryStore {
             .get(&offsets_key(group))
             .cloned()
             .unwrap_or_default();
+        for &(partition, expected) in expect {
+            let have = stored.get(&partition).copied();
+            if have.is_none_or(|h| h < expected) {
+                return Err(FeaturesError::StateLost {
+                    group: group.to_owned(),
+                    partition,
+                    stored: have,
+                    expected,
+                });
+            }
+        }
         for s in spans {
             if let Some(&have) = stored.get(&s.partition) {
                 if have >= s.to {

@@ -40,6 +40,18 @@ pub enum FeaturesError {
         stored: i64,
         from: i64,
     },
+    #[error(
+        "offsets of group {group}, partition {partition}: the store has {}, but this process \
+         applied up to {expected}: the store lost state (restarted empty, flushed, or restored \
+         an older snapshot)",
+        stored.map_or("none".to_string(), |s| s.to_string())
+    )]
+    StateLost {
+        group: String,
+        partition: i32,
+        stored: Option<i64>,
+        expected: i64,
+    },
     #[error("key {key}: holds a {found}, not a {wanted}")]
     WrongType {
         key: String,
@@ -96,6 +108,32 @@ pub enum Op {
     },
 }
 
+impl FeaturesError {
+    /// A connection error or a timeout: the call may succeed if tried again (an apply is
+    /// idempotent, so retrying one is safe).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FeaturesError::Timeout { .. } => true,
+            FeaturesError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+                    || matches!(
+                        source.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading
+                                | redis::ServerErrorKind::TryAgain
+                                | redis::ServerErrorKind::MasterDown
+                                | redis::ServerErrorKind::ClusterDown
+                        )
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Op {
     pub fn key(&self) -> &str {
         match self {
@@ -132,6 +170,21 @@ pub trait FeatureStore: Send + Sync {
         group: &str,
         ops: &[Op],
         spans: &[Span],
+    ) -> Result<Applied, FeaturesError> {
+        self.apply_expecting(group, ops, spans, &[]).await
+    }
+    /// [`FeatureStore::apply`], after checking in the same atomic step that the store still
+    /// holds at least the offsets `expect` names per partition (what the caller applied or
+    /// read before). A partition whose stored offset is gone or lower fails the call with
+    /// [`FeaturesError::StateLost`] and nothing is written: the store restarted empty, was
+    /// flushed, or went back to an older snapshot, and applying on top would build features
+    /// from a partial history.
+    async fn apply_expecting(
+        &self,
+        group: &str,
+        ops: &[Op],
+        spans: &[Span],
+        expect: &[(i32, i64)],
     ) -> Result<Applied, FeaturesError>;
     /// The next offset to consume per partition, as recorded by `apply`.
     async fn offsets(&self, group: &str) -> Result<BTreeMap<i32, i64>, FeaturesError>;

@@ -13,8 +13,15 @@ use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Read, Span, offset
 
 const APPLY: &str = r#"
 -- KEYS[1] = offsets hash; KEYS[2..] = the ops' keys
--- ARGV: nspans, (partition, from, to) * nspans, then per op: code, key index, a, b, c, expiry kind, expiry
+-- ARGV: nexpect, (partition, offset) * nexpect, nspans, (partition, from, to) * nspans,
+--       then per op: code, key index, a, b, c, expiry kind, expiry
 local i = 1
+local nexpect = tonumber(ARGV[i]); i = i + 1
+for e = 1, nexpect do
+  local part, want = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  local stored = redis.call('HGET', KEYS[1], part)
+  if (not stored) or tonumber(stored) < want then return {4, part, stored or ''} end
+end
 local nspans = tonumber(ARGV[i]); i = i + 1
 local spans = {}
 for s = 1, nspans do
@@ -70,6 +77,8 @@ pub struct RedisStore {
     script: redis::Script,
     url: String,
     timeout: Duration,
+    /// an apply's own timeout: a batch's script can take far longer than a read
+    apply_timeout: Duration,
 }
 
 impl RedisStore {
@@ -94,7 +103,15 @@ impl RedisStore {
             script: redis::Script::new(APPLY),
             url: shown,
             timeout,
+            apply_timeout: timeout,
         })
+    }
+
+    /// Gives each apply `timeout` (instead of the reads' timeout): a large batch's script
+    /// takes longer than a read.
+    pub fn with_apply_timeout(mut self, timeout: Duration) -> RedisStore {
+        self.apply_timeout = timeout;
+        self
     }
 
     async fn timed<T>(
@@ -102,7 +119,16 @@ impl RedisStore {
         op: &'static str,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, FeaturesError> {
-        match tokio::time::timeout(self.timeout, f).await {
+        self.timed_for(op, self.timeout, f).await
+    }
+
+    async fn timed_for<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, FeaturesError> {
+        match tokio::time::timeout(timeout, f).await {
             Ok(r) => r.map_err(|source| FeaturesError::Redis {
                 url: self.url.clone(),
                 source,
@@ -110,7 +136,7 @@ impl RedisStore {
             Err(_) => Err(FeaturesError::Timeout {
                 url: self.url.clone(),
                 op,
-                ms: self.timeout.as_millis() as u64,
+                ms: timeout.as_millis() as u64,
             }),
         }
     }
@@ -131,14 +157,19 @@ fn num(x: f64) -> String {
 
 #[async_trait::async_trait]
 impl FeatureStore for RedisStore {
-    async fn apply(
+    async fn apply_expecting(
         &self,
         group: &str,
         ops: &[Op],
         spans: &[Span],
+        expect: &[(i32, i64)],
     ) -> Result<Applied, FeaturesError> {
         let mut inv = self.script.prepare_invoke();
         inv.key(offsets_key(group));
+        inv.arg(expect.len());
+        for (partition, offset) in expect {
+            inv.arg(*partition).arg(*offset);
+        }
         inv.arg(spans.len());
         for s in spans {
             inv.arg(s.partition).arg(s.from).arg(s.to);
@@ -182,11 +213,24 @@ impl FeatureStore for RedisStore {
             inv.arg(code).arg(idx).arg(a).arg(b).arg(c).arg(ek).arg(ev);
         }
         let mut conn = self.conn.clone();
-        let (status, what, stored): (i64, String, String) =
-            self.timed("apply", inv.invoke_async(&mut conn)).await?;
+        let (status, what, stored): (i64, String, String) = self
+            .timed_for("apply", self.apply_timeout, inv.invoke_async(&mut conn))
+            .await?;
         match status {
             1 => Ok(Applied::Applied),
             0 => Ok(Applied::AlreadyApplied),
+            4 => {
+                let partition = what.parse().unwrap_or(-1);
+                Err(FeaturesError::StateLost {
+                    group: group.to_owned(),
+                    partition,
+                    stored: stored.parse().ok(),
+                    expected: expect
+                        .iter()
+                        .find(|(p, _)| *p == partition)
+                        .map_or(-1, |(_, o)| *o),
+                })
+            }
             2 => {
                 let partition = what.parse().unwrap_or(-1);
                 let from = spans

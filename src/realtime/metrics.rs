@@ -13,6 +13,18 @@ pub struct StreamMetrics {
     /// event time → visible in the feature store
     pub freshness: Histogram,
     pub batch_seconds: Histogram,
+    /// partitions revoked from or assigned to this member
+    pub rebalances: IntCounter,
+    /// records read again (after a rebalance or a seek) that were already taken: dropped
+    pub redelivered: IntCounter,
+    /// applies refused because another member had moved the offsets (batch re-planned)
+    pub offset_conflicts: IntCounter,
+    /// Redis errors and timeouts of an apply, each retried
+    pub apply_retries: IntCounter,
+    /// times the feature store was found to have lost this group's state
+    pub state_lost: IntCounter,
+    /// rebuilds from the lake after a state loss
+    pub rebuilds: IntCounter,
 }
 
 impl StreamMetrics {
@@ -58,6 +70,30 @@ impl StreamMetrics {
                 "bookrec_stream_batch_seconds",
                 "Time to run the queries of one micro-batch and apply the result",
                 vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
+            )?,
+            rebalances: counter(
+                "bookrec_stream_rebalances_total",
+                "Partition revocations and assignments this member went through",
+            )?,
+            redelivered: counter(
+                "bookrec_stream_redelivered_total",
+                "Records read again after a rebalance or seek that were already taken (dropped)",
+            )?,
+            offset_conflicts: counter(
+                "bookrec_stream_offset_conflicts_total",
+                "Applies refused because another member moved the offsets (batch re-planned)",
+            )?,
+            apply_retries: counter(
+                "bookrec_stream_apply_retries_total",
+                "Redis errors or timeouts while applying a batch (each retried with backoff)",
+            )?,
+            state_lost: counter(
+                "bookrec_stream_state_lost_total",
+                "Times the feature store had lost this group's state (empty, flushed, older)",
+            )?,
+            rebuilds: counter(
+                "bookrec_stream_rebuilds_total",
+                "Rebuilds of the features from the lake after a state loss",
             )?,
             registry: r,
         })

@@ -24,10 +24,10 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Record};
+use crate::bus::{Bus, Membership, Record};
 use crate::config::Config;
 use crate::event::Event;
-use crate::features::{Applied, FeatureStore, Op, Span};
+use crate::features::{Applied, FeatureStore, FeaturesError, Op, Span};
 use crate::lake::Lake;
 use crate::sql::catalog::{self, CatalogError, Kind, Query};
 pub use metrics::StreamMetrics;
@@ -53,6 +53,26 @@ pub enum StreamError {
     },
     #[error("the consumer thread stopped: {0}")]
     Consumer(String),
+    #[error(
+        "no partition of {topic} was assigned to group {group} within {waited_secs} s \
+         (kafka.assignment_timeout_secs): is the topic there, or does another member (perhaps \
+         a dead one the broker has not timed out yet) hold every partition?"
+    )]
+    NoAssignment {
+        group: String,
+        topic: String,
+        waited_secs: u64,
+    },
+    #[error(
+        "{reason}; stream.on_state_lost = \"exit\": rebuild with `bookrec stream --from-lake` \
+         under a new stream.group_id, or set stream.on_state_lost = \"rebuild\""
+    )]
+    StateLost { reason: String },
+    #[error("the feature store failed for {secs} s (stream.redis_retry_max_secs): {source}")]
+    Unavailable {
+        secs: u64,
+        source: crate::features::FeaturesError,
+    },
     #[error(
         "--from-lake: the feature store already holds offsets of group {group}; a rebuild starts \
          from an empty group (set stream.group_id to a new one)"
@@ -254,13 +274,110 @@ pub struct StreamReport {
     pub freshness_seconds: (f64, f64, f64),
 }
 
+/// From the poller to the applier.
 enum Msg {
-    Batch(Vec<Record>),
+    /// the records of one micro-batch, read in `epoch` (a re-read after a state loss starts
+    /// a new epoch; batches of an older one are dropped)
+    Batch {
+        epoch: u64,
+        records: Vec<Record>,
+    },
     CaughtUp,
+}
+
+/// From the applier to the poller.
+enum Control {
+    /// Kafka commits (a hint: the truth is in the feature store)
+    Commit(Vec<(String, i32, i64)>),
+    /// the feature store went back to these offsets (absent: nothing applied): drop what is
+    /// in flight and read every owned partition again from there, as `epoch`
+    Reread {
+        epoch: u64,
+        offsets: BTreeMap<i32, i64>,
+    },
+}
+
+/// How often a waiting `--until-caught-up` says what it waits for.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// The poller's view of the partitions it owns: per partition the next offset to take. A
+/// record below it was taken before (in this batch, a batch sent earlier, or applied: it
+/// comes again after a rebalance, when librdkafka re-fetches from the committed offset) and
+/// is dropped; a record above it means the consumer is ahead of what the feature store holds
+/// (Kafka's commit is only a hint), so the partition is sought back once.
+#[derive(Default)]
+struct Positions {
+    next: HashMap<(String, i32), i64>,
+    /// seeks tried for a partition's current position (a real gap in the offsets, e.g. a
+    /// compacted topic, is accepted after one)
+    seeks: HashMap<(String, i32), u32>,
+}
+
+enum Verdict {
+    Take,
+    /// already taken
+    Again,
+    /// ahead of the position: seek back to it
+    SeekTo(i64),
+}
+
+impl Positions {
+    fn check(&mut self, r: &Record) -> Verdict {
+        let tp = (r.topic.clone(), r.partition);
+        match self.next.get(&tp).copied() {
+            Some(n) if r.offset < n => Verdict::Again,
+            Some(n) if r.offset > n && self.seeks.get(&tp).copied().unwrap_or(0) < 3 => {
+                *self.seeks.entry(tp).or_default() += 1;
+                Verdict::SeekTo(n)
+            }
+            _ => {
+                if let Some(n) = self.next.get(&tp)
+                    && r.offset > *n
+                {
+                    tracing::warn!(topic = %r.topic, partition = r.partition, from = *n,
+                        to = r.offset, "stream: offsets missing from the topic (compacted, or \
+                        deleted by retention): reading on from the next record");
+                }
+                self.seeks.remove(&tp);
+                self.next.insert(tp, r.offset + 1);
+                Verdict::Take
+            }
+        }
+    }
+}
+
+/// The feature store's offsets of `group`, for the poller (a blocking thread). `None` when
+/// the store does not answer within 10 s.
+fn stored_offsets(
+    rt: &tokio::runtime::Handle,
+    store: &Arc<dyn FeatureStore>,
+    group: &str,
+) -> Option<BTreeMap<i32, i64>> {
+    let read = tokio::time::timeout(Duration::from_secs(10), store.offsets(group));
+    match rt.block_on(read) {
+        Ok(Ok(o)) => Some(o),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "stream: reading the stored offsets after an assignment");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("stream: reading the stored offsets after an assignment: no answer");
+            None
+        }
+    }
 }
 
 /// Runs until `cancel`, or with `until_caught_up` until every assigned partition is read to
 /// its high watermark and applied.
+///
+/// Exactly once under rebalances: the poller keeps per partition the next offset to take
+/// ([`Positions`]), drops a revoked partition's records from the batch in flight (its new
+/// owner reads them), and starts a newly assigned partition at the feature store's offset;
+/// the applier skips records below the offsets applied, re-plans a batch whose offsets
+/// another member moved, and checks in the apply itself that the store still holds what
+/// this process applied (a loss of state is handled per `stream.on_state_lost`). Redis
+/// errors retry the same batch (an apply is idempotent) for up to
+/// `stream.redis_retry_max_secs`.
 pub async fn run(
     cfg: &Config,
     lake: &Lake,
@@ -272,9 +389,12 @@ pub async fn run(
     let ctx = crate::sql::session(lake).await?;
     let features = load(&cfg.stream.queries_dir, &ctx).await?;
     let group = cfg.stream.group_id.clone();
-    let mut next: BTreeMap<i32, i64> = store.offsets(&group).await?;
+    let mut next: BTreeMap<i32, i64> = retrying(cfg, &metrics, &cancel, "reading offsets", || {
+        store.offsets(&group)
+    })
+    .await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
-    let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Vec<(String, i32, i64)>>();
+    let (control_tx, control_rx) = std::sync::mpsc::channel::<Control>();
     let consumer = Bus::connect(&cfg.kafka).consumer(
         &group,
         &[cfg.kafka.topic.as_str()],
@@ -287,64 +407,187 @@ pub async fn run(
     let max_wait = Duration::from_millis(cfg.stream.max_batch_ms);
     let cancel = cancel.child_token();
     let stop = cancel.clone();
+    let poll_store = store.clone();
+    let poll_group = group.clone();
+    let poll_metrics = metrics.clone();
+    let topic = cfg.kafka.topic.clone();
+    let assignment_timeout = Duration::from_secs(cfg.kafka.assignment_timeout_secs);
+    let rt = tokio::runtime::Handle::current();
     let poller = tokio::task::spawn_blocking(move || -> Result<(), StreamError> {
-        let mut consumed: HashMap<(String, i32), i64> = HashMap::new();
+        let metrics = poll_metrics;
+        let mut positions = Positions::default();
+        let mut epoch = 0u64;
         // Kafka commits are a hint (the truth is in the feature store): the latest offsets,
         // sent without waiting, at most once a second
         let mut to_commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut last_commit = Instant::now();
+        let mut unassigned_since: Option<Instant> = Some(Instant::now());
+        let mut last_wait_log = Instant::now();
         while !stop.is_cancelled() {
-            for c in commit_rx.try_iter() {
-                to_commit.extend(c.into_iter().map(|(t, p, o)| ((t, p), o)));
+            for c in control_rx.try_iter() {
+                match c {
+                    Control::Commit(c) => {
+                        to_commit.extend(c.into_iter().map(|(t, p, o)| ((t, p), o)));
+                    }
+                    Control::Reread { epoch: e, offsets } => {
+                        epoch = e;
+                        to_commit.clear();
+                        positions.seeks.clear();
+                        for ((t, p), n) in positions.next.iter_mut() {
+                            let at = offsets.get(p).copied();
+                            *n = at.unwrap_or(0);
+                            // now, not only when a record shows the gap: the partition may
+                            // be idle at its end
+                            if let Err(e) = consumer.seek(t, *p, at) {
+                                tracing::warn!(error = %e, partition = p,
+                                    "stream: seek failed; will retry at the next record");
+                            }
+                        }
+                    }
+                }
             }
             if !to_commit.is_empty() && last_commit.elapsed() >= Duration::from_secs(1) {
                 let offsets: Vec<(String, i32, i64)> = std::mem::take(&mut to_commit)
                     .into_iter()
+                    .filter(|((t, p), _)| positions.next.contains_key(&(t.clone(), *p)))
                     .map(|((t, p), o)| (t, p, o))
                     .collect();
-                consumer.commit_async(&offsets)?;
+                if let Err(e) = consumer.commit_async(&offsets) {
+                    tracing::warn!(error = %e, "stream: committing offsets (a hint); continuing");
+                }
                 last_commit = Instant::now();
             }
-            let mut batch = Vec::new();
+            let mut batch: Vec<Record> = Vec::new();
             let started = Instant::now();
             while batch.len() < max_events && started.elapsed() < max_wait {
-                match consumer.poll(Duration::from_millis(20)) {
-                    Some(Ok(r)) => {
-                        consumed.insert((r.topic.clone(), r.partition), r.offset + 1);
-                        batch.push(r);
+                let polled = consumer.poll(Duration::from_millis(20));
+                // rebalances happen inside poll: handle them before the record it returned
+                for change in consumer.take_rebalances() {
+                    metrics.rebalances.inc();
+                    match change {
+                        Membership::Revoked(parts) => {
+                            let before = batch.len();
+                            batch.retain(|r| !parts.contains(&(r.topic.clone(), r.partition)));
+                            for tp in &parts {
+                                positions.next.remove(tp);
+                                positions.seeks.remove(tp);
+                            }
+                            tracing::info!(partitions = ?parts, dropped = before - batch.len(),
+                                "stream: partitions revoked; their records in flight are left \
+                                 to the next owner");
+                        }
+                        Membership::Assigned(parts) => {
+                            let stored = stored_offsets(&rt, &poll_store, &poll_group);
+                            for tp in &parts {
+                                match stored.as_ref() {
+                                    // the store is the truth: start where it ends, or at the
+                                    // start when it holds nothing for the partition
+                                    Some(s) => {
+                                        positions
+                                            .next
+                                            .insert(tp.clone(), s.get(&tp.1).copied().unwrap_or(0));
+                                    }
+                                    // unknown: take what comes (the applier still skips what
+                                    // was applied)
+                                    None => {
+                                        positions.next.remove(tp);
+                                    }
+                                }
+                                positions.seeks.remove(tp);
+                            }
+                            tracing::info!(partitions = ?parts, "stream: partitions assigned");
+                        }
                     }
+                }
+                match polled {
+                    Some(Ok(r)) => match positions.check(&r) {
+                        Verdict::Take => batch.push(r),
+                        Verdict::Again => metrics.redelivered.inc(),
+                        Verdict::SeekTo(at) => {
+                            tracing::info!(topic = %r.topic, partition = r.partition, from = r.offset,
+                                to = at, "stream: the consumer is ahead of the feature store; seeking back");
+                            if let Err(e) = consumer.seek(&r.topic, r.partition, Some(at)) {
+                                tracing::warn!(error = %e, topic = %r.topic, partition = r.partition,
+                                    "stream: seek failed; will retry at the next record");
+                            }
+                        }
+                    },
                     Some(Err(e)) => tracing::warn!(error = %e, "stream: poll"),
                     None if batch.is_empty() && started.elapsed() > max_wait / 2 => break,
                     None => {}
                 }
             }
-            let _ = consumer.take_rebalances();
             if !batch.is_empty() {
-                if tx.blocking_send(Msg::Batch(batch)).is_err() {
+                if tx
+                    .blocking_send(Msg::Batch {
+                        epoch,
+                        records: batch,
+                    })
+                    .is_err()
+                {
                     return Ok(());
                 }
                 continue;
             }
-            let assigned = consumer.assignment()?;
-            if !assigned.is_empty() {
-                // where each partition is: what this run read, else the group's commit
-                let committed = consumer.committed(Duration::from_secs(10))?;
-                let mut done = true;
-                for (topic, p) in &assigned {
-                    let (_, high) = consumer.watermarks(topic, *p, Duration::from_secs(10))?;
-                    let at = consumed.get(&(topic.clone(), *p)).copied().or_else(|| {
-                        committed
-                            .iter()
-                            .find(|(t, q, _)| t == topic && q == p)
-                            .and_then(|c| c.2)
-                    });
-                    if high > 0 && at.is_none_or(|a| a < high) {
-                        done = false;
-                    }
+            let assigned = match consumer.assignment() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream: reading the assignment; will retry");
+                    continue;
                 }
-                if done && tx.blocking_send(Msg::CaughtUp).is_err() {
+            };
+            if assigned.is_empty() {
+                let since = *unassigned_since.get_or_insert_with(Instant::now);
+                let waited = since.elapsed();
+                if last_wait_log.elapsed() >= WAIT_LOG_EVERY {
+                    last_wait_log = Instant::now();
+                    tracing::info!(group = %poll_group, topic = %topic, waited_secs = waited.as_secs(),
+                        "stream: waiting for a partition assignment (another member may hold every \
+                         partition, or the broker still counts a dead member until its session \
+                         times out)");
+                }
+                if until_caught_up && waited >= assignment_timeout {
+                    return Err(StreamError::NoAssignment {
+                        group: poll_group,
+                        topic,
+                        waited_secs: waited.as_secs(),
+                    });
+                }
+                continue;
+            }
+            unassigned_since = None;
+            // where each partition is: what this member takes next, else the group's commit
+            let committed = consumer
+                .committed(Duration::from_secs(10))
+                .unwrap_or_default();
+            let mut behind = Vec::new();
+            for (t, p) in &assigned {
+                let high = match consumer.watermarks(t, *p, Duration::from_secs(10)) {
+                    Ok((_, high)) => high,
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = p, "stream: watermarks; will retry");
+                        behind.push((*p, -1, -1));
+                        continue;
+                    }
+                };
+                let at = positions.next.get(&(t.clone(), *p)).copied().or_else(|| {
+                    committed
+                        .iter()
+                        .find(|(ct, q, _)| ct == t && q == p)
+                        .and_then(|c| c.2)
+                });
+                if high > 0 && at.is_none_or(|a| a < high) {
+                    behind.push((*p, at.unwrap_or(-1), high));
+                }
+            }
+            if behind.is_empty() {
+                if tx.blocking_send(Msg::CaughtUp).is_err() {
                     return Ok(());
                 }
+            } else if until_caught_up && last_wait_log.elapsed() >= WAIT_LOG_EVERY {
+                last_wait_log = Instant::now();
+                tracing::info!(group = %poll_group, topic = %topic,
+                    behind = ?behind, "stream: catching up: (partition, next offset, high watermark)");
             }
         }
         Ok(())
@@ -354,129 +597,131 @@ pub async fn run(
     // the newest event time seen (in this process: a restart rebuilds it from what it reads)
     let mut watermark: Option<chrono::DateTime<chrono::Utc>> = None;
     let lateness = chrono::Duration::seconds(cfg.stream.allowed_lateness_secs as i64);
-    loop {
-        let msg = tokio::select! {
-            m = rx.recv() => m,
-            _ = cancel.cancelled() => None,
-        };
-        let records = match msg {
-            Some(Msg::Batch(r)) => r,
-            Some(Msg::CaughtUp) if until_caught_up => break,
-            Some(Msg::CaughtUp) => continue,
-            None => break,
-        };
-        report.records += records.len() as u64;
-        let mut spans: BTreeMap<i32, Span> = BTreeMap::new();
-        let mut events: Vec<Event> = Vec::new();
-        let first = records[0].clone();
-        for r in &records {
-            if next.get(&r.partition).is_some_and(|&n| r.offset < n) {
-                report.skipped += 1;
-                continue;
-            }
-            let s = spans.entry(r.partition).or_insert(Span {
-                partition: r.partition,
-                from: r.offset,
-                to: r.offset + 1,
-            });
-            s.to = s.to.max(r.offset + 1);
-            let parsed = match &r.payload {
-                Some(p) => Event::from_canonical(p).map_err(|e| e.message),
-                None => Err("empty record".to_string()),
+    let mut epoch = 0u64;
+    let result: Result<(), StreamError> = async {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = cancel.cancelled() => None,
             };
-            match parsed {
-                Ok(e) if watermark.is_some_and(|w| e.event_ts < w - lateness) => {
-                    report.late += 1;
-                    metrics.late.inc();
-                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
-                        event_ts = %e.event_ts, "stream: event later than the allowed lateness, skipped");
+            let records = match msg {
+                Some(Msg::Batch { epoch: e, records }) if e == epoch => records,
+                // read before the store went back: read again
+                Some(Msg::Batch { .. }) => continue,
+                Some(Msg::CaughtUp) if until_caught_up => break,
+                Some(Msg::CaughtUp) => continue,
+                None => break,
+            };
+            let batch_started = Instant::now();
+            let before = watermark;
+            let mut conflicts = 0;
+            let (prepared, ops, applied) = loop {
+                watermark = before;
+                let p = prepare(&records, &next, &mut watermark, lateness);
+                if p.spans.is_empty() {
+                    break (p, Vec::new(), None);
                 }
-                Ok(e) => {
-                    watermark = watermark.max(Some(e.event_ts));
-                    events.push(e);
+                let ops = batch_ops(&ctx, &features, &group, &p).await?;
+                // the store must still hold what this process applied (or read at start)
+                let expect: Vec<(i32, i64)> = next.iter().map(|(p, o)| (*p, *o)).collect();
+                let apply = || store.apply_expecting(&group, &ops, &p.spans, &expect);
+                match retrying(cfg, &metrics, &cancel, "applying a batch", apply).await {
+                    Ok(a) => break (p, ops, Some(a)),
+                    Err(StreamError::Features(FeaturesError::OffsetConflict {
+                        partition,
+                        stored,
+                        from,
+                        ..
+                    })) if conflicts < 10 => {
+                        // another member applied part of these offsets (a rebalance moved the
+                        // partition while this batch was in flight): plan it again from the
+                        // store's offsets
+                        conflicts += 1;
+                        metrics.offset_conflicts.inc();
+                        tracing::info!(
+                            partition,
+                            stored,
+                            from,
+                            "stream: another member moved \
+                            the offsets; re-planning the batch from the store's"
+                        );
+                        let stored = retrying(cfg, &metrics, &cancel, "reading offsets", || {
+                            store.offsets(&group)
+                        })
+                        .await?;
+                        for (p, o) in stored {
+                            let n = next.entry(p).or_insert(o);
+                            *n = (*n).max(o);
+                        }
+                    }
+                    Err(StreamError::Features(lost @ FeaturesError::StateLost { .. })) => {
+                        metrics.state_lost.inc();
+                        tracing::error!(error = %lost, policy = ?cfg.stream.on_state_lost,
+                            "stream: the feature store lost this group's state; stopped applying");
+                        next = recover(cfg, lake, store.as_ref(), &metrics, &cancel, lost).await?;
+                        epoch += 1;
+                        watermark = None;
+                        let _ = control_tx.send(Control::Reread {
+                            epoch,
+                            offsets: next.clone(),
+                        });
+                        break (Prepared::default(), Vec::new(), None);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(reason) => {
-                    report.malformed += 1;
-                    metrics.malformed.inc();
-                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
-                        %reason, "stream: malformed record skipped");
+            };
+            report.records += prepared.records;
+            report.skipped += prepared.skipped;
+            report.malformed += prepared.malformed;
+            report.late += prepared.late;
+            metrics.malformed.inc_by(prepared.malformed);
+            metrics.late.inc_by(prepared.late);
+            match applied {
+                None => continue,
+                Some(Applied::Applied) => {
+                    report.ops += ops.len() as u64;
+                    metrics.ops.inc_by(ops.len() as u64);
+                }
+                Some(Applied::AlreadyApplied) => {
+                    report.replays += 1;
+                    metrics.replays.inc();
                 }
             }
-        }
-        if spans.is_empty() {
-            continue;
-        }
-        let batch_started = Instant::now();
-        let batch =
-            crate::event::arrow::to_record_batch(&events).map_err(|e| StreamError::Query {
-                path: "events".into(),
-                topic: first.topic.clone(),
-                partition: first.partition,
-                offset: first.offset,
-                reason: e.to_string(),
-            })?;
-        register_events(&ctx, vec![batch])?;
-        let mut ops = Vec::new();
-        for f in &features {
-            ops.append(
-                &mut f
-                    .ops(&ctx, (&first.topic, first.partition, first.offset))
-                    .await?,
-            );
-        }
-        let spans: Vec<Span> = spans.into_values().collect();
-        // high-water marks for readers (the features' age), in the same atomic apply
-        let progress = crate::features::progress_key(&group);
-        if let Some(newest) = events.iter().map(|e| e.event_ts).max() {
-            ops.push(Op::HashMax {
-                key: progress.clone(),
-                field: "event_ms".into(),
-                value: newest.timestamp_millis() as f64,
-            });
-        }
-        ops.push(Op::HashMax {
-            key: progress,
-            field: "applied_ms".into(),
-            value: chrono::Utc::now().timestamp_millis() as f64,
-        });
-        match store.apply(&group, &ops, &spans).await? {
-            Applied::Applied => {
-                report.ops += ops.len() as u64;
-                metrics.ops.inc_by(ops.len() as u64);
+            let now = chrono::Utc::now();
+            for e in &prepared.events {
+                let secs = (now - e.event_ts).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                metrics.freshness.observe(secs);
+                freshness.push(secs);
             }
-            Applied::AlreadyApplied => {
-                report.replays += 1;
-                metrics.replays.inc();
+            let busy = batch_started.elapsed().as_secs_f64();
+            metrics.batch_seconds.observe(busy);
+            report.busy_seconds += busy;
+            metrics.events.inc_by(prepared.events.len() as u64);
+            metrics.batches.inc();
+            report.events += prepared.events.len() as u64;
+            report.batches += 1;
+            for s in &prepared.spans {
+                let n = next.entry(s.partition).or_insert(s.to);
+                *n = (*n).max(s.to);
             }
+            let _ = control_tx.send(Control::Commit(
+                prepared
+                    .spans
+                    .iter()
+                    .map(|s| (cfg.kafka.topic.clone(), s.partition, s.to))
+                    .collect(),
+            ));
         }
-        let now = chrono::Utc::now();
-        for e in &events {
-            let secs = (now - e.event_ts).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics.freshness.observe(secs);
-            freshness.push(secs);
-        }
-        let busy = batch_started.elapsed().as_secs_f64();
-        metrics.batch_seconds.observe(busy);
-        report.busy_seconds += busy;
-        metrics.events.inc_by(events.len() as u64);
-        metrics.batches.inc();
-        report.events += events.len() as u64;
-        report.batches += 1;
-        for s in &spans {
-            next.insert(s.partition, s.to);
-        }
-        let _ = commit_tx.send(
-            spans
-                .iter()
-                .map(|s| (cfg.kafka.topic.clone(), s.partition, s.to))
-                .collect(),
-        );
+        Ok(())
     }
+    .await;
     cancel.cancel();
     drop(rx);
-    poller
+    let polled = poller
         .await
-        .map_err(|e| StreamError::Consumer(e.to_string()))??;
+        .map_err(|e| StreamError::Consumer(e.to_string()))?;
+    result?;
+    polled?;
     freshness.sort_by(f64::total_cmp);
     let q = |p: f64| {
         freshness
@@ -486,4 +731,200 @@ pub async fn run(
     };
     report.freshness_seconds = (q(0.5), q(0.99), freshness.last().copied().unwrap_or(0.0));
     Ok(report)
+}
+
+/// A micro-batch's records sorted out: the events to run the queries on, the offsets they
+/// cover, and what was left out.
+#[derive(Default)]
+struct Prepared {
+    events: Vec<Event>,
+    spans: Vec<Span>,
+    first: Option<(String, i32, i64)>,
+    records: u64,
+    skipped: u64,
+    malformed: u64,
+    late: u64,
+}
+
+/// Sorts a batch's records: below the offsets applied (`next`) skipped; malformed and late
+/// ones counted, logged with their coordinates and left out (their offsets still count as
+/// covered).
+fn prepare(
+    records: &[Record],
+    next: &BTreeMap<i32, i64>,
+    watermark: &mut Option<chrono::DateTime<chrono::Utc>>,
+    lateness: chrono::Duration,
+) -> Prepared {
+    let mut p = Prepared {
+        records: records.len() as u64,
+        ..Prepared::default()
+    };
+    let mut spans: BTreeMap<i32, Span> = BTreeMap::new();
+    let mut seen: std::collections::HashSet<(i32, i64)> = std::collections::HashSet::new();
+    for r in records {
+        if next.get(&r.partition).is_some_and(|&n| r.offset < n)
+            || !seen.insert((r.partition, r.offset))
+        {
+            p.skipped += 1;
+            continue;
+        }
+        p.first
+            .get_or_insert_with(|| (r.topic.clone(), r.partition, r.offset));
+        let s = spans.entry(r.partition).or_insert(Span {
+            partition: r.partition,
+            from: r.offset,
+            to: r.offset + 1,
+        });
+        s.from = s.from.min(r.offset);
+        s.to = s.to.max(r.offset + 1);
+        let parsed = match &r.payload {
+            Some(bytes) => Event::from_canonical(bytes).map_err(|e| e.message),
+            None => Err("empty record".to_string()),
+        };
+        match parsed {
+            Ok(e) if watermark.is_some_and(|w| e.event_ts < w - lateness) => {
+                p.late += 1;
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+                    event_ts = %e.event_ts, "stream: event later than the allowed lateness, skipped");
+            }
+            Ok(e) => {
+                *watermark = (*watermark).max(Some(e.event_ts));
+                p.events.push(e);
+            }
+            Err(reason) => {
+                p.malformed += 1;
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset,
+                    %reason, "stream: malformed record skipped");
+            }
+        }
+    }
+    p.spans = spans.into_values().collect();
+    p
+}
+
+/// Runs every feature on a prepared batch: its ops, plus the group's high-water marks.
+async fn batch_ops(
+    ctx: &SessionContext,
+    features: &[Feature],
+    group: &str,
+    p: &Prepared,
+) -> Result<Vec<Op>, StreamError> {
+    let (topic, partition, offset) = p.first.clone().unwrap_or_default();
+    let batch =
+        crate::event::arrow::to_record_batch(&p.events).map_err(|e| StreamError::Query {
+            path: "events".into(),
+            topic: topic.clone(),
+            partition,
+            offset,
+            reason: e.to_string(),
+        })?;
+    register_events(ctx, vec![batch])?;
+    let mut ops = Vec::new();
+    for f in features {
+        ops.append(&mut f.ops(ctx, (&topic, partition, offset)).await?);
+    }
+    // high-water marks for readers (the features' age), in the same atomic apply
+    let progress = crate::features::progress_key(group);
+    if let Some(newest) = p.events.iter().map(|e| e.event_ts).max() {
+        ops.push(Op::HashMax {
+            key: progress.clone(),
+            field: "event_ms".into(),
+            value: newest.timestamp_millis() as f64,
+        });
+    }
+    ops.push(Op::HashMax {
+        key: progress,
+        field: "applied_ms".into(),
+        value: chrono::Utc::now().timestamp_millis() as f64,
+    });
+    Ok(ops)
+}
+
+/// Calls the store until it answers: a transient error (connection, timeout) is retried
+/// with backoff (0.1 s doubling to 5 s), counted and logged, for up to
+/// `stream.redis_retry_max_secs`; any other error, or cancellation, ends it.
+async fn retrying<T, F, Fut>(
+    cfg: &Config,
+    metrics: &StreamMetrics,
+    cancel: &CancellationToken,
+    what: &'static str,
+    mut call: F,
+) -> Result<T, StreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, FeaturesError>>,
+{
+    let started = Instant::now();
+    let limit = Duration::from_secs(cfg.stream.redis_retry_max_secs);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Ok(v) => {
+                if started.elapsed() > Duration::from_secs(1) {
+                    tracing::info!(
+                        what,
+                        after_secs = started.elapsed().as_secs_f64(),
+                        "stream: the feature store answers again"
+                    );
+                }
+                return Ok(v);
+            }
+            Err(e) if e.is_transient() && started.elapsed() < limit => {
+                metrics.apply_retries.inc();
+                tracing::warn!(error = %e, what, retry_in_ms = backoff.as_millis() as u64,
+                    failing_for_secs = started.elapsed().as_secs(),
+                    "stream: the feature store did not answer; retrying the same call");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(StreamError::Features(e)),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if e.is_transient() => {
+                return Err(StreamError::Unavailable {
+                    secs: started.elapsed().as_secs(),
+                    source: e,
+                });
+            }
+            Err(e) => return Err(StreamError::Features(e)),
+        }
+    }
+}
+
+/// After a loss of state: per `stream.on_state_lost`, either the error that ends the run,
+/// or the store rebuilt (from the lake when it holds nothing of the group; an older snapshot
+/// is consistent and is resumed from) and the offsets to read Kafka again from.
+async fn recover(
+    cfg: &Config,
+    lake: &Lake,
+    store: &dyn FeatureStore,
+    metrics: &StreamMetrics,
+    cancel: &CancellationToken,
+    lost: FeaturesError,
+) -> Result<BTreeMap<i32, i64>, StreamError> {
+    if cfg.stream.on_state_lost == crate::config::OnStateLost::Exit {
+        return Err(StreamError::StateLost {
+            reason: lost.to_string(),
+        });
+    }
+    let group = &cfg.stream.group_id;
+    let stored = retrying(cfg, metrics, cancel, "reading offsets", || {
+        store.offsets(group)
+    })
+    .await?;
+    if stored.is_empty() {
+        tracing::warn!(group = %group, "stream: the feature store holds nothing of this group: \
+            rebuilding from the lake, then reading Kafka from the lander's offsets");
+        let report = rebuild_from_lake(cfg, lake, store).await?;
+        metrics.rebuilds.inc();
+        tracing::info!(events = report.events, ops = report.ops, landed = ?report.landed,
+            "stream: rebuilt from the lake");
+    } else {
+        tracing::warn!(group = %group, offsets = ?stored, "stream: the feature store went back \
+            to an older state (its offsets and features together): reading Kafka again from there");
+    }
+    retrying(cfg, metrics, cancel, "reading offsets", || {
+        store.offsets(group)
+    })
+    .await
 }
