@@ -51,8 +51,16 @@ pub enum LandError {
     Lake(#[from] LakeError),
     #[error("building the Parquet file {path}: {reason}")]
     Build { path: String, reason: String },
-    #[error("no partitions of {topic} were assigned within {waited_secs} s (is the topic there?)")]
-    NoAssignment { topic: String, waited_secs: u64 },
+    #[error(
+        "no partition of {topic} was assigned to group {group} within {waited_secs} s \
+         (kafka.assignment_timeout_secs): is the topic there, or does another member (perhaps \
+         a dead one the broker has not timed out yet) hold every partition?"
+    )]
+    NoAssignment {
+        group: String,
+        topic: String,
+        waited_secs: u64,
+    },
 }
 
 /// What one run did.
@@ -179,9 +187,17 @@ pub fn run(
         report: LandReport::default(),
     };
     let poll_timeout = Duration::from_millis(cfg.land.poll_timeout_ms.max(1));
-    let started = Instant::now();
     let mut last_maintenance = Instant::now();
-    let mut ever_assigned = false;
+    // an empty assignment is said every few seconds (`--until-caught-up`: it gives up after
+    // kafka.assignment_timeout_secs), so a waiting lander is never silent
+    let mut unassigned_since = Some(Instant::now());
+    let mut last_wait_log = Instant::now();
+    let wait_log_every = if until_caught_up {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(60)
+    };
+    let assignment_timeout = Duration::from_secs(cfg.kafka.assignment_timeout_secs);
     loop {
         if cancel.is_cancelled() {
             break;
@@ -189,7 +205,6 @@ pub fn run(
         let polled = consumer.poll(poll_timeout);
         for change in consumer.take_rebalances() {
             lander.rebalance(consumer, change)?;
-            ever_assigned = true;
         }
         let idle = match polled {
             Some(Ok(record)) => {
@@ -208,19 +223,33 @@ pub fn run(
                 lander.commit(consumer);
             }
         }
-        if until_caught_up && idle {
-            if !ever_assigned {
-                let waited = started.elapsed();
-                if waited > Duration::from_secs(60) {
-                    return Err(LandError::NoAssignment {
-                        topic: events_topic,
-                        waited_secs: waited.as_secs(),
-                    });
-                }
-                continue;
+        if lander.assigned.is_empty() {
+            let waited = unassigned_since.get_or_insert_with(Instant::now).elapsed();
+            if last_wait_log.elapsed() >= wait_log_every {
+                last_wait_log = Instant::now();
+                tracing::info!(group = %cfg.land.group_id, topics = ?topics,
+                    waited_secs = waited.as_secs(), "land: waiting for a partition assignment \
+                    (another member may hold every partition, or the broker still counts a dead \
+                    member until its session times out)");
             }
+            if until_caught_up && waited >= assignment_timeout {
+                return Err(LandError::NoAssignment {
+                    group: cfg.land.group_id.clone(),
+                    topic: events_topic,
+                    waited_secs: waited.as_secs(),
+                });
+            }
+            continue;
+        }
+        unassigned_since = None;
+        if until_caught_up && idle {
             match lander.caught_up(consumer) {
                 Ok(true) => break,
+                Ok(false) if last_wait_log.elapsed() >= wait_log_every => {
+                    last_wait_log = Instant::now();
+                    tracing::info!(group = %cfg.land.group_id, behind = ?lander.behind(consumer),
+                        "land: catching up: (topic, partition, next offset, high watermark)");
+                }
                 Ok(false) => {}
                 // a slow broker answering the watermark request late is not fatal
                 Err(e) => tracing::warn!(error = %e, "checking the lag; will retry"),
@@ -482,6 +511,26 @@ impl Lander<'_> {
             // not fatal: the lake decides what has landed; a later commit catches up
             Err(e) => tracing::warn!(error = %e, "offset commit failed"),
         }
+    }
+
+    /// The assigned partitions not read to their high watermark: (topic, partition, next
+    /// offset, high watermark), for the catching-up log.
+    fn behind(&self, consumer: &dyn Consumer) -> Vec<(String, i32, i64, i64)> {
+        self.assigned
+            .iter()
+            .filter_map(|tp| {
+                let (low, high) = consumer
+                    .watermarks(&tp.0, tp.1, Duration::from_secs(10))
+                    .ok()?;
+                let at = self
+                    .next_offset
+                    .get(tp)
+                    .or(self.committed.get(tp))
+                    .copied()
+                    .unwrap_or(low);
+                (at < high).then(|| (tp.0.clone(), tp.1, at, high))
+            })
+            .collect()
     }
 
     fn caught_up(&mut self, consumer: &dyn Consumer) -> Result<bool, LandError> {

@@ -371,8 +371,9 @@ fn stored_offsets(
 /// its high watermark and applied.
 ///
 /// Exactly once under rebalances: the poller keeps per partition the next offset to take
-/// ([`Positions`]), drops a revoked partition's records from the batch in flight (its new
-/// owner reads them), and starts a newly assigned partition at the feature store's offset;
+/// ([`Positions`]: a record re-fetched after a rebalance is not taken twice), cuts the batch
+/// in flight at a rebalance, and starts a newly assigned partition at the feature store's
+/// offset;
 /// the applier skips records below the offsets applied, re-plans a batch whose offsets
 /// another member moved, and checks in the apply itself that the store still holds what
 /// this process applied (a loss of state is handled per `stream.on_state_lost`). Redis
@@ -459,22 +460,26 @@ pub async fn run(
             }
             let mut batch: Vec<Record> = Vec::new();
             let started = Instant::now();
-            while batch.len() < max_events && started.elapsed() < max_wait {
+            let mut cut = false;
+            while !cut && batch.len() < max_events && started.elapsed() < max_wait {
                 let polled = consumer.poll(Duration::from_millis(20));
-                // rebalances happen inside poll: handle them before the record it returned
+                // rebalances happen inside poll: handle them before the record it returned,
+                // and cut the batch there. Its records were read while their partitions
+                // were this member's; if the next owner applies some of them first, the
+                // store refuses the overlap and the applier re-plans from its offsets.
+                // (Dropping a revoked partition's records instead would starve the stream
+                // when rebalances come faster than `stream.max_batch_ms`.)
                 for change in consumer.take_rebalances() {
                     metrics.rebalances.inc();
+                    cut = true;
                     match change {
                         Membership::Revoked(parts) => {
-                            let before = batch.len();
-                            batch.retain(|r| !parts.contains(&(r.topic.clone(), r.partition)));
                             for tp in &parts {
                                 positions.next.remove(tp);
                                 positions.seeks.remove(tp);
                             }
-                            tracing::info!(partitions = ?parts, dropped = before - batch.len(),
-                                "stream: partitions revoked; their records in flight are left \
-                                 to the next owner");
+                            tracing::info!(partitions = ?parts, in_flight = batch.len(),
+                                "stream: partitions revoked; the batch in flight is cut here");
                         }
                         Membership::Assigned(parts) => {
                             let stored = stored_offsets(&rt, &poll_store, &poll_group);

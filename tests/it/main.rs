@@ -19,4 +19,5 @@ mod schedule;
 mod serve;
 mod store;
 mod stream;
+mod stream_faults;
 mod support;

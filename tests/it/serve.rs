@@ -4,8 +4,6 @@
 //! drop out; a cold user gets popular books and books similar to their views. Then Redis is
 //! stopped: still 200, the offline list, and a flag saying realtime is missing.
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,52 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::stream::books_lake;
-use crate::support::{Collector, brokers, collector_config, unique};
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A redis-server of this test's own (it is stopped mid-test).
-struct PrivateRedis {
-    child: Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it when missing)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use crate::support::{Collector, PrivateRedis, brokers, collector_config, unique};
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = client.get(url).send().await.expect("request");

@@ -332,3 +332,96 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A redis-server of a test's own, which the test may stop, pause, restart or flush.
+pub struct PrivateRedis {
+    pub child: std::process::Child,
+    pub url: String,
+    pub port: u16,
+    /// where it keeps its append-only file, when persistent
+    dir: Option<tempfile::TempDir>,
+}
+
+impl PrivateRedis {
+    /// An empty, non-persistent server on a free port.
+    pub fn start() -> PrivateRedis {
+        PrivateRedis::spawn(free_port(), None)
+    }
+
+    /// An empty, non-persistent server on `port` (e.g. where a stopped one was).
+    pub fn start_on(port: u16) -> PrivateRedis {
+        PrivateRedis::spawn(port, None)
+    }
+
+    /// A server with AOF persistence (`appendfsync always`) in a folder of its own.
+    pub fn start_persistent() -> PrivateRedis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        PrivateRedis::spawn(free_port(), Some(dir))
+    }
+
+    fn spawn(port: u16, dir: Option<tempfile::TempDir>) -> PrivateRedis {
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--port", &port.to_string()]);
+        match &dir {
+            Some(d) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(d.path()),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it when missing)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            dir,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server and starts it again on the same port: from its append-only file
+    /// when persistent, else empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let fresh = PrivateRedis::spawn(self.port, self.dir.take());
+        drop(std::mem::replace(self, fresh));
+    }
+
+    /// SIGSTOP / SIGCONT: the server holds connections but answers nothing.
+    pub fn pause(&self, paused: bool) {
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    pub fn flushall(&self) {
+        let client = redis::Client::open(self.url.as_str()).expect("client");
+        let mut con = client.get_connection().expect("connect");
+        redis::cmd("FLUSHALL").exec(&mut con).expect("FLUSHALL");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
