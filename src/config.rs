@@ -400,6 +400,9 @@ impl Compression {
 pub struct CollectConfig {
     pub listen: SocketAddr,
     pub max_event_bytes: usize,
+    /// events whose clock-corrected time is older than this at receipt are rejected
+    /// (`invalid_timestamp`)
+    pub max_event_age_secs: u64,
     pub max_batch_bytes: usize,
     pub max_batch_events: usize,
     pub dedup_window_secs: u64,
@@ -467,12 +470,13 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 20] = [
+        let positive: [(&'static str, u64); 21] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
             ("land.max_file_age_ms", l.max_file_age_ms),
             ("collect.max_event_bytes", c.max_event_bytes as u64),
+            ("collect.max_event_age_secs", c.max_event_age_secs),
             ("collect.max_batch_bytes", c.max_batch_bytes as u64),
             ("collect.max_batch_events", c.max_batch_events as u64),
             ("collect.dedup_max_entries", c.dedup_max_entries as u64),

@@ -2,7 +2,7 @@
 -- description: The user–book interaction matrix for ALS: one row per (user, book) with an
 --   implicit-feedback weight (event type weight × exponential recency decay, summed) and the
 --   last interaction time. Pairs whose weight is not positive (e.g. only an unfavourite) are
---   left out.
+--   left out. Ratings outside rating_min..rating_max count nothing.
 -- output: lake
 -- keys: user_id, book_id
 -- param: w_view = 1
@@ -15,6 +15,8 @@
 -- param: w_read = 8
 -- param: w_rate = 1
 -- param: half_life_days = 30
+-- param: rating_min = 0
+-- param: rating_max = 10
 WITH weighted AS (
     SELECT
         user_id,
@@ -29,7 +31,9 @@ WITH weighted AS (
             WHEN 'remove_from_cart' THEN ${w_remove_from_cart}
             WHEN 'purchase' THEN ${w_purchase}
             WHEN 'read' THEN ${w_read}
-            WHEN 'rate' THEN ${w_rate} * coalesce(rating, 0)
+            -- a rating outside the intake's range (an older lake may hold one) counts 0
+            WHEN 'rate' THEN ${w_rate} * CASE WHEN rating BETWEEN ${rating_min} AND ${rating_max}
+                                             THEN rating ELSE 0 END
             ELSE 0
         END AS DOUBLE)
         * exp(-ln(2.0) * (date_part('epoch', ${as_of}) - date_part('epoch', event_ts))

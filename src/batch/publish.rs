@@ -47,11 +47,18 @@ pub struct PublishReport {
     pub users: usize,
     pub books: usize,
     pub interactions: usize,
+    /// rows of `interactions` left out: a null id, or a weight that is not a finite
+    /// number in (0, MAX_WEIGHT] (what an older lake may hold; it never fails a run)
+    pub dropped_interactions: u64,
     pub validation: eval::Metrics,
     pub rows: HashMap<String, u64>,
     pub pruned: Vec<String>,
     pub train_seconds: f64,
 }
+
+/// The largest interaction weight trained on; anything above (or not finite) is poison
+/// from an older lake or a bad query and is left out, counted.
+pub const MAX_WEIGHT: f64 = 1e9;
 
 async fn collect(
     ctx: &SessionContext,
@@ -80,12 +87,37 @@ pub async fn train_and_publish(
     watermark: &serde_json::Value,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<PublishReport, PublishError> {
+    let usable = format!(
+        "user_id IS NOT NULL AND book_id IS NOT NULL AND weight > 0 AND weight <= {MAX_WEIGHT:e}"
+    );
     let batches = collect(
         ctx,
-        "SELECT user_id, book_id, weight, last_ts FROM interactions",
+        &format!("SELECT user_id, book_id, weight, last_ts FROM interactions WHERE {usable}"),
         INPUT,
     )
     .await?;
+    let dropped = collect(
+        ctx,
+        &format!("SELECT count(*) FROM interactions WHERE NOT coalesce({usable}, false)"),
+        INPUT,
+    )
+    .await?
+    .first()
+    .and_then(|b| arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::UInt64).ok())
+    .and_then(|a| {
+        use arrow::array::AsArray;
+        let a = a.as_primitive::<arrow::datatypes::UInt64Type>();
+        (!a.is_empty()).then(|| a.value(0))
+    })
+    .unwrap_or(0);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            max_weight = MAX_WEIGHT,
+            "publish: interactions with a null id or a weight that is not a finite number in \
+             (0, max_weight] were left out of training"
+        );
+    }
     let schema = batches
         .first()
         .map(|b| b.schema())
@@ -286,6 +318,7 @@ pub async fn train_and_publish(
         users: data.users.len(),
         books: data.items.len(),
         interactions: data.triples.len(),
+        dropped_interactions: dropped,
         validation,
         rows,
         pruned,

@@ -167,6 +167,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         limits: Limits {
             max_event_bytes: cfg.max_event_bytes,
+            max_event_age_secs: cfg.max_event_age_secs,
         },
         dedup: Dedup::new(
             Duration::from_secs(cfg.dedup_window_secs),

@@ -18,18 +18,41 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_event_bytes: usize,
+    /// an event whose (clock-corrected) `event_ts` is older than this before its receipt
+    /// is rejected (`invalid_timestamp`): one request cannot open hundreds of old lake
+    /// partitions
+    pub max_event_age_secs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_event_bytes: 32 * 1024,
+            max_event_age_secs: 7 * 24 * 3600,
         }
     }
 }
 
-/// Longest accepted identifier (user, anonymous, session, book ids).
+/// Longest accepted identifier (user, anonymous, session, book ids), in characters.
 pub const MAX_ID_CHARS: usize = 256;
+/// The accepted range of `rating` (1–5 stars and Book-Crossing's 0–10 both fit); outside
+/// it a rating is `invalid_value`, so one client cannot poison the ALS weights.
+pub const RATING_RANGE: std::ops::RangeInclusive<f64> = 0.0..=10.0;
+
+/// Characters an identifier may not hold: control characters, bidirectional overrides
+/// and isolates (which make an id display as another), and zero-width characters (which
+/// make two ids look alike).
+fn forbidden_in_id(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
 /// Longest accepted `event_type`.
 pub const MAX_EVENT_TYPE_CHARS: usize = 64;
 
@@ -274,7 +297,22 @@ pub fn validate_bytes(
     }
     let value: Value = serde_json::from_slice(raw)
         .map_err(|e| EventError::new(ErrorCode::InvalidJson, None, format!("invalid JSON: {e}")))?;
-    validate(value, received_at)
+    let event = validate(value, received_at)?;
+    let oldest = truncate_micros(received_at)
+        - chrono::Duration::seconds(limits.max_event_age_secs.min(i64::MAX as u64) as i64);
+    if event.event_ts < oldest {
+        return Err(EventError::field(
+            ErrorCode::InvalidTimestamp,
+            "client_ts",
+            format!(
+                "puts the event at {}, more than {} s before it was received (the limit is \
+                 collect.max_event_age_secs)",
+                format_ts(&event.event_ts),
+                limits.max_event_age_secs
+            ),
+        ));
+    }
+    Ok(event)
 }
 
 /// Validates one parsed client event and stamps it with `received_at`.
@@ -386,13 +424,23 @@ fn parse_fields(
 ) -> Result<Event, EventError> {
     let event_id = match obj.remove("event_id") {
         None | Some(Value::Null) => Uuid::now_v7(),
-        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|e| {
-            EventError::field(
-                ErrorCode::InvalidEventId,
-                "event_id",
-                format!("{s:?} is not a UUID: {e}"),
-            )
-        })?,
+        Some(Value::String(s)) => {
+            let id = Uuid::parse_str(&s).map_err(|e| {
+                EventError::field(
+                    ErrorCode::InvalidEventId,
+                    "event_id",
+                    format!("{s:?} is not a UUID: {e}"),
+                )
+            })?;
+            if id.is_nil() || id == Uuid::max() {
+                return Err(EventError::field(
+                    ErrorCode::InvalidEventId,
+                    "event_id",
+                    format!("{s:?} is a reserved UUID (nil or max), not an id"),
+                ));
+            }
+            id
+        }
         Some(other) => {
             return Err(EventError::field(
                 ErrorCode::InvalidEventId,
@@ -439,7 +487,18 @@ fn parse_fields(
     let rating = match obj.remove("rating") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(r) if r.is_finite() => Some(r),
+            Some(r) if RATING_RANGE.contains(&r) => Some(r),
+            Some(r) if r.is_finite() => {
+                return Err(EventError::field(
+                    ErrorCode::InvalidValue,
+                    "rating",
+                    format!(
+                        "{n} is outside {}..={}",
+                        RATING_RANGE.start(),
+                        RATING_RANGE.end()
+                    ),
+                ));
+            }
             _ => {
                 return Err(EventError::field(
                     ErrorCode::InvalidValue,
@@ -578,11 +637,23 @@ fn take_id(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, 
             format!("is longer than {MAX_ID_CHARS} characters"),
         ));
     }
-    if s.chars().any(char::is_control) {
+    if let Some(c) = s.chars().find(|c| forbidden_in_id(*c)) {
         return Err(EventError::field(
             ErrorCode::InvalidValue,
             field,
-            "contains control characters",
+            format!(
+                "contains U+{:04X}: control, bidirectional-override and zero-width characters \
+                 are not allowed in ids",
+                c as u32
+            ),
+        ));
+    }
+    if s.trim() != s {
+        // rejected rather than trimmed: "u1" and "u1 " must not silently become one user
+        return Err(EventError::field(
+            ErrorCode::InvalidValue,
+            field,
+            "has leading or trailing whitespace",
         ));
     }
     Ok(Some(s))

@@ -190,6 +190,7 @@ fn numeric_ids_are_accepted_as_strings() {
 fn oversize_and_bad_json_bytes() {
     let limits = Limits {
         max_event_bytes: 64,
+        ..Limits::default()
     };
     let big = format!(
         r#"{{"event_type":"view","user_id":"u","book_id":"{}"}}"#,
@@ -209,7 +210,8 @@ fn canonical_json_requires_stamps() {
 }
 
 fn opt_id() -> impl Strategy<Value = Option<String>> {
-    proptest::option::of("[a-zA-Z0-9_\\-:. ]{1,40}")
+    // inner spaces are fine; leading or trailing ones are refused
+    proptest::option::of("[a-zA-Z0-9_\\-:.]([a-zA-Z0-9_\\-:. ]{0,38}[a-zA-Z0-9_\\-:.])?")
 }
 
 fn opt_ts() -> impl Strategy<Value = Option<i64>> {
@@ -226,7 +228,7 @@ prop_compose! {
         ],
         id in proptest::option::of(any::<u128>()),
         user in opt_id(), anon in opt_id(), session in opt_id(),
-        book in "[0-9X]{1,13}", rating in -10.0f64..10.0, query in "[a-z ]{0,20}q",
+        book in "[0-9X]{1,13}", rating in 0.0f64..10.0, query in "[a-z ]{0,20}q",
         client in opt_ts(), sent in opt_ts(),
         page in proptest::option::of(".{0,30}"), referrer in proptest::option::of(".{0,30}"),
         ua in proptest::option::of(".{0,30}"),
@@ -281,4 +283,62 @@ proptest! {
     fn arbitrary_json_never_panics(s in ".{0,200}") {
         let _ = validate_bytes(s.as_bytes(), now(), &Limits::default());
     }
+}
+
+#[test]
+fn poisoned_values_are_refused_with_their_field() {
+    let code = |v: serde_json::Value| {
+        validate(v, now())
+            .map(|_| ())
+            .map_err(|e| (e.code, e.field))
+    };
+    let bad = |field: &str, c: ErrorCode| Err((c, Some(field.to_string())));
+    for r in [1e300, 10.5, -1.0] {
+        assert_eq!(
+            code(json!({"event_type":"rate","user_id":"u","book_id":"b","rating": r})),
+            bad("rating", ErrorCode::InvalidValue),
+            "{r}"
+        );
+    }
+    assert!(code(json!({"event_type":"rate","user_id":"u","book_id":"b","rating": 10})).is_ok());
+    for id in [
+        "00000000-0000-0000-0000-000000000000",
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    ] {
+        assert_eq!(
+            code(json!({"event_type":"view","user_id":"u","book_id":"b","event_id": id})),
+            bad("event_id", ErrorCode::InvalidEventId)
+        );
+    }
+    for id in [
+        "u\u{202E}1",
+        "u\u{200B}1",
+        "\u{FEFF}u",
+        " u1",
+        "u1 ",
+        "u\u{7}",
+    ] {
+        assert_eq!(
+            code(json!({"event_type":"view","user_id": id,"book_id":"b"})),
+            bad("user_id", ErrorCode::InvalidValue),
+            "{id:?}"
+        );
+    }
+    assert!(code(json!({"event_type":"view","user_id":"é-Ü 1","book_id":"b"})).is_ok());
+}
+
+#[test]
+fn events_older_than_the_age_limit_are_refused() {
+    let limits = Limits::default();
+    let at = now();
+    let raw = |days: i64| {
+        let c = at - chrono::Duration::days(days);
+        json!({"event_type":"view","user_id":"u","book_id":"b",
+            "client_ts": format_ts(&c), "sent_at": format_ts(&at)})
+        .to_string()
+    };
+    assert!(validate_bytes(raw(6).as_bytes(), at, &limits).is_ok());
+    let e = validate_bytes(raw(8).as_bytes(), at, &limits).expect_err("too old");
+    assert_eq!(e.code, ErrorCode::InvalidTimestamp);
+    assert!(e.message.contains("max_event_age_secs"), "{}", e.message);
 }

@@ -288,3 +288,114 @@ async fn an_empty_lake_runs_the_features_and_skips_the_model() {
     assert!(record.model.is_none());
     assert!(store.current_version().await.expect("current").is_none());
 }
+
+/// What an older lake (or a bad query) may hold cannot fail a run: a `rate` event with an
+/// absurd rating written straight into the lake counts nothing in `interactions`, and
+/// interaction weights that are not finite are left out of training and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_ratings_and_weights_in_the_lake_never_fail_a_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = clustered_lake(&dir.path().join("lake")).await;
+    // two rate events the intake would refuse, as an older version may have landed them
+    let ts = as_of() - Duration::minutes(10);
+    let poison: Vec<Event> = [1e300, f64::INFINITY]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Event {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: EventType::parse("rate"),
+            user_id: Some("u0-0".into()),
+            anonymous_id: None,
+            session_id: None,
+            book_id: Some(format!("b0-{i}")),
+            rating: Some(*r),
+            query: None,
+            client_ts: Some(ts),
+            sent_at: Some(ts),
+            received_at: ts,
+            event_ts: ts,
+            page: None,
+            referrer: None,
+            user_agent: None,
+            properties: None,
+        })
+        .collect();
+    let base = bookrec::event::arrow::to_record_batch(&poison).expect("batch");
+    let mut cols: Vec<ArrayRef> = base.columns().to_vec();
+    cols.push(Arc::new(Int32Array::from(vec![1; 2])));
+    cols.push(Arc::new(Int64Array::from(vec![0, 1])));
+    let poisoned = RecordBatch::try_new(bookrec::lake::events_file_schema(), cols).expect("batch");
+    let (dt, hour) = bookrec::lake::layout::hour_bucket(&ts);
+    let file = bookrec::lake::DataFile {
+        kind: bookrec::lake::FileKind::Events { dt, hour },
+        topic: "fixture".into(),
+        partition: 1,
+        first_offset: 0,
+        last_offset: 1,
+    };
+    lake.put(
+        &file.relative_path(),
+        bookrec::lake::write_parquet(&poisoned).expect("parquet"),
+    )
+    .await
+    .expect("put");
+    let store = Store::connect(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .expect("store");
+    let record = batch(&lake, &store, &training(1.0)).await;
+    let model = record.model.expect("published");
+    assert_eq!(model.dropped_interactions, 0);
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
+    let max = bookrec::sql::query(&ctx, "SELECT max(weight) FROM interactions")
+        .await
+        .expect("query");
+    let max =
+        arrow::compute::cast(max[0].column(0), &arrow::datatypes::DataType::Float64).expect("f64");
+    let max = max
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .expect("f64")
+        .value(0);
+    assert!(max.is_finite() && max < 100.0, "{max}");
+
+    // an interactions query that yields infinite weights: left out, counted, the run succeeds
+    let queries = tempfile::tempdir().expect("queries");
+    std::fs::write(
+        queries.path().join("interactions.sql"),
+        "-- name: interactions\n-- output: lake\n-- keys: user_id, book_id\n\
+         SELECT user_id, book_id, \
+         CASE WHEN user_id = 'u0-0' THEN CAST(1e308 AS DOUBLE) * 10 ELSE 1.0 END AS weight, \
+         max(event_ts) AS last_ts FROM events WHERE event_ts <= ${as_of} \
+         GROUP BY user_id, book_id\n",
+    )
+    .expect("write");
+    let record = bookrec::batch::runner::run(
+        &lake,
+        Some(&store),
+        &bookrec::config::BatchConfig {
+            queries_dir: queries.path().to_path_buf(),
+            engine: "datafusion".into(),
+        },
+        &[],
+        as_of(),
+        Some(&training(1.0)),
+        &mut |_| {},
+    )
+    .await
+    .expect("infinite weights do not fail the run");
+    let model = record.model.expect("published");
+    let pairs = bookrec::sql::query(
+        &ctx,
+        "SELECT count(DISTINCT book_id) FROM events WHERE user_id = 'u0-0'",
+    )
+    .await
+    .expect("query");
+    let pairs =
+        arrow::compute::cast(pairs[0].column(0), &arrow::datatypes::DataType::UInt64).expect("u64");
+    let pairs = pairs
+        .as_any()
+        .downcast_ref::<arrow::array::UInt64Array>()
+        .expect("u64")
+        .value(0);
+    assert_eq!(model.dropped_interactions, pairs, "{model:?}");
+}
