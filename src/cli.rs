@@ -178,6 +178,10 @@ pub enum Command {
         /// Write to FILE instead of standard output (required for parquet on a terminal)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Allow statements that change things (CREATE/DROP, INSERT, COPY … TO, SET);
+        /// without it `bookrec sql` only reads
+        #[arg(long)]
+        allow_writes: bool,
     },
     /// Replays a dataset (ratings CSV from scripts/fetch-datasets) as events into the
     /// collector, or straight into Kafka; prints events/s and latency.
@@ -686,11 +690,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Sql { query, format, out } => {
+        Command::Sql {
+            query,
+            format,
+            out,
+            allow_writes,
+        } => {
             let lake = crate::lake::Lake::open(&config.lake)?;
             let batches = runtime()?.block_on(async {
                 let ctx = crate::sql::session(&lake).await?;
-                crate::sql::query(&ctx, &query).await
+                if allow_writes {
+                    crate::sql::query(&ctx, &query).await
+                } else {
+                    crate::sql::query_read_only(&ctx, &query).await
+                }
             })?;
             match out {
                 Some(path) => {

@@ -643,13 +643,44 @@ pub const REDACTED: &str = "<redacted>";
 /// Keys whose values never appear in logs or `bookrec config`.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "credential",
+        "key",
+        "pem",
+        "sasl",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
-/// Replaces the password of a URL's user-info (`scheme://user:pass@host`) with `<redacted>`.
+/// Replaces the password of a URL's user-info (`scheme://user:pass@host`) and the values of
+/// query parameters with secret names (`?password=…`, `?sslkey=…`, see [`is_secret_key`])
+/// with `<redacted>`.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret_key(k) => format!("{k}={REDACTED}"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
@@ -854,6 +885,23 @@ mod tests {
         let printed = c.to_redacted_toml().expect("toml");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("SASL_SSL"), "{printed}");
+        assert_eq!(
+            redact_url("postgres://db/x?user=a&password=hunter2&sslkey=/k.pem&sslmode=require"),
+            "postgres://db/x?user=a&password=<redacted>&sslkey=<redacted>&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("mysql://root:pw@db:3306/x?ssl-mode=REQUIRED"),
+            "mysql://root:<redacted>@db:3306/x?ssl-mode=REQUIRED"
+        );
+        for key in [
+            "sasl.username",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "oauth.token",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        assert!(!is_secret_key("security.protocol"));
         assert_eq!(
             redact_url("mysql://root:pw@db:3306/x"),
             "mysql://root:<redacted>@db:3306/x"

@@ -103,7 +103,7 @@ impl Feature {
             reason,
         };
         let sql = self.query.render(&chrono::Utc::now(), &HashMap::new());
-        let out = crate::sql::query(ctx, &sql)
+        let out = crate::sql::query_read_only(ctx, &sql)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let (ops, _skipped) = self.sink.ops(&out).map_err(fail)?;
@@ -127,7 +127,7 @@ pub async fn load(dir: &Path, ctx: &SessionContext) -> Result<Vec<Feature>, Stre
             }
         };
         let sql = q.render(&chrono::Utc::now(), &HashMap::new());
-        match ctx.sql(&sql).await {
+        match crate::sql::plan_read_only(ctx, &sql).await {
             Ok(df) => {
                 let schema = df.schema().as_arrow().clone();
                 match sink.check(&q, &schema) {

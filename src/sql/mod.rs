@@ -476,11 +476,27 @@ async fn current_state(
         .collect();
     rows.sort();
     let mut ndjson = Vec::new();
+    // the JSON kinds each field holds: a source without a schema may send `9` in one change
+    // and `"9"` in another; such a column is read as text (with a warning) rather than
+    // failing every session
+    let mut kinds: std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>> =
+        Default::default();
     for (key, after, ts) in &rows {
         let mut obj = match serde_json::from_str::<serde_json::Value>(after) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => continue,
         };
+        for (field, v) in &obj {
+            let kind = match v {
+                serde_json::Value::Null => continue,
+                serde_json::Value::Bool(_) => "boolean",
+                serde_json::Value::Number(_) => "number",
+                serde_json::Value::String(_) => "string",
+                serde_json::Value::Array(_) => "array",
+                serde_json::Value::Object(_) => "object",
+            };
+            kinds.entry(field.clone()).or_default().insert(kind);
+        }
         obj.insert("_key".into(), serde_json::Value::String(key.clone()));
         obj.insert("_ts_ms".into(), serde_json::Value::from(*ts));
         ndjson.extend_from_slice(serde_json::Value::Object(obj).to_string().as_bytes());
@@ -492,15 +508,53 @@ async fn current_state(
     };
     let (schema, _) = arrow::json::reader::infer_json_schema(std::io::Cursor::new(&ndjson), None)
         .map_err(json_err)?;
+    let varying: Vec<String> = kinds
+        .iter()
+        .filter(|(_, k)| k.len() > 1)
+        .map(|(f, k)| format!("{f} ({})", k.iter().copied().collect::<Vec<_>>().join(", ")))
+        .collect();
+    if !varying.is_empty() {
+        tracing::warn!(table, fields = ?varying, "cdc current state: fields whose values vary in \
+            type between changes are read as text");
+    }
     let schema = Arc::new(schema);
     let reader = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
         .build(std::io::Cursor::new(&ndjson))
         .map_err(json_err)?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(json_err)?;
     Ok((schema, batches))
 }
 
-/// Runs one statement and collects the result.
+/// What analysts' SQL may do: read. DDL (`CREATE …`, `DROP …`), DML and `COPY … TO`
+/// (which would write files wherever the process may) and statements such as `SET` are
+/// refused with a DataFusion error naming what is not allowed.
+pub fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Plans `sql` as analysts' SQL is planned: [`read_only`].
+pub async fn plan_read_only(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<datafusion::dataframe::DataFrame, DataFusionError> {
+    ctx.sql_with_options(sql, read_only()).await
+}
+
+/// Runs one read-only statement ([`read_only`]) and collects the result: `bookrec sql`,
+/// the batch features, the realtime queries.
+pub async fn query_read_only(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let df = plan_read_only(ctx, sql).await.map_err(SqlError::Query)?;
+    df.collect().await.map_err(SqlError::Query)
+}
+
+/// Runs one statement of this program's own (it may define views) and collects the result.
 pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     let df = ctx.sql(sql).await.map_err(SqlError::Query)?;
     df.collect().await.map_err(SqlError::Query)

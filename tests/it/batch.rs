@@ -333,3 +333,50 @@ async fn broken_queries_are_reported_with_file_and_line() {
     );
     assert!(err.contains("cycle"), "{err}");
 }
+
+/// A CDC table whose field types vary between records (`price: 9` in one, `"9"` in
+/// another, as a schemaless source may send) still opens: the column is read as text.
+#[tokio::test]
+async fn a_cdc_table_with_varying_field_types_still_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.lake.url = format!("file://{}", dir.path().display());
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let changes: Vec<(String, String)> = [
+        (1, serde_json::json!(9)),
+        (2, serde_json::json!("9.5")),
+        (3, serde_json::json!(true)),
+        (4, serde_json::json!(null)),
+    ]
+    .iter()
+    .map(|(id, price)| {
+        (
+            serde_json::json!({ "id": id }).to_string(),
+            serde_json::json!({ "id": id, "price": price }).to_string(),
+        )
+    })
+    .collect();
+    let batch = bookrec::lake::cdc_snapshot("shop", "prices", 0, &changes).expect("batch");
+    lake.put(
+        "cdc/prices/part-shop.prices-0-0-3.parquet",
+        bookrec::lake::write_parquet(&batch).expect("parquet"),
+    )
+    .await
+    .expect("put");
+    let got = rows(
+        &lake,
+        "SELECT CAST(id AS VARCHAR) AS id, CAST(price AS VARCHAR) AS price FROM prices ORDER BY id",
+    )
+    .await;
+    let text = arrow::util::pretty::pretty_format_batches(&got)
+        .expect("format")
+        .to_string();
+    for line in [
+        "| 1  | 9     |",
+        "| 2  | 9.5   |",
+        "| 3  | true  |",
+        "| 4  |       |",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}

@@ -130,3 +130,50 @@ fn collect_drains_and_exits_zero_on_sigterm() {
         "spool holds the event ({spooled} bytes)"
     );
 }
+
+#[test]
+fn sql_only_reads_unless_writes_are_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = format!("file://{}", dir.path().join("lake").display());
+    let target = dir.path().join("out.csv");
+    let run = |sql: &str, allow: bool| {
+        let mut c = bookrec();
+        c.args(["sql", sql]).env("BOOKREC__LAKE__URL", &lake);
+        if allow {
+            c.arg("--allow-writes");
+        }
+        c.output().expect("run")
+    };
+    let copy = format!(
+        "COPY (SELECT 1 AS x) TO '{}' STORED AS CSV",
+        target.display()
+    );
+    for (sql, needle) in [
+        ("CREATE TABLE t AS SELECT 1 AS x", "DDL"),
+        ("DROP TABLE events", "DDL"),
+        ("SET datafusion.execution.batch_size = 1", "Statement"),
+        (copy.as_str(), "DML"),
+    ] {
+        let out = run(sql, false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sql} was allowed");
+        assert!(
+            err.contains(needle) && err.contains("not supported"),
+            "{sql}: {err}"
+        );
+    }
+    assert!(!target.exists(), "COPY wrote a file");
+    let out = run("SELECT count(*) AS n FROM events", false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&copy, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(target.exists(), "--allow-writes: COPY wrote nothing");
+}
