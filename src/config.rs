@@ -407,6 +407,8 @@ pub struct CollectConfig {
     pub max_batch_events: usize,
     pub dedup_window_secs: u64,
     pub dedup_max_entries: usize,
+    /// ids of one client key (user or anonymous id) remembered per dedup generation
+    pub dedup_max_per_client: usize,
     pub cors_allowed_origins: Vec<String>,
     pub shutdown_timeout_ms: u64,
     pub spool: SpoolConfig,
@@ -470,7 +472,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 21] = [
+        let positive: [(&'static str, u64); 22] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -480,6 +482,10 @@ impl Config {
             ("collect.max_batch_bytes", c.max_batch_bytes as u64),
             ("collect.max_batch_events", c.max_batch_events as u64),
             ("collect.dedup_max_entries", c.dedup_max_entries as u64),
+            (
+                "collect.dedup_max_per_client",
+                c.dedup_max_per_client as u64,
+            ),
             ("collect.spool.max_bytes", c.spool.max_bytes),
             ("collect.spool.segment_bytes", c.spool.segment_bytes),
             ("collect.spool.max_in_flight", c.spool.max_in_flight as u64),

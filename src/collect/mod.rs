@@ -172,7 +172,8 @@ pub async fn run(
         dedup: Dedup::new(
             Duration::from_secs(cfg.dedup_window_secs),
             cfg.dedup_max_entries,
-        ),
+        )
+        .with_client_quota(cfg.dedup_max_per_client),
         cfg: cfg.clone(),
         spool: spool.clone(),
         metrics: metrics.clone(),
@@ -493,9 +494,13 @@ async fn intake(
     let mut records = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     let mut events: Vec<Event> = Vec::with_capacity(items.len());
+    let mut origins = Vec::with_capacity(items.len());
     for item in items {
-        match event::validate_bytes(item.raw, received_at, &state.limits) {
-            Ok(ev) => events.push(ev),
+        match event::validate_bytes_origin(item.raw, received_at, &state.limits) {
+            Ok((ev, origin)) => {
+                events.push(ev);
+                origins.push(origin);
+            }
             Err(err) => {
                 records.push(dead_letter(
                     endpoint,
@@ -518,8 +523,23 @@ async fn intake(
             }
         }
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let fresh = state.dedup.insert_new(&ids, Instant::now());
+    // only ids a client chose are remembered (a server-assigned id cannot come again), each
+    // under its client's key, so one client cannot flush the others' ids
+    let mut fresh = vec![true; events.len()];
+    let client_ids: Vec<(usize, (Uuid, &str))> = events
+        .iter()
+        .zip(&origins)
+        .enumerate()
+        .filter(|(_, (_, o))| **o == event::IdOrigin::Client)
+        .map(|(i, (e, _))| (i, (e.event_id, e.key())))
+        .collect();
+    let verdicts = state.dedup.insert_new_for(
+        &client_ids.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+        Instant::now(),
+    );
+    for ((i, _), v) in client_ids.iter().zip(verdicts) {
+        fresh[*i] = v;
+    }
     let mut new_ids = Vec::new();
     let mut duplicates = 0;
     for (ev, is_new) in events.iter().zip(&fresh) {

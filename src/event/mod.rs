@@ -284,6 +284,24 @@ pub fn validate_bytes(
     received_at: DateTime<Utc>,
     limits: &Limits,
 ) -> Result<Event, EventError> {
+    validate_bytes_origin(raw, received_at, limits).map(|(e, _)| e)
+}
+
+/// Who chose an event's `event_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdOrigin {
+    /// the client sent it: a retry carries it again, so it is worth remembering
+    Client,
+    /// the collector assigned it: nobody can retry it
+    Server,
+}
+
+/// [`validate_bytes`], also saying who chose the `event_id`.
+pub fn validate_bytes_origin(
+    raw: &[u8],
+    received_at: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<(Event, IdOrigin), EventError> {
     if raw.len() > limits.max_event_bytes {
         return Err(EventError::new(
             ErrorCode::EventTooLarge,
@@ -297,6 +315,10 @@ pub fn validate_bytes(
     }
     let value: Value = serde_json::from_slice(raw)
         .map_err(|e| EventError::new(ErrorCode::InvalidJson, None, format!("invalid JSON: {e}")))?;
+    let origin = match value.get("event_id") {
+        None | Some(Value::Null) => IdOrigin::Server,
+        Some(_) => IdOrigin::Client,
+    };
     let event = validate(value, received_at)?;
     let oldest = truncate_micros(received_at)
         - chrono::Duration::seconds(limits.max_event_age_secs.min(i64::MAX as u64) as i64);
@@ -312,7 +334,7 @@ pub fn validate_bytes(
             ),
         ));
     }
-    Ok(event)
+    Ok((event, origin))
 }
 
 /// Validates one parsed client event and stamps it with `received_at`.
