@@ -645,6 +645,15 @@ fn take_id(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, 
             ));
         }
     };
+    check_id(field, &s)?;
+    Ok(Some(s))
+}
+
+/// The rules every identifier follows (user, anonymous, session and book ids), wherever it
+/// comes from — an event, a URL path, a query parameter: non-empty, at most
+/// [`MAX_ID_CHARS`] characters, no control, bidirectional-override or zero-width characters,
+/// no leading or trailing whitespace. Every store keeps such an id exactly.
+pub fn check_id(field: &str, s: &str) -> Result<(), EventError> {
     if s.is_empty() {
         return Err(EventError::field(
             ErrorCode::InvalidValue,
@@ -678,7 +687,7 @@ fn take_id(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, 
             "has leading or trailing whitespace",
         ));
     }
-    Ok(Some(s))
+    Ok(())
 }
 
 fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, EventError> {

@@ -45,6 +45,33 @@ async fn user_state(
     Ok((recent, owned, got.collect()))
 }
 
+/// A 400 `invalid_id` when `value` breaks the id rules ([`crate::event::check_id`]):
+/// checked before any backend call, so a scan of junk ids costs no DB or Redis round trip
+/// and leaves nothing in the list cache.
+fn invalid_id(field: &str, value: &str) -> Option<Response> {
+    crate::event::check_id(field, value)
+        .err()
+        .map(|e| error(StatusCode::BAD_REQUEST, "invalid_id", e.message))
+}
+
+/// Unmatched paths: an API path with an empty id segment (`/api/users//profile`) is a
+/// 400 `invalid_id`; anything else a JSON 404.
+pub(super) async fn fallback(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/api/") && (path.contains("//") || path.ends_with('/')) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{path}: an id in the path is empty"),
+        );
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {path}"),
+    )
+}
+
 /// A JSON error with a status.
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
@@ -122,6 +149,16 @@ pub(super) async fn recommendations(
         Ok(k) => k,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
     };
+    let ids = [
+        ("user_id", Some(&user_id)),
+        ("context_book", params.context_book.as_ref()),
+        ("category", params.category.as_ref()),
+    ];
+    for (field, value) in ids {
+        if let Some(bad) = value.and_then(|v| invalid_id(field, v)) {
+            return bad;
+        }
+    }
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);
     let db = read(&shared.db);
@@ -352,6 +389,9 @@ pub(super) async fn similar(
         Ok(k) => k,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
     };
+    if let Some(bad) = invalid_id("book_id", &book_id) {
+        return bad;
+    }
     let Some(db) = read(&shared.db) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -490,6 +530,9 @@ pub(super) async fn profile(
     State(shared): State<Arc<Shared>>,
     Path(user_id): Path<String>,
 ) -> Response {
+    if let Some(bad) = invalid_id("user_id", &user_id) {
+        return bad;
+    }
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);
     let db = read(&shared.db);

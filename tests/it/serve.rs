@@ -292,6 +292,28 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     );
     let (s, body) = get(&http, &format!("{recs}?k=0")).await;
     assert_eq!((s, body["error"]["code"].clone()), (400, json!("bad_k")));
+    // ids are checked before any backend call: empty, too long, invisible or edge spaces
+    let long = "x".repeat(300);
+    for path in [
+        "/api/users//profile".to_string(),
+        "/api/recommendations/".to_string(),
+        "/api/similar/%20b1".to_string(),
+        format!("/api/recommendations/{long}"),
+        "/api/recommendations/u%E2%80%AE1".to_string(),
+        "/api/recommendations/u1?context_book=b%E2%80%8B1".to_string(),
+    ] {
+        let (s, body) = get(&http, &format!("{api}{path}")).await;
+        assert_eq!(
+            (s, body["error"]["code"].clone()),
+            (400, json!("invalid_id")),
+            "{path}: {body}"
+        );
+    }
+    let (s, body) = get(&http, &format!("{api}/api/nothing-here")).await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
     let (s, doc) = get(&http, &format!("{api}/api/openapi.json")).await;
     assert_eq!(s, 200);
     assert!(doc["paths"]["/api/recommendations/{user_id}"].is_object());
