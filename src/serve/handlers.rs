@@ -637,10 +637,43 @@ pub(super) async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response 
         .into_response()
 }
 
-pub(super) async fn page() -> Response {
-    (
+/// The demo page, under a Content-Security-Policy: scripts only from this origin (no inline
+/// script, no eval), requests only to this origin and the collector, no plugins, no framing.
+/// With the page rendering every id, title and reason as text, data cannot become script.
+pub(super) async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let collector = url::Url::parse(&shared.cfg.serve.collect_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .unwrap_or_default();
+    let csp = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+         img-src 'self'; connect-src 'self' {collector}; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    );
+    let mut resp = (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         include_str!("page.html"),
+    )
+        .into_response();
+    let headers = resp.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(&csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+pub(super) async fn page_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("page.js"),
     )
         .into_response()
 }

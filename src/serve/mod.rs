@@ -40,8 +40,8 @@ use crate::lake::Lake;
 use crate::store::{Store, StoreError};
 use cache::ListCache;
 use handlers::{
-    books, fallback, metrics_text, openapi, page, popular, profile, recommendations, similar,
-    tracker,
+    books, fallback, metrics_text, openapi, page, page_js, popular, profile, recommendations,
+    similar, tracker,
 };
 pub use metrics::ServeMetrics;
 use refresh::{catalogue_loop, connect_loop, refresh_loop};
@@ -171,6 +171,7 @@ fn app(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(page))
+        .route("/page.js", get(page_js))
         .route("/tracker.js", get(tracker))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(

@@ -308,3 +308,89 @@ async fn the_demo_page_follows_a_click_within_a_second() {
     );
     drop(demo);
 }
+
+/// Stored XSS: a book whose id, title and publisher are HTML, made popular so the page shows
+/// it among the recommendations, goes through the whole pipeline (replay → collector → lake
+/// → batch → API) and is shown as typed: no element is created from it, no script runs. The
+/// page is served under a Content-Security-Policy without inline script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_in_ids_and_titles_shows_as_text_and_never_runs() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    write_fixture(&data);
+    let (id, title, publisher) = (
+        "X<img src=x onerror=window.__xss=1>",
+        "<img src=x onerror=window.__xss=2>",
+        "<script>window.__xss=3</script>",
+    );
+    let mut books = std::fs::read_to_string(data.join("books.csv")).expect("books");
+    books.push_str(&format!("{id},{title},Mallory,2020,{publisher}\n"));
+    std::fs::write(data.join("books.csv"), books).expect("books.csv");
+    let mut ratings = std::fs::read_to_string(data.join("ratings.csv")).expect("ratings");
+    for u in 0..60 {
+        ratings.push_str(&format!("{u},{id},9\n"));
+    }
+    std::fs::write(data.join("ratings.csv"), ratings).expect("ratings.csv");
+    let (demo, page) = start_demo(work.path(), &data);
+
+    let resp = reqwest::get(&page).await.expect("page");
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        !csp.split(';')
+            .any(|d| d.trim().starts_with("script-src") && d.contains("unsafe")),
+        "{csp}"
+    );
+    let html = resp.text().await.expect("html");
+    assert!(!html.contains("<script>"), "inline script in the page");
+
+    let driver = Driver::start().await;
+    driver
+        .call(reqwest::Method::POST, "/url", Some(json!({"url": page})))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recs = shown(&driver).await;
+        let books = driver
+            .script(
+                "return [...document.querySelectorAll('#books li')].map(li => li.dataset.book);",
+            )
+            .await;
+        let listed = books
+            .as_array()
+            .is_some_and(|b| b.iter().any(|v| v.as_str() == Some(id)));
+        if listed && recs.iter().any(|(b, _)| b == id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the book was not shown: {recs:?} {books}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // shown as typed, nothing ran, no element was made from the data
+    let page_text = driver.script("return document.body.innerText;").await;
+    let page_text = page_text.as_str().unwrap_or_default();
+    assert!(
+        page_text.contains(title) && page_text.contains(publisher),
+        "{page_text}"
+    );
+    assert_eq!(
+        driver.script("return window.__xss === undefined;").await,
+        json!(true)
+    );
+    assert_eq!(
+        driver
+            .script("return document.querySelectorAll('img, #recs script, #books script').length;")
+            .await,
+        json!(0)
+    );
+    drop(driver);
+    drop(demo);
+}
