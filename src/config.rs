@@ -71,6 +71,11 @@ pub struct ServeConfig {
     pub refresh_ms: u64,
     /// how often the book catalogue is re-read from the lake
     pub catalogue_refresh_secs: u64,
+    /// bearer tokens that open the per-user reads (`/api/users/{id}/profile`): a request
+    /// must send `Authorization: Bearer <key>`; empty: those reads are refused (401)
+    pub api_keys: Vec<String>,
+    /// whether recommendations (what the front end needs) also need a key
+    pub recommendations_need_key: bool,
     pub weights: BlendWeights,
 }
 
@@ -635,6 +640,9 @@ impl Config {
         redacted.lake.url = redact_url(&redacted.lake.url);
         redacted.store.url = redact_url(&redacted.store.url);
         redacted.redis.url = redact_url(&redacted.redis.url);
+        for key in redacted.serve.api_keys.iter_mut() {
+            *key = REDACTED.to_string();
+        }
         for (key, value) in redacted.kafka.extra.iter_mut() {
             if is_secret_key(key) {
                 *value = REDACTED.to_string();

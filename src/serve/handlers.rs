@@ -45,6 +45,40 @@ async fn user_state(
     Ok((recent, owned, got.collect()))
 }
 
+/// `None` when the request carries one of `serve.api_keys` as a bearer token (compared in
+/// constant time), else the 401 to answer.
+fn unauthorized(shared: &Shared, headers: &axum::http::HeaderMap) -> Option<Response> {
+    use subtle::ConstantTimeEq;
+    let keys = &shared.cfg.serve.api_keys;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // every key is compared (no early exit), each in constant time
+    let ok = given.is_some_and(|g| {
+        keys.iter()
+            .fold(subtle::Choice::from(0), |acc, k| {
+                acc | g.as_bytes().ct_eq(k.as_bytes())
+            })
+            .into()
+    });
+    if ok {
+        return None;
+    }
+    let message = if keys.is_empty() {
+        "this read needs an API key, and none is configured (serve.api_keys)"
+    } else {
+        "this read needs an API key: send Authorization: Bearer <key>"
+    };
+    let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Some(resp)
+}
+
 /// A 400 `invalid_id` when `value` breaks the id rules ([`crate::event::check_id`]):
 /// checked before any backend call, so a scan of junk ids costs no DB or Redis round trip
 /// and leaves nothing in the list cache.
@@ -144,7 +178,13 @@ pub(super) async fn recommendations(
     State(shared): State<Arc<Shared>>,
     Path(user_id): Path<String>,
     Query(params): Query<RecParams>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    if shared.cfg.serve.recommendations_need_key
+        && let Some(denied) = unauthorized(&shared, &headers)
+    {
+        return denied;
+    }
     let k = match parse_k(params.k.as_deref()) {
         Ok(k) => k,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_k", m),
@@ -529,9 +569,13 @@ pub(super) async fn books(
 pub(super) async fn profile(
     State(shared): State<Arc<Shared>>,
     Path(user_id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     if let Some(bad) = invalid_id("user_id", &user_id) {
         return bad;
+    }
+    if let Some(denied) = unauthorized(&shared, &headers) {
+        return denied;
     }
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);

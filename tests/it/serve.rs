@@ -107,6 +107,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     cfg.redis.url = redis.url.clone();
     cfg.store.url = format!("sqlite://{}", db_dir.path().join("rec.db").display());
     cfg.serve.refresh_ms = 200;
+    cfg.serve.api_keys = vec!["other-key".into(), "the-test-key".into()];
     cfg.als.factors = 8;
     let user = |i: usize| format!("{tag}-u{i}");
 
@@ -277,7 +278,28 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
             .as_array()
             .is_some_and(|i| !i.is_empty() && i.iter().all(|b| b["category"] == "history"))
     );
-    let (s, body) = get(&http, &format!("{api}/api/users/{}/profile", user(0))).await;
+    // a user's profile is personal data: 401 without one of serve.api_keys, or a wrong one
+    let profile_url = format!("{api}/api/users/{}/profile", user(0));
+    for auth in [None, Some("Bearer wrong-key"), Some("the-test-key")] {
+        let mut req = http.get(&profile_url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.expect("request");
+        assert_eq!(r.status().as_u16(), 401, "{auth:?}");
+        assert_eq!(
+            r.headers().get("www-authenticate").map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+    }
+    let r = http
+        .get(&profile_url)
+        .bearer_auth("the-test-key")
+        .send()
+        .await
+        .expect("request");
+    let s = r.status().as_u16();
+    let body: Value = r.json().await.expect("json");
     assert_eq!(s, 200);
     assert_eq!(body["profile"]["user_id"], json!(user(0)), "{body}");
     assert_eq!(
