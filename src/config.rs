@@ -415,6 +415,9 @@ pub struct CollectConfig {
     /// ids of one client key (user or anonymous id) remembered per dedup generation
     pub dedup_max_per_client: usize,
     pub cors_allowed_origins: Vec<String>,
+    /// write keys per source (`name = "key"`): when any is set, a request without an
+    /// `Origin` (a server-side sender) must send one as `X-Write-Key`
+    pub write_keys: BTreeMap<String, String>,
     pub shutdown_timeout_ms: u64,
     pub spool: SpoolConfig,
 }
@@ -641,6 +644,9 @@ impl Config {
         redacted.store.url = redact_url(&redacted.store.url);
         redacted.redis.url = redact_url(&redacted.redis.url);
         for key in redacted.serve.api_keys.iter_mut() {
+            *key = REDACTED.to_string();
+        }
+        for key in redacted.collect.write_keys.values_mut() {
             *key = REDACTED.to_string();
         }
         for (key, value) in redacted.kafka.extra.iter_mut() {

@@ -296,6 +296,8 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
         .map_err(|e| DemoError::Step(e.to_string()))?;
     let collect_url = format!("http://{collect_addr}");
     cfg.serve.collect_url = collect_url.clone();
+    // the demo page is the collector's one web origin
+    cfg.collect.cors_allowed_origins = vec![format!("http://{serve_addr}")];
     let services = cancel.child_token();
     let collector = {
         let (cfg, stop) = (cfg.clone(), services.clone());

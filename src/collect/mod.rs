@@ -464,8 +464,7 @@ fn dead_letter(
     received_at: &chrono::DateTime<Utc>,
     max_raw: usize,
 ) -> Record {
-    let truncated = raw.len() > max_raw;
-    let kept = &raw[..raw.len().min(max_raw)];
+    let (kept, truncated) = within_escaped(raw, max_raw);
     let value = json!({
         "code": error.code.as_str(),
         "field": error.field,
@@ -473,7 +472,7 @@ fn dead_letter(
         "endpoint": endpoint,
         "index": index,
         "received_at": event::format_ts(received_at),
-        "raw": String::from_utf8_lossy(kept),
+        "raw": kept,
         "raw_bytes": raw.len(),
         "raw_truncated": truncated,
     });
@@ -482,6 +481,26 @@ fn dead_letter(
         key: Vec::new(),
         value: value.to_string().into_bytes(),
     }
+}
+
+/// The longest prefix of `raw` (as text, invalid UTF-8 replaced) whose JSON-escaped form
+/// takes at most `max` bytes, and whether it was cut: a body of control characters or
+/// quotes (6 or 2 bytes each once escaped) cannot make a dead letter larger than the limit.
+fn within_escaped(raw: &[u8], max: usize) -> (String, bool) {
+    let text = String::from_utf8_lossy(raw);
+    let mut used = 0usize;
+    for (i, c) in text.char_indices() {
+        let cost = match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if used + cost > max {
+            return (text[..i].to_string(), true);
+        }
+        used += cost;
+    }
+    (text.into_owned(), false)
 }
 
 /// Validates, dedups and spools a request's items; the verdict per item.
@@ -591,11 +610,62 @@ async fn intake(
     })
 }
 
+/// Who may write. A request with an `Origin` (a browser) must come from one of
+/// `collect.cors_allowed_origins` — checked on every request, including `text/plain`
+/// beacons that skip the CORS preflight — else 403 `forbidden_origin`. A request without
+/// one (a server-side sender) must carry one of `collect.write_keys` as `X-Write-Key` when
+/// any are configured, else 401 `unauthorized`. Browser writes stay unauthenticated on
+/// purpose: the page cannot keep a secret.
+fn admit(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let allowed = &state.cfg.cors_allowed_origins;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = allowed
+            .iter()
+            .any(|a| a == "*" || a.as_bytes() == origin.as_bytes());
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!(
+                    "origin {:?} is not in collect.cors_allowed_origins",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let keys = &state.cfg.write_keys;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get("x-write-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let ok: bool = keys
+        .values()
+        .fold(subtle::Choice::from(0), |acc, k| {
+            acc | given.ct_eq(k.as_bytes())
+        })
+        .into();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a server-side sender needs one of collect.write_keys in X-Write-Key",
+        ))
+    }
+}
+
 async fn post_log(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    admit(&state, &headers)?;
     body_kind(&headers)?;
     let limit = state.cfg.max_batch_bytes;
     content_length_check(&headers, limit)?;
@@ -623,6 +693,7 @@ async fn post_logs(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    admit(&state, &headers)?;
     let kind = body_kind(&headers)?;
     let limit = state.cfg.max_batch_bytes;
     content_length_check(&headers, limit)?;

@@ -782,3 +782,71 @@ async fn health_metrics_cors_and_tracker() {
     }
     collector.stop().await;
 }
+
+/// Who may write: browsers from the allowed origins (checked on every request, beacons
+/// included), server-side senders with a write key; dead letters never grow past the limit
+/// by escaping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_write_keys_and_bounded_dead_letters() {
+    let b = brokers();
+    support::require_broker(&b);
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut cfg = collector_config(&b, spool.path());
+    cfg.collect.cors_allowed_origins = vec!["http://shop.example".into()];
+    cfg.collect.write_keys = [("backend".to_string(), "k-backend".to_string())].into();
+    cfg.collect.max_event_bytes = 2048;
+    let collector = Collector::start(&cfg).await;
+    let client = reqwest::Client::new();
+    let post = |origin: Option<&str>, key: Option<&str>, body: String| {
+        let mut r = client
+            .post(collector.url("/api/logs"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(body);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(k) = key {
+            r = r.header("x-write-key", k);
+        }
+        r.send()
+    };
+    let one = || event(1, 1).to_string();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // a beacon from another site (no preflight for text/plain): refused
+    let r = post(Some("http://evil.example"), None, one())
+        .await
+        .expect("post");
+    assert_eq!(status(r), 403);
+    // the allowed origin needs no key
+    let r = post(Some("http://shop.example"), None, one())
+        .await
+        .expect("post");
+    assert_eq!(status(r), 202);
+    // a server-side sender: no key, a wrong key, the key
+    let r = post(None, None, one()).await.expect("post");
+    assert_eq!(status(r), 401);
+    let r = post(None, Some("wrong"), one()).await.expect("post");
+    assert_eq!(status(r), 401);
+    let r = post(None, Some("k-backend"), one()).await.expect("post");
+    assert_eq!(status(r), 202);
+    // an invalid event made of characters that escape to 6 bytes each: its dead letter
+    // keeps at most max_event_bytes of escaped text
+    let nasty = format!(
+        "{{\"event_type\":\"view\",\"user_id\":\"u\",\"book_id\":\"b\",\"x\":\"{}\"}}",
+        "\u{1}".repeat(1000)
+    );
+    let r = post(None, Some("k-backend"), nasty).await.expect("post");
+    assert_eq!(status(r), 202);
+    collector.wait_drained(Duration::from_secs(30)).await;
+    let dlq = read_topic(&b, &cfg.kafka.dlq_topic, Duration::from_secs(30));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let letter = &dlq[0].value;
+    let raw = letter["raw"].as_str().expect("raw");
+    assert_eq!(letter["raw_truncated"], json!(true), "{letter}");
+    assert!(
+        serde_json::to_string(raw).expect("json").len() <= 2048 + 2,
+        "{}",
+        raw.len()
+    );
+    collector.stop().await;
+}
