@@ -179,7 +179,13 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| err(0, "migrations table", e))?;
-        for (version, name, statements) in MIGRATIONS {
+        let mut all: Vec<(i64, &str, Vec<String>)> = MIGRATIONS
+            .iter()
+            .map(|(v, n, stmts)| (*v, *n, stmts.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        all.push((4, "exact ids", self.exact_id_statements()));
+        for (version, name, statements) in &all {
+            let (version, name) = (version, *name);
             let select = format!(
                 "SELECT version FROM bookrec_migrations WHERE version = {}",
                 self.placeholders(1, 0)
@@ -192,7 +198,7 @@ impl Store {
             if done.is_some() {
                 continue;
             }
-            for stmt in *statements {
+            for stmt in statements {
                 sqlx::query(stmt)
                     .execute(&self.pool)
                     .await
@@ -204,13 +210,53 @@ impl Store {
             );
             sqlx::query(&insert)
                 .bind(*version)
-                .bind(*name)
+                .bind(name)
                 .bind(crate::event::format_ts(&chrono::Utc::now()))
                 .execute(&self.pool)
                 .await
                 .map_err(|e| err(*version, name, e))?;
         }
         Ok(())
+    }
+
+    /// The column type of an id (user, book, category): as long as the intake allows
+    /// ([`crate::event::MAX_ID_CHARS`]) and compared byte for byte — MySQL/MariaDB's default
+    /// collations are case- and accent-insensitive (`u1` = `U1`, `é` = `e`), so ids there
+    /// are `utf8mb4_bin`; PostgreSQL's and SQLite's default comparisons are exact.
+    pub(crate) fn id_type(&self) -> String {
+        let n = crate::event::MAX_ID_CHARS;
+        match self.dialect {
+            Dialect::MySql => format!("VARCHAR({n}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+            Dialect::Postgres | Dialect::Sqlite => format!("VARCHAR({n})"),
+        }
+    }
+
+    /// Migration 4: the published lists' id columns become [`Store::id_type`] (SQLite
+    /// neither enforces lengths nor folds case: nothing to do).
+    fn exact_id_statements(&self) -> Vec<String> {
+        let id = self.id_type();
+        let tables = [
+            ("rec_user_books", "user_id", "book_id"),
+            ("rec_similar_books", "book_id", "similar_book_id"),
+            ("rec_popular_books", "category", "book_id"),
+        ];
+        match self.dialect {
+            Dialect::Sqlite => Vec::new(),
+            Dialect::MySql => tables
+                .iter()
+                .map(|(t, k, i)| {
+                    format!("ALTER TABLE {t} MODIFY {k} {id} NOT NULL, MODIFY {i} {id} NOT NULL")
+                })
+                .collect(),
+            Dialect::Postgres => tables
+                .iter()
+                .map(|(t, k, i)| {
+                    format!(
+                        "ALTER TABLE {t} ALTER COLUMN {k} TYPE {id}, ALTER COLUMN {i} TYPE {id}"
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Runs one statement; an error names `table`.
@@ -278,11 +324,12 @@ impl Store {
             source,
         };
         let mut columns = Vec::new();
+        let id_type = self.id_type();
         for f in schema.fields() {
             let sql_type = match f.data_type() {
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                     if keys.contains(f.name()) {
-                        "VARCHAR(255)"
+                        id_type.as_str()
                     } else {
                         "TEXT"
                     }

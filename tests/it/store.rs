@@ -119,3 +119,53 @@ fn normalize(s: &str) -> String {
         Err(_) => s.to_string(),
     }
 }
+
+/// Ids stay exact on every database: `u1` and `U1`, `é` and `e` are different users, and
+/// the longest id the intake accepts (in multi-byte characters) fits and reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_exact_on_sqlite_mariadb_and_postgres() {
+    use bookrec::store::{ModelVersion, RecRow, RecTable};
+    let dbs = Databases::create().await;
+    let longest = "é".repeat(bookrec::event::MAX_ID_CHARS);
+    let users = ["u1", "U1", "é", "e", longest.as_str()];
+    for url in &dbs.urls {
+        let store = Store::connect(url).await.expect("connect");
+        let v = ModelVersion {
+            version: "v-exact".into(),
+            created_at: "2026-12-01T00:00:00Z".into(),
+            status: "loading".into(),
+            data_cutoff: "2026-12-01T00:00:00Z".into(),
+            trained_through: serde_json::json!({}),
+            params: serde_json::json!({}),
+            metrics: serde_json::json!({}),
+            row_counts: serde_json::json!({}),
+            reason: None,
+        };
+        store.begin_version(&v).await.expect("begin");
+        let rows: Vec<RecRow> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| RecRow {
+                key: u.to_string(),
+                pos: 1,
+                item: format!("book-{i}"),
+                score: 1.0,
+            })
+            .collect();
+        store
+            .load_rows(RecTable::UserBooks, "v-exact", &rows)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        store.promote("v-exact", None).await.expect("promote");
+        for r in &rows {
+            let (_, items) = store
+                .user_books(&r.key, 5)
+                .await
+                .expect("read")
+                .unwrap_or_else(|| panic!("{url}: {:?} not found", r.key));
+            let got: Vec<&str> = items.iter().map(|i| i.item.as_str()).collect();
+            assert_eq!(got, vec![r.item.as_str()], "{url}: {:?}", r.key);
+        }
+    }
+    dbs.drop_all().await;
+}
