@@ -70,6 +70,15 @@ pub struct Lake {
     display: String,
 }
 
+/// fsync of a file and of the folder that names it (the rename that published it).
+fn sync_file_and_folder(file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl Lake {
     pub fn open(cfg: &LakeConfig) -> Result<Lake, LakeError> {
         let url = cfg.url.trim();
@@ -193,17 +202,34 @@ impl Lake {
         s.strip_prefix(root).map(|r| r.trim_start_matches('/'))
     }
 
-    /// Writes an object in one atomic put.
+    /// Writes an object in one atomic put. On a `file://` lake the file and its folder are
+    /// then fsynced, so a put that returned survives a power loss: the lander commits Kafka
+    /// offsets only after the puts of the files that hold them returned (S3 acknowledges a
+    /// PUT once it is durable).
     pub async fn put(&self, relative: &str, data: Bytes) -> Result<(), LakeError> {
         let path = self.path(relative);
+        let err = |source| LakeError::Object {
+            path: path.to_string(),
+            source,
+        };
         self.store
             .put(&path, PutPayload::from(data))
             .await
-            .map(|_| ())
-            .map_err(|source| LakeError::Object {
-                path: path.to_string(),
-                source,
-            })
+            .map_err(err)?;
+        if self.store_url.scheme() == "file" {
+            let file = std::path::PathBuf::from(format!("/{}", path.as_ref()));
+            let synced = tokio::task::spawn_blocking(move || sync_file_and_folder(&file))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            synced.map_err(|e| {
+                err(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                })
+            })?;
+        }
+        Ok(())
     }
 
     pub async fn get(&self, relative: &str) -> Result<Bytes, LakeError> {

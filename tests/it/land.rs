@@ -682,3 +682,59 @@ async fn sigterm_writes_open_files_and_sql_prints_every_format() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+/// Committed means durable: on a `file://` lake every landed file, and the folder that names
+/// it, is fsynced (seen by strace on a real `bookrec land`) before the lander exits having
+/// committed its offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landed_files_and_their_folders_are_fsynced() {
+    let b = brokers();
+    support::require_broker(&b);
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("strace is needed (scripts/test installs it)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake_dir = dir.path().join("lake");
+    let cfg = land_config(&b, &format!("file://{}", lake_dir.display()));
+    produce_events(&cfg, 300).await;
+    let trace = dir.path().join("trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_bookrec"))
+        .args(["land", "--until-caught-up"])
+        .envs(lander_env(&cfg, &[]))
+        .output()
+        .expect("strace bookrec land");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).expect("trace");
+    let lake_abs = lake_dir.canonicalize().expect("lake dir");
+    let mut files = Vec::new();
+    for entry in walk(&lake_abs.join("events")) {
+        if entry.ends_with(".parquet") {
+            files.push(std::path::PathBuf::from(entry));
+        }
+    }
+    assert!(!files.is_empty(), "nothing landed");
+    for f in &files {
+        let synced = |p: &std::path::Path| {
+            trace
+                .lines()
+                .any(|l| l.contains("fsync(") && l.contains(&format!("<{}>", p.display())))
+        };
+        assert!(synced(f), "{} not fsynced:\n{trace}", f.display());
+        assert!(
+            synced(f.parent().expect("folder")),
+            "the folder of {} not fsynced",
+            f.display()
+        );
+    }
+}
