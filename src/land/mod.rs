@@ -52,6 +52,18 @@ pub enum LandError {
     #[error("building the Parquet file {path}: {reason}")]
     Build { path: String, reason: String },
     #[error(
+        "{topic}/{partition}: the lake holds offsets up to {landed}, but the topic's high \
+         watermark is {high}: the topic was recreated or truncated, and its new records would \
+         be taken for landed ones. Land it under another topic name, or move its files out of \
+         the lake's events/ and dlq/ folders (they are named part-{topic}-{partition}-…)"
+    )]
+    TopicRecreated {
+        topic: String,
+        partition: i32,
+        landed: i64,
+        high: i64,
+    },
+    #[error(
         "no partition of {topic} was assigned to group {group} within {waited_secs} s \
          (kafka.assignment_timeout_secs): is the topic there, or does another member (perhaps \
          a dead one the broker has not timed out yet) hold every partition?"
@@ -292,6 +304,7 @@ impl Lander<'_> {
             }
             Membership::Assigned(parts) => {
                 self.load_landed(&parts)?;
+                self.check_not_recreated(consumer, &parts)?;
                 for tp in parts {
                     self.assigned.insert(tp);
                 }
@@ -303,6 +316,41 @@ impl Lander<'_> {
                     }
                 }
                 tracing::info!(partitions = ?self.assigned, "partitions assigned");
+            }
+        }
+        Ok(())
+    }
+
+    /// A partition whose lake files hold offsets at or past its high watermark was recreated
+    /// (or truncated): its new records would carry offsets the lake already names and be
+    /// skipped as landed. That is reported and ends the run instead (an error with the
+    /// coordinates), never a silent drop.
+    fn check_not_recreated(&self, consumer: &dyn Consumer, parts: &[Tp]) -> Result<(), LandError> {
+        for (topic, partition) in parts {
+            let landed = self
+                .landed
+                .iter()
+                .filter(|((t, p, _), _)| t == topic && p == partition)
+                .map(|(_, m)| *m)
+                .max();
+            let Some(landed) = landed.filter(|m| *m >= 0) else {
+                continue;
+            };
+            let high = match consumer.watermarks(topic, *partition, Duration::from_secs(10)) {
+                Ok((_, high)) => high,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %topic, partition,
+                        "land: reading the high watermark to check for a recreated topic");
+                    continue;
+                }
+            };
+            if landed >= high {
+                return Err(LandError::TopicRecreated {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    landed,
+                    high,
+                });
             }
         }
         Ok(())

@@ -738,3 +738,49 @@ async fn landed_files_and_their_folders_are_fsynced() {
         );
     }
 }
+
+/// A recreated topic (offsets back at 0 while the lake names higher ones for a partition)
+/// is reported with its coordinates instead of its new records being skipped as landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_reported_not_silently_dropped() {
+    let b = brokers();
+    support::require_broker(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = land_config(&b, &format!("file://{}", dir.path().display()));
+    produce_events(&cfg, 30).await;
+    // what an earlier life of the topic left in the lake: partition 0 up to offset 5000
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    let old = bookrec::lake::DataFile {
+        kind: bookrec::lake::FileKind::Events {
+            dt: "2026-01-01".into(),
+            hour: 0,
+        },
+        topic: cfg.kafka.topic.clone(),
+        partition: 0,
+        first_offset: 4000,
+        last_offset: 5000,
+    };
+    let empty = arrow::array::RecordBatch::new_empty(bookrec::lake::events_file_schema());
+    lake.put(
+        &old.relative_path(),
+        bookrec::lake::write_parquet(&empty).expect("parquet"),
+    )
+    .await
+    .expect("put");
+    let err = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            bookrec::land::run(&cfg, &lake, &CancellationToken::new(), true)
+        })
+        .await
+        .expect("thread")
+        .expect_err("the recreated partition is reported")
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{}/0", cfg.kafka.topic))
+            && text.contains("5000")
+            && text.contains("recreated"),
+        "{text}"
+    );
+}
