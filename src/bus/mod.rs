@@ -46,6 +46,17 @@ pub enum BusError {
         topic: String,
         partition: i32,
     },
+    /// a consumer waited `kafka.assignment_timeout_secs` without any partition
+    #[error(
+        "no partition of {topic} was assigned to group {group} within {waited_secs} s \
+         (kafka.assignment_timeout_secs): is the topic there, or does another member (perhaps \
+         a dead one the broker has not timed out yet) hold every partition?"
+    )]
+    NoAssignment {
+        group: String,
+        topic: String,
+        waited_secs: u64,
+    },
 }
 
 /// The bus a configuration names: Kafka, or the in-process bus for `memory://NAME`.

@@ -63,16 +63,6 @@ pub enum LandError {
         landed: i64,
         high: i64,
     },
-    #[error(
-        "no partition of {topic} was assigned to group {group} within {waited_secs} s \
-         (kafka.assignment_timeout_secs): is the topic there, or does another member (perhaps \
-         a dead one the broker has not timed out yet) hold every partition?"
-    )]
-    NoAssignment {
-        group: String,
-        topic: String,
-        waited_secs: u64,
-    },
 }
 
 /// What one run did.
@@ -245,11 +235,12 @@ pub fn run(
                     member until its session times out)");
             }
             if until_caught_up && waited >= assignment_timeout {
-                return Err(LandError::NoAssignment {
+                return Err(crate::bus::BusError::NoAssignment {
                     group: cfg.land.group_id.clone(),
                     topic: events_topic,
                     waited_secs: waited.as_secs(),
-                });
+                }
+                .into());
             }
             continue;
         }

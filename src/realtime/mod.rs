@@ -54,16 +54,6 @@ pub enum StreamError {
     #[error("the consumer thread stopped: {0}")]
     Consumer(String),
     #[error(
-        "no partition of {topic} was assigned to group {group} within {waited_secs} s \
-         (kafka.assignment_timeout_secs): is the topic there, or does another member (perhaps \
-         a dead one the broker has not timed out yet) hold every partition?"
-    )]
-    NoAssignment {
-        group: String,
-        topic: String,
-        waited_secs: u64,
-    },
-    #[error(
         "{reason}; stream.on_state_lost = \"exit\": rebuild with `bookrec stream --from-lake` \
          under a new stream.group_id, or set stream.on_state_lost = \"rebuild\""
     )]
@@ -552,11 +542,12 @@ pub async fn run(
                          times out)");
                 }
                 if until_caught_up && waited >= assignment_timeout {
-                    return Err(StreamError::NoAssignment {
+                    return Err(crate::bus::BusError::NoAssignment {
                         group: poll_group,
                         topic,
                         waited_secs: waited.as_secs(),
-                    });
+                    }
+                    .into());
                 }
                 continue;
             }

@@ -17,7 +17,8 @@ pub fn as_of() -> DateTime<Utc> {
         .expect("date")
 }
 
-fn ev(user: &str, kind: &str, book: &str, days_ago: f64, rating: Option<f64>) -> Event {
+/// An event `days_ago` before [`as_of`], stamped as the collector would.
+pub fn ev(user: &str, kind: &str, book: &str, days_ago: f64, rating: Option<f64>) -> Event {
     let ts = as_of() - Duration::milliseconds((days_ago * 86_400_000.0) as i64);
     Event {
         event_id: uuid::Uuid::new_v4(),

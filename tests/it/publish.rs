@@ -12,7 +12,7 @@ use bookrec::lake::Lake;
 use bookrec::store::{RecTable, Store};
 use chrono::Duration;
 
-use crate::batch::{as_of, batch_config};
+use crate::batch::{as_of, batch_config, ev};
 use crate::store::Databases;
 
 const CLUSTERS: usize = 4;
@@ -301,24 +301,7 @@ async fn poisoned_ratings_and_weights_in_the_lake_never_fail_a_run() {
     let poison: Vec<Event> = [1e300, f64::INFINITY]
         .iter()
         .enumerate()
-        .map(|(i, r)| Event {
-            event_id: uuid::Uuid::new_v4(),
-            event_type: EventType::parse("rate"),
-            user_id: Some("u0-0".into()),
-            anonymous_id: None,
-            session_id: None,
-            book_id: Some(format!("b0-{i}")),
-            rating: Some(*r),
-            query: None,
-            client_ts: Some(ts),
-            sent_at: Some(ts),
-            received_at: ts,
-            event_ts: ts,
-            page: None,
-            referrer: None,
-            user_agent: None,
-            properties: None,
-        })
+        .map(|(i, r)| ev("u0-0", "rate", &format!("b0-{i}"), 10.0 / 1440.0, Some(*r)))
         .collect();
     let base = bookrec::event::arrow::to_record_batch(&poison).expect("batch");
     let mut cols: Vec<ArrayRef> = base.columns().to_vec();

@@ -188,14 +188,8 @@ async fn stream_until_applied(
     n: usize,
     limit: Duration,
 ) -> StreamReport {
-    let lake = Lake::open(&cfg.lake).expect("lake");
     let cancel = CancellationToken::new();
-    let run = {
-        let (cfg, cancel) = (cfg.clone(), cancel.clone());
-        tokio::spawn(async move {
-            bookrec::realtime::run(&cfg, &lake, store, metrics, cancel, false).await
-        })
-    };
+    let run = spawn_stream(cfg, store, metrics, &cancel);
     let started = Instant::now();
     loop {
         let covered: i64 = match observer.offsets(&cfg.stream.group_id).await {
@@ -218,6 +212,22 @@ async fn stream_until_applied(
     }
     cancel.cancel();
     run.await.expect("join").expect("stream run")
+}
+
+type Running = tokio::task::JoinHandle<Result<StreamReport, bookrec::realtime::StreamError>>;
+
+/// `bookrec stream` (long-running) in this process, into `store`, until `cancel`.
+fn spawn_stream(
+    cfg: &Config,
+    store: Arc<dyn FeatureStore>,
+    metrics: Arc<StreamMetrics>,
+    cancel: &CancellationToken,
+) -> Running {
+    let (cfg, cancel) = (cfg.clone(), cancel.clone());
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    tokio::spawn(
+        async move { bookrec::realtime::run(&cfg, &lake, store, metrics, cancel, false).await },
+    )
 }
 
 async fn redis(url: &str) -> RedisStore {
@@ -296,15 +306,8 @@ async fn redis_unreachable_for_a_while_is_retried_and_a_persistent_failure_ends_
     let observer = redis(&server.url).await;
     let store = Arc::new(redis(&server.url).await);
     let metrics = Arc::new(StreamMetrics::new().expect("metrics"));
-    let lake = Lake::open(&cfg.lake).expect("lake");
     let cancel = CancellationToken::new();
-    let run = {
-        let (cfg, cancel, store, metrics) =
-            (cfg.clone(), cancel.clone(), store.clone(), metrics.clone());
-        tokio::spawn(async move {
-            bookrec::realtime::run(&cfg, &lake, store, metrics, cancel, false).await
-        })
-    };
+    let run = spawn_stream(&cfg, store.clone(), metrics.clone(), &cancel);
     let deadline = Instant::now() + Duration::from_secs(60);
     while observer
         .offsets(&cfg.stream.group_id)
@@ -396,18 +399,7 @@ async fn lost_redis_state_is_detected_and_rebuilt_from_the_lake_or_ends_the_run(
     let store = Arc::new(redis(&server.url).await);
     let metrics = Arc::new(StreamMetrics::new().expect("metrics"));
     let cancel = CancellationToken::new();
-    let run = {
-        let (cfg, cancel, store, metrics, lake) = (
-            cfg.clone(),
-            cancel.clone(),
-            store.clone(),
-            metrics.clone(),
-            lake.clone(),
-        );
-        tokio::spawn(async move {
-            bookrec::realtime::run(&cfg, &lake, store, metrics, cancel, false).await
-        })
-    };
+    let run = spawn_stream(&cfg, store.clone(), metrics.clone(), &cancel);
     let applied = |n: i64| {
         let observer = &observer;
         let group = cfg.stream.group_id.clone();
@@ -445,20 +437,12 @@ async fn lost_redis_state_is_detected_and_rebuilt_from_the_lake_or_ends_the_run(
     let mut exit_cfg = cfg.clone();
     exit_cfg.stream.on_state_lost = OnStateLost::Exit;
     let cancel = CancellationToken::new();
-    let run = {
-        let (cfg, cancel, store, lake) = (exit_cfg.clone(), cancel.clone(), store.clone(), lake);
-        tokio::spawn(async move {
-            bookrec::realtime::run(
-                &cfg,
-                &lake,
-                store,
-                Arc::new(StreamMetrics::new().expect("metrics")),
-                cancel,
-                false,
-            )
-            .await
-        })
-    };
+    let run = spawn_stream(
+        &exit_cfg,
+        store.clone(),
+        Arc::new(StreamMetrics::new().expect("metrics")),
+        &cancel,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart();
     let one_more = data(1);
@@ -544,15 +528,8 @@ async fn soak_rebalances_and_redis_restarts_end_with_the_uninterrupted_features(
     let observer = redis(&server.url).await;
     let store = Arc::new(redis(&server.url).await);
     let metrics = Arc::new(StreamMetrics::new().expect("metrics"));
-    let lake = Lake::open(&cfg.lake).expect("lake");
     let cancel = CancellationToken::new();
-    let run = {
-        let (cfg, cancel, store, metrics) =
-            (cfg.clone(), cancel.clone(), store.clone(), metrics.clone());
-        tokio::spawn(async move {
-            bookrec::realtime::run(&cfg, &lake, store, metrics, cancel, false).await
-        })
-    };
+    let run = spawn_stream(&cfg, store.clone(), metrics.clone(), &cancel);
     let covered = || async {
         observer
             .offsets(&cfg.stream.group_id)
