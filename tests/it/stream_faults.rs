@@ -230,6 +230,21 @@ fn spawn_stream(
     )
 }
 
+/// Waits (90 s at most) until the group's offsets in the store cover `n` records.
+async fn applied(observer: &RedisStore, group: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while observer
+        .offsets(group)
+        .await
+        .map(|o| o.values().sum::<i64>())
+        .unwrap_or(0)
+        < n
+    {
+        assert!(Instant::now() < deadline, "{n} records not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn redis(url: &str) -> RedisStore {
     RedisStore::connect(url, Duration::from_secs(5))
         .await
@@ -308,17 +323,7 @@ async fn redis_unreachable_for_a_while_is_retried_and_a_persistent_failure_ends_
     let metrics = Arc::new(StreamMetrics::new().expect("metrics"));
     let cancel = CancellationToken::new();
     let run = spawn_stream(&cfg, store.clone(), metrics.clone(), &cancel);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while observer
-        .offsets(&cfg.stream.group_id)
-        .await
-        .map(|o| o.values().sum::<i64>())
-        .unwrap_or(0)
-        < 300
-    {
-        assert!(Instant::now() < deadline, "first half not applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    applied(&observer, &cfg.stream.group_id, 300).await;
     // Redis answers nothing for 4 s while the second half arrives
     server.pause(true);
     produce(&cfg, &d.records[300..]).await;
@@ -328,17 +333,7 @@ async fn redis_unreachable_for_a_while_is_retried_and_a_persistent_failure_ends_
         "a Redis outage of seconds ended the run"
     );
     server.pause(false);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while observer
-        .offsets(&cfg.stream.group_id)
-        .await
-        .map(|o| o.values().sum::<i64>())
-        .unwrap_or(0)
-        < 600
-    {
-        assert!(Instant::now() < deadline, "second half not applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    applied(&observer, &cfg.stream.group_id, 600).await;
     cancel.cancel();
     run.await
         .expect("join")
@@ -400,28 +395,11 @@ async fn lost_redis_state_is_detected_and_rebuilt_from_the_lake_or_ends_the_run(
     let metrics = Arc::new(StreamMetrics::new().expect("metrics"));
     let cancel = CancellationToken::new();
     let run = spawn_stream(&cfg, store.clone(), metrics.clone(), &cancel);
-    let applied = |n: i64| {
-        let observer = &observer;
-        let group = cfg.stream.group_id.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while observer
-                .offsets(&group)
-                .await
-                .map(|o| o.values().sum::<i64>())
-                .unwrap_or(0)
-                < n
-            {
-                assert!(Instant::now() < deadline, "{n} records not applied");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    applied(400).await;
+    applied(&observer, &cfg.stream.group_id, 400).await;
     // Redis is flushed under the running stream; then the second half arrives
     server.flushall();
     produce(&cfg, &d.records[400..]).await;
-    applied(800).await;
+    applied(&observer, &cfg.stream.group_id, 800).await;
     cancel.cancel();
     let report = run.await.expect("join").expect("run");
     assert_eq!(snapshot(store.as_ref(), &d).await, expected, "{report:?}");
