@@ -67,6 +67,11 @@ pub enum SpoolError {
     Full { depth_bytes: u64, max_bytes: u64 },
     #[error("spool writer stopped after an earlier error")]
     Stopped,
+    #[error(
+        "spool {path}: another collector holds this spool (its lock file is locked); give each \
+         collector its own collect.spool.dir"
+    )]
+    Locked { path: PathBuf },
 }
 
 const HEADER: usize = 8; // len + crc
@@ -252,6 +257,22 @@ impl Spool {
     pub fn open(cfg: &SpoolConfig) -> Result<(Spool, SpoolWriter, SpoolReader), SpoolError> {
         let dir = cfg.dir.clone();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // one collector per spool: an advisory lock, released when the writer thread ends
+        // (or the process dies)
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked { path: lock_path });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         let acked = read_checkpoint(&dir.join("acked"))?;
         let mut segments = list_segments(&dir)?;
 
@@ -313,6 +334,7 @@ impl Spool {
         let (durable_tx, durable_rx) = watch::channel(next_seq - 1);
         let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
+            _lock: lock,
             dir: dir.clone(),
             policy: cfg.fsync,
             fsync_interval: Duration::from_millis(cfg.fsync_interval_ms.max(1)),
@@ -441,6 +463,8 @@ fn scan_segment(path: &Path) -> Result<(Option<u64>, u64), SpoolError> {
 }
 
 struct Writer {
+    /// the spool's lock file, held while the writer runs
+    _lock: fs::File,
     dir: PathBuf,
     policy: FsyncPolicy,
     fsync_interval: Duration,
@@ -774,6 +798,24 @@ mod tests {
             key: format!("user-{}", i % 3).into_bytes(),
             value: format!("{{\"n\":{i}}}").into_bytes(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_collector_on_one_spool_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_spool, writer, _reader) = Spool::open(&cfg(dir.path(), 1 << 20)).expect("open");
+        let err = match Spool::open(&cfg(dir.path(), 1 << 20)) {
+            Err(e) => e,
+            Ok(_) => panic!("a second open of one spool succeeded"),
+        };
+        assert!(
+            matches!(err, SpoolError::Locked { .. })
+                && err.to_string().contains("collect.spool.dir"),
+            "{err}"
+        );
+        writer.close().expect("close");
+        let (_spool, writer, _reader) = Spool::open(&cfg(dir.path(), 1 << 20)).expect("reopen");
+        writer.close().expect("close");
     }
 
     #[tokio::test]
