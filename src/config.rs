@@ -76,6 +76,8 @@ pub struct ServeConfig {
     pub api_keys: Vec<String>,
     /// whether recommendations (what the front end needs) also need a key
     pub recommendations_need_key: bool,
+    /// the per-model-version list cache is kept under this many bytes (estimated)
+    pub cache_max_bytes: usize,
     pub weights: BlendWeights,
 }
 
@@ -480,7 +482,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 22] = [
+        let positive: [(&'static str, u64); 23] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -515,6 +517,7 @@ impl Config {
             ("stream.max_batch_ms", self.stream.max_batch_ms),
             ("serve.db_timeout_ms", self.serve.db_timeout_ms),
             ("serve.refresh_ms", self.serve.refresh_ms),
+            ("serve.cache_max_bytes", self.serve.cache_max_bytes as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

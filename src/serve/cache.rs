@@ -22,16 +22,52 @@ pub(super) struct ListCache {
     version: String,
     /// (list, k) → key → list
     entries: HashMap<(List, usize), HashMap<String, Listed>>,
-    len: usize,
+    /// the estimated bytes the entries hold
+    bytes: usize,
 }
 
-/// Entries kept before the cache starts afresh.
-const CACHE_MAX: usize = 200_000;
+/// The bytes one cached list is counted for: its key, its items' ids and scores, and the
+/// maps' overhead (an estimate that errs on the high side).
+fn cost(key: &str, got: &Listed) -> usize {
+    let items = got.as_ref().map_or(0, |(v, items)| {
+        v.len() + items.iter().map(|r| r.item.len() + 48).sum::<usize>()
+    });
+    key.len() + 96 + items
+}
+
+impl ListCache {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Keeps `got` under (list, k, key); when the cache would pass `max_bytes` it starts
+    /// afresh (lists of one version are cheap to read again; memory stays bounded in bytes,
+    /// whatever the ids' lengths or the lists' sizes).
+    fn insert(&mut self, list: List, k: usize, key: &str, got: Listed, max_bytes: usize) {
+        let c = cost(key, &got);
+        if self.bytes + c > max_bytes {
+            self.clear();
+        }
+        if c > max_bytes {
+            return;
+        }
+        self.bytes += c;
+        if let Some(old) = self
+            .entries
+            .entry((list, k))
+            .or_default()
+            .insert(key.to_owned(), got)
+        {
+            self.bytes = self.bytes.saturating_sub(cost(key, &old));
+        }
+    }
+}
 
 /// A published list (a user's, a book's similar books, popular books), from the cache when
 /// the current model version's list was read before: the lists of a version never change,
 /// so the cache needs no invalidation but a new version (seen by the refresh task), which
-/// empties it. At most [`CACHE_MAX`] lists are kept (then it starts afresh).
+/// empties it. At most `serve.cache_max_bytes` are kept (then it starts afresh).
 pub(super) async fn listed(
     shared: &Shared,
     db: &Store,
@@ -48,8 +84,7 @@ pub(super) async fn listed(
         let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
         if c.version != version {
             c.version = version.clone();
-            c.entries.clear();
-            c.len = 0;
+            c.clear();
         }
         if let Some(hit) = c.entries.get(&(list, k)).and_then(|m| m.get(key)) {
             return Ok(hit.clone());
@@ -69,16 +104,51 @@ pub(super) async fn listed(
     if !version.is_empty() && got.as_ref().is_none_or(|(v, _)| *v == version) {
         let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
         if c.version == version {
-            if c.len >= CACHE_MAX {
-                c.entries.clear();
-                c.len = 0;
-            }
-            c.len += 1;
-            c.entries
-                .entry((list, k))
-                .or_default()
-                .insert(key.to_owned(), got.clone());
+            c.insert(list, k, key, got.clone(), shared.cfg.serve.cache_max_bytes);
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes() {
+        let mut c = ListCache::default();
+        let max = 100_000;
+        let list = |n: usize| -> Listed {
+            Some((
+                "v1".into(),
+                Arc::new(
+                    (0..n)
+                        .map(|i| Ranked {
+                            item: format!("book-{i}"),
+                            score: 1.0,
+                        })
+                        .collect(),
+                ),
+            ))
+        };
+        for i in 0..10_000 {
+            let key = format!("{}-{i}", "u".repeat(200));
+            c.insert(List::User, 10, &key, list(10), max);
+            assert!(c.bytes <= max, "{}", c.bytes);
+        }
+        // a list larger than the whole budget is not kept
+        c.insert(List::Similar, 10, "huge", list(10_000), max);
+        assert!(c.bytes <= max);
+        assert!(
+            c.entries
+                .get(&(List::Similar, 10))
+                .is_none_or(|m| !m.contains_key("huge"))
+        );
+        // a key stored again is counted once
+        c.clear();
+        c.insert(List::User, 10, "u1", list(5), max);
+        let once = c.bytes;
+        c.insert(List::User, 10, "u1", list(5), max);
+        assert_eq!(c.bytes, once);
+    }
 }
