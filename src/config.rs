@@ -680,6 +680,17 @@ pub fn is_secret_key(key: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
+/// Whether `given` equals one of `keys` (API keys, write keys): every key is compared, each
+/// in constant time, so the answer's timing does not tell which bytes matched.
+pub fn is_one_of<'a>(given: &[u8], keys: impl IntoIterator<Item = &'a String>) -> bool {
+    use subtle::ConstantTimeEq;
+    keys.into_iter()
+        .fold(subtle::Choice::from(0), |acc, k| {
+            acc | given.ct_eq(k.as_bytes())
+        })
+        .into()
+}
+
 /// Replaces the password of a URL's user-info (`scheme://user:pass@host`) and the values of
 /// query parameters with secret names (`?password=…`, `?sslkey=…`, see [`is_secret_key`])
 /// with `<redacted>`.

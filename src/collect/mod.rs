@@ -638,17 +638,11 @@ fn admit(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if keys.is_empty() {
         return Ok(());
     }
-    use subtle::ConstantTimeEq;
     let given = headers
         .get("x-write-key")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let ok: bool = keys
-        .values()
-        .fold(subtle::Choice::from(0), |acc, k| {
-            acc | given.ct_eq(k.as_bytes())
-        })
-        .into();
+    let ok = crate::config::is_one_of(given, keys.values());
     if ok {
         Ok(())
     } else {

@@ -908,17 +908,17 @@ async fn recover(
         store.offsets(group)
     })
     .await?;
-    if stored.is_empty() {
-        tracing::warn!(group = %group, "stream: the feature store holds nothing of this group: \
-            rebuilding from the lake, then reading Kafka from the lander's offsets");
-        let report = rebuild_from_lake(cfg, lake, store).await?;
-        metrics.rebuilds.inc();
-        tracing::info!(events = report.events, ops = report.ops, landed = ?report.landed,
-            "stream: rebuilt from the lake");
-    } else {
+    if !stored.is_empty() {
         tracing::warn!(group = %group, offsets = ?stored, "stream: the feature store went back \
             to an older state (its offsets and features together): reading Kafka again from there");
+        return Ok(stored);
     }
+    tracing::warn!(group = %group, "stream: the feature store holds nothing of this group: \
+        rebuilding from the lake, then reading Kafka from the lander's offsets");
+    let report = rebuild_from_lake(cfg, lake, store).await?;
+    metrics.rebuilds.inc();
+    tracing::info!(events = report.events, ops = report.ops, landed = ?report.landed,
+        "stream: rebuilt from the lake");
     retrying(cfg, metrics, cancel, "reading offsets", || {
         store.offsets(group)
     })

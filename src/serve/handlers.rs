@@ -48,21 +48,13 @@ async fn user_state(
 /// `None` when the request carries one of `serve.api_keys` as a bearer token (compared in
 /// constant time), else the 401 to answer.
 fn unauthorized(shared: &Shared, headers: &axum::http::HeaderMap) -> Option<Response> {
-    use subtle::ConstantTimeEq;
     let keys = &shared.cfg.serve.api_keys;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // every key is compared (no early exit), each in constant time
-    let ok = given.is_some_and(|g| {
-        keys.iter()
-            .fold(subtle::Choice::from(0), |acc, k| {
-                acc | g.as_bytes().ct_eq(k.as_bytes())
-            })
-            .into()
-    });
+    let ok = given.is_some_and(|g| crate::config::is_one_of(g.as_bytes(), keys));
     if ok {
         return None;
     }
