@@ -469,7 +469,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "/metrics",
                         axum::routing::get(move || async move { m.text() }),
                     );
-                    tokio::spawn(async move { axum::serve(listener, app).await });
+                    let http_metrics = std::sync::Arc::new(crate::http::HttpMetrics::register(
+                        metrics.registry(),
+                        "bookrec_stream",
+                    )?);
+                    let (http, stop) = (config.serve.http.clone(), cancel.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            crate::http::serve(listener, app, &http, 1024, http_metrics, stop).await
+                        {
+                            tracing::error!(error = %e, "stream.metrics_listen");
+                        }
+                    });
                 }
                 crate::realtime::run(
                     &config,
@@ -700,7 +711,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let batches = runtime()?.block_on(async {
                 let ctx = crate::sql::session(&lake).await?;
                 if allow_writes {
-                    crate::sql::query(&ctx, &query).await
+                    crate::sql::query_in_lake(&ctx, &query, &lake).await
                 } else {
                     crate::sql::query_read_only(&ctx, &query).await
                 }

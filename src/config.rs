@@ -79,6 +79,30 @@ pub struct ServeConfig {
     /// the per-model-version list cache is kept under this many bytes (estimated)
     pub cache_max_bytes: usize,
     pub weights: BlendWeights,
+    /// the API's connection limits and timeouts (also used by `stream.metrics_listen`)
+    pub http: HttpConfig,
+}
+
+/// Limits and timeouts of one HTTP server (`collect.http`, `serve.http`); see [`crate::http`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// a connection must deliver a request's headers within this long (from its opening, or
+    /// from the end of the previous response on a kept-alive HTTP/1.1 connection)
+    pub header_read_timeout_ms: u64,
+    /// a request body must arrive whole within this long after its headers (408 otherwise)
+    pub body_read_timeout_ms: u64,
+    /// a connection with no request in progress is closed after this long
+    pub idle_timeout_ms: u64,
+    /// open connections at most (further capped below the process's open-file limit); at
+    /// the cap the oldest connection that has not yet sent a request is closed for a new one
+    pub max_connections: usize,
+    /// requests being handled at once; beyond it requests get 503 `overloaded`
+    pub max_in_flight: usize,
+    /// request line and headers together, at most (431 beyond)
+    pub max_header_bytes: usize,
+    /// on shutdown, requests in progress get this long to finish before connections close
+    pub shutdown_timeout_ms: u64,
 }
 
 /// How much each source adds to a book's score (each source's scores are scaled to 0..1).
@@ -422,6 +446,7 @@ pub struct CollectConfig {
     pub write_keys: BTreeMap<String, String>,
     pub shutdown_timeout_ms: u64,
     pub spool: SpoolConfig,
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -444,6 +469,29 @@ pub enum FsyncPolicy {
     Interval,
     /// never fsync explicitly.
     Never,
+}
+
+impl HttpConfig {
+    fn validate(&self, section: &'static str) -> Result<(), ConfigError> {
+        let checks: [(&'static str, u64, u64); 7] = [
+            ("header_read_timeout_ms", self.header_read_timeout_ms, 1),
+            ("body_read_timeout_ms", self.body_read_timeout_ms, 1),
+            ("idle_timeout_ms", self.idle_timeout_ms, 1),
+            ("max_connections", self.max_connections as u64, 1),
+            ("max_in_flight", self.max_in_flight as u64, 1),
+            // hyper's smallest read buffer
+            ("max_header_bytes", self.max_header_bytes as u64, 8192),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms, 1),
+        ];
+        for (key, value, min) in checks {
+            if value < min {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.{key}: {value} is below the minimum {min}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -519,6 +567,9 @@ impl Config {
             ("serve.refresh_ms", self.serve.refresh_ms),
             ("serve.cache_max_bytes", self.serve.cache_max_bytes as u64),
         ];
+        for (section, h) in [("collect.http", &c.http), ("serve.http", &self.serve.http)] {
+            h.validate(section)?;
+        }
         for (key, value) in positive {
             if value == 0 {
                 return Err(ConfigError::Value {

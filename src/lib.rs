@@ -5,6 +5,8 @@
 //! - [`event`]: the behaviour-event contract, validation, clock-skew correction, Arrow schema,
 //!   dedup (a leaf: imports no other module);
 //! - [`config`]: the one typed configuration tree (a leaf);
+//! - [`http`]: the HTTP servers' accept loop with their bounds (timeouts, connection and
+//!   request caps, graceful shutdown), under `collect`, `serve` and the stream's metrics;
 //! - [`collect`]: `bookrec collect`, the HTTP collector with its durable spool;
 //! - [`bus`]: the event bus (Kafka, and the in-process bus of the embedded default);
 //! - [`lake`]: Parquet on object storage (local, S3, memory), its layout, compaction;
@@ -20,7 +22,9 @@
 //! - [`serve`]: `bookrec serve`, the recommendation API, the blend, the demo page;
 //! - [`replay`]: datasets replayed as events (load generation, filling the pipeline);
 //! - [`demo`]: `bookrec demo`, the whole pipeline in one process on the embedded backends;
-//! - [`cli`]: the command line, which only composes the modules above.
+//! - [`cli`]: the command line, which only composes the modules above;
+//! - [`fuzzing`]: the fuzz harnesses (cargo fuzz targets in `fuzz/`, corpora replayed by the
+//!   tests).
 
 pub mod als;
 pub mod batch;
@@ -31,6 +35,8 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod features;
+pub mod fuzzing;
+pub mod http;
 pub mod lake;
 pub mod land;
 pub mod realtime;

@@ -19,6 +19,21 @@ pub struct Metrics {
     pub produce_latency: Histogram,
     pub requests: HistogramVec,
     pub kafka_up: IntGauge,
+    pub spool_unavailable: IntCounter,
+    pub spool_write_errors: IntCounter,
+    pub spool_quarantined: IntCounter,
+    pub spool_lost_records: IntCounter,
+    pub spool_writable: IntGauge,
+    pub forwarder_restarts: IntCounter,
+    pub forwarder_up: IntGauge,
+}
+
+/// Brings a counter up to `value` (a total kept elsewhere, e.g. in the spool's state).
+pub fn sync_counter(c: &IntCounter, value: u64) {
+    let current = c.get();
+    if value > current {
+        c.inc_by(value - current);
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -34,6 +49,11 @@ fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::E
 }
 
 impl Metrics {
+    /// The registry, for the HTTP server's own metrics ([`crate::http::HttpMetrics`]).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let r = Registry::new();
         let rejected = IntCounterVec::new(
@@ -110,6 +130,41 @@ impl Metrics {
                 &r,
                 "bookrec_collect_kafka_up",
                 "1 when the last metadata request to Kafka succeeded",
+            )?,
+            spool_unavailable: counter(
+                &r,
+                "bookrec_collect_spool_unavailable_total",
+                "Requests refused with 503 spool_unavailable (the spool could not be written)",
+            )?,
+            spool_write_errors: counter(
+                &r,
+                "bookrec_collect_spool_write_errors_total",
+                "Spool write, fsync, checkpoint and roll errors",
+            )?,
+            spool_quarantined: counter(
+                &r,
+                "bookrec_collect_spool_quarantined_total",
+                "Corrupt spool regions moved to quarantine/",
+            )?,
+            spool_lost_records: counter(
+                &r,
+                "bookrec_collect_spool_lost_records_total",
+                "Spooled records lost inside corrupt regions",
+            )?,
+            spool_writable: gauge(
+                &r,
+                "bookrec_collect_spool_writable",
+                "1 while the spool takes writes",
+            )?,
+            forwarder_restarts: counter(
+                &r,
+                "bookrec_collect_forwarder_restarts_total",
+                "Times the forwarder failed and was restarted",
+            )?,
+            forwarder_up: gauge(
+                &r,
+                "bookrec_collect_forwarder_up",
+                "1 while the forwarder runs without a failure",
             )?,
             rejected,
             delivered,

@@ -50,6 +50,8 @@ pub enum CollectError {
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -120,6 +122,39 @@ struct AppState {
     dedup: Dedup,
     metrics: Arc<Metrics>,
     kafka: Arc<AtomicU8>,
+    forwarder: Arc<ForwarderHealth>,
+}
+
+/// Whether the forwarder runs cleanly, and its last failure (for `/readyz`).
+#[derive(Default)]
+struct ForwarderHealth {
+    failing: std::sync::atomic::AtomicBool,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl ForwarderHealth {
+    fn failed(&self, error: String) {
+        self.failing.store(true, Ordering::SeqCst);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn recovered(&self, metrics: &Metrics) {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            metrics.forwarder_up.set(1);
+            tracing::info!("forwarder: delivering again");
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.failing.load(Ordering::SeqCst) {
+            format!(
+                "retrying: {}",
+                self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+            )
+        } else {
+            "ok".into()
+        }
+    }
 }
 
 /// Runs the collector on `listener` until `cancel` fires, then drains: stops intake, sends
@@ -151,13 +186,16 @@ pub async fn run(
         background.clone(),
     ));
     let forwarder_stop = CancellationToken::new();
-    let forwarder = tokio::spawn(forward(
+    let health = Arc::new(ForwarderHealth::default());
+    metrics.forwarder_up.set(1);
+    let forwarder = tokio::spawn(supervise_forwarder(
         Forwarder {
             spool: spool.clone(),
             producer: producer.clone(),
             topics: [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()],
             metrics: metrics.clone(),
             max_in_flight: cfg.spool.max_in_flight,
+            health: health.clone(),
         },
         reader,
         topics_ready,
@@ -178,15 +216,25 @@ pub async fn run(
         spool: spool.clone(),
         metrics: metrics.clone(),
         kafka,
+        forwarder: health,
     });
     let app = router(state);
     let addr = listener.local_addr().map_err(CollectError::Serve)?;
     tracing::info!(%addr, brokers = %bus.describe(), topic = %config.kafka.topic,
         spool = %cfg.spool.dir.display(), "collector listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-        .map_err(CollectError::Serve)?;
+    let http_metrics = Arc::new(crate::http::HttpMetrics::register(
+        metrics.registry(),
+        "bookrec_collect",
+    )?);
+    crate::http::serve(
+        listener,
+        app,
+        &cfg.http,
+        cfg.max_batch_bytes,
+        http_metrics,
+        cancel,
+    )
+    .await?;
 
     // Intake has stopped: give the forwarder time to empty the spool.
     let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
@@ -203,8 +251,8 @@ pub async fn run(
     }
     forwarder_stop.cancel();
     background.cancel();
-    if let Ok(Err(e)) = forwarder.await {
-        tracing::error!(error = %e, "forwarder");
+    if forwarder.await.is_err() {
+        tracing::error!("the forwarder's supervisor ended abnormally");
     }
     writer.close()?;
     tracing::info!("collector stopped");
@@ -287,14 +335,27 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         _ => "unknown",
     };
     let s = state.spool.state();
-    let spool_ok = !s.failed.load(Ordering::SeqCst)
-        && !state.spool.would_overflow(state.cfg.max_event_bytes as u64);
+    let full = state.spool.would_overflow(state.cfg.max_event_bytes as u64);
+    let spool = if s.failed.load(Ordering::SeqCst) {
+        "stopped".to_string()
+    } else if s.unavailable.load(Ordering::SeqCst) {
+        format!("unavailable: {}", s.last_error())
+    } else if full {
+        "full".to_string()
+    } else {
+        "ok".to_string()
+    };
+    let spool_ok = spool == "ok";
+    // a failing forwarder does not stop intake (the spool holds the events), so it is
+    // reported here without making the collector unready
     let body = json!({
         "ready": spool_ok,
         "kafka": kafka,
-        "spool": if spool_ok { "ok" } else { "unavailable" },
+        "spool": spool,
+        "forwarder": state.forwarder.describe(),
         "spool_depth_records": s.depth_records.load(Ordering::SeqCst),
         "spool_depth_bytes": s.depth_bytes.load(Ordering::SeqCst),
+        "spool_quarantined": s.quarantined.load(Ordering::SeqCst),
     });
     let status = if spool_ok {
         StatusCode::OK
@@ -311,6 +372,11 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         .set(s.depth_records.load(Ordering::SeqCst) as i64);
     m.spool_depth_bytes
         .set(s.depth_bytes.load(Ordering::SeqCst) as i64);
+    m.spool_writable
+        .set(i64::from(!s.unavailable.load(Ordering::SeqCst)));
+    metrics::sync_counter(&m.spool_write_errors, s.write_errors.load(Ordering::SeqCst));
+    metrics::sync_counter(&m.spool_quarantined, s.quarantined.load(Ordering::SeqCst));
+    metrics::sync_counter(&m.spool_lost_records, s.lost_records.load(Ordering::SeqCst));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.render(),
@@ -319,7 +385,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// What the body's content type says about its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub enum BodyKind {
     /// `application/json`: an object, or (batch endpoint) an array.
     Json,
     /// NDJSON/JSON Lines, or `text/plain` (what `navigator.sendBeacon` sends for a string,
@@ -396,13 +462,13 @@ fn content_length_check(headers: &HeaderMap, limit: usize) -> Result<(), ApiErro
 }
 
 /// One item of a request: its position and raw text.
-struct Item<'a> {
-    index: usize,
-    raw: &'a [u8],
+pub struct Item<'a> {
+    pub index: usize,
+    pub raw: &'a [u8],
 }
 
 /// Splits a batch body into raw event texts: a JSON array, or one JSON value per line.
-fn split_batch(body: &[u8], kind: BodyKind) -> Result<Vec<Item<'_>>, ApiError> {
+pub fn split_batch(body: &[u8], kind: BodyKind) -> Result<Vec<Item<'_>>, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         None => Err(ApiError::new(
@@ -587,6 +653,17 @@ async fn intake(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "spool_full",
                         "the collector cannot take more events right now; retry later",
+                    )
+                }
+            }
+            SpoolError::Unavailable { .. } => {
+                state.metrics.spool_unavailable.inc();
+                ApiError {
+                    retry_after_secs: Some(5),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "spool_unavailable",
+                        "the collector cannot store events right now; retry later",
                     )
                 }
             }
@@ -787,12 +864,14 @@ async fn probe_loop(
     }
 }
 
+#[derive(Clone)]
 struct Forwarder {
     spool: Spool,
     producer: Arc<dyn Producer>,
     topics: [String; 2],
     metrics: Arc<Metrics>,
     max_in_flight: usize,
+    health: Arc<ForwarderHealth>,
 }
 
 struct InFlight {
@@ -812,6 +891,7 @@ impl Forwarder {
         match done.result {
             Ok(_) => {
                 self.spool.ack(done.seq, 1, done.bytes);
+                self.health.recovered(&self.metrics);
                 let label = if done.topic == Topic::Events {
                     "events"
                 } else {
@@ -855,6 +935,45 @@ impl Forwarder {
                 result: fut.await,
             }
         }))
+    }
+}
+
+/// Runs the forwarder until `stop`, restarting it (with a new reader at the first
+/// unconfirmed record, after a backoff) whenever it fails or panics: it never stays dead.
+/// Each failure is logged, counted and shown in `/readyz` until a delivery succeeds.
+async fn supervise_forwarder(
+    f: Forwarder,
+    reader: SpoolReader,
+    topics_ready: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut reader = Some(reader);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let failure = match reader.take().map_or_else(|| f.spool.reader(), Ok) {
+            Ok(r) => {
+                let task = tokio::spawn(forward(f.clone(), r, topics_ready.clone(), stop.clone()));
+                match task.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("the forwarder panicked: {e}"),
+                }
+            }
+            Err(e) => format!("reopening the spool: {e}"),
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        f.metrics.forwarder_restarts.inc();
+        f.metrics.forwarder_up.set(0);
+        tracing::error!(error = %failure, retry_in_ms = backoff.as_millis() as u64,
+            "forwarder failed; restarting it");
+        f.health.failed(failure);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

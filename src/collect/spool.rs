@@ -11,12 +11,23 @@
 //! (little endian; `len` and `crc32` cover everything after them), and `acked`, the highest
 //! sequence number Kafka confirmed (every lower one is confirmed too), rewritten atomically.
 //! A torn frame at the end of the newest segment (crash mid-write) is truncated on open.
+//! A corrupt frame anywhere else (a flipped bit, a damaged block) is not a tail: the frames
+//! after it are found again (each frame carries its length, sequence number and CRC), the
+//! damaged bytes are copied to `quarantine/` with their segment and offset, counted and
+//! logged, and forwarding goes on with the next good frame — acknowledged records after the
+//! damage are never truncated.
+//!
+//! A write error (disk full, EIO, a failed fsync) fails only the requests of that group
+//! (`SpoolError::Unavailable`, 503 `spool_unavailable`): the segment is cut back to its last
+//! good frame, the spool is marked unavailable (`/readyz`), and every append, plus a probe
+//! write each second, tries again; the first success makes it available again. The writer
+//! never stops on an IO error.
 //! Records after `acked` are sent again after a restart: a crash between a delivery and the
 //! next `acked` checkpoint (at most `checkpoint_interval`) can duplicate those records in
 //! Kafka, which is why `event_id` is the dedup key downstream.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,8 +76,10 @@ pub enum SpoolError {
     },
     #[error("spool is full: {depth_bytes} bytes not yet in Kafka (limit {max_bytes})")]
     Full { depth_bytes: u64, max_bytes: u64 },
-    #[error("spool writer stopped after an earlier error")]
+    #[error("spool writer stopped")]
     Stopped,
+    #[error("spool {path} cannot be written now: {reason}")]
+    Unavailable { path: PathBuf, reason: String },
     #[error(
         "spool {path}: another collector holds this spool (its lock file is locked); give each \
          collector its own collect.spool.dir"
@@ -120,7 +133,7 @@ fn read_frame(r: &mut impl Read) -> Result<Option<Spooled>, std::io::Error> {
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if !(FIXED..=256 * 1024 * 1024).contains(&len) {
+    if !(FIXED..=MAX_FRAME).contains(&len) {
         return Ok(None);
     }
     let mut payload = vec![0u8; len];
@@ -165,6 +178,41 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<bool, std::io::Error> 
         }
     }
     Ok(true)
+}
+
+/// The largest frame payload a spool writes (a batch body is far smaller).
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// Whether a valid frame with a sequence number in `min_seq..min_seq + 2^32` starts at
+/// `b[0]`; its whole length when it does.
+fn frame_ok(b: &[u8], min_seq: u64) -> Option<usize> {
+    if b.len() < HEADER + FIXED {
+        return None;
+    }
+    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if !(FIXED..=MAX_FRAME).contains(&len) || b.len() < HEADER + len {
+        return None;
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&b[HEADER..HEADER + 8]);
+    let seq = u64::from_le_bytes(seq);
+    if seq < min_seq || seq - min_seq >= 1 << 32 {
+        return None;
+    }
+    let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    (crc32fast::hash(&b[HEADER..HEADER + len]) == crc).then_some(HEADER + len)
+}
+
+/// The offset of the next valid frame after `from` in `path` (sequence ≥ `min_seq`), and
+/// the file's length.
+fn find_next_frame(path: &Path, from: u64, min_seq: u64) -> Result<(Option<u64>, u64), SpoolError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).map_err(io_err(path))?;
+    let end = from + rest.len() as u64;
+    let found = (1..rest.len()).find(|&p| frame_ok(&rest[p..], min_seq).is_some());
+    Ok((found.map(|p| from + p as u64), end))
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
@@ -220,8 +268,44 @@ pub struct SpoolState {
     pub depth_records: AtomicU64,
     /// Highest sequence number confirmed by Kafka (all lower ones too).
     pub acked_seq: AtomicU64,
-    /// Set when the writer hit an IO error; intake stops.
+    /// Set when the writer thread is gone (it stops only on close); intake stops.
     pub failed: AtomicBool,
+    /// Set while the spool cannot be written (the last write or probe failed).
+    pub unavailable: AtomicBool,
+    /// Write, fsync, checkpoint and roll errors so far.
+    pub write_errors: AtomicU64,
+    /// Corrupt regions moved to `quarantine/`.
+    pub quarantined: AtomicU64,
+    /// Records lost to corrupt regions (sequence numbers skipped).
+    pub lost_records: AtomicU64,
+    /// The last write error, for `/readyz`.
+    pub last_error: std::sync::Mutex<String>,
+}
+
+impl SpoolState {
+    fn write_failed(&self, what: &str, path: &Path, e: &std::io::Error) {
+        self.write_errors.fetch_add(1, Ordering::SeqCst);
+        let text = format!("{what} {}: {e}", path.display());
+        tracing::error!(error = %text, "spool write error");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = text;
+    }
+
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn forget(&self, records: u64, bytes: u64) {
+        let sub = |a: &AtomicU64, n: u64| {
+            let _ = a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&self.depth_records, records);
+        sub(&self.depth_bytes, bytes);
+    }
 }
 
 struct AppendRequest {
@@ -308,7 +392,7 @@ impl Spool {
 
         let state = Arc::new(SpoolState::default());
         state.acked_seq.store(acked, Ordering::SeqCst);
-        let reader = SpoolReader::open_at(&dir, acked + 1)?;
+        let reader = SpoolReader::open_at(&dir, acked + 1)?.quarantining(state.clone());
         // Depth: what is after the checkpoint.
         let (depth_records, depth_bytes) = reader.clone_at_start()?.count_remaining()?;
         state.depth_bytes.store(depth_bytes, Ordering::SeqCst);
@@ -339,7 +423,7 @@ impl Spool {
             policy: cfg.fsync,
             fsync_interval: Duration::from_millis(cfg.fsync_interval_ms.max(1)),
             segment_bytes: cfg.segment_bytes,
-            file: BufWriter::with_capacity(1 << 20, file),
+            file,
             current_path,
             current_first,
             current_len,
@@ -374,6 +458,13 @@ impl Spool {
 
     pub fn state(&self) -> &Arc<SpoolState> {
         &self.state
+    }
+
+    /// A new reader at the first record Kafka has not confirmed (the forwarder's, after a
+    /// failure), quarantining corrupt regions.
+    pub fn reader(&self) -> Result<SpoolReader, SpoolError> {
+        let acked = self.state.acked_seq.load(Ordering::SeqCst);
+        Ok(SpoolReader::open_at(&self.dir, acked + 1)?.quarantining(self.state.clone()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -421,10 +512,7 @@ impl Spool {
     /// Kafka confirmed every record up to `seq`; `records`/`bytes` are what that covers.
     pub fn ack(&self, seq: u64, records: u64, bytes: u64) {
         self.state.acked_seq.fetch_max(seq, Ordering::SeqCst);
-        self.state
-            .depth_records
-            .fetch_sub(records, Ordering::SeqCst);
-        self.state.depth_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.state.forget(records, bytes);
     }
 }
 
@@ -449,17 +537,34 @@ impl Drop for SpoolWriter {
     }
 }
 
-/// Returns the last valid sequence number in a segment and the length of its valid prefix.
+/// Returns the last valid sequence number in a segment and where its last valid frame
+/// ends: what follows is a torn tail. A corrupt frame followed by valid ones is not a tail
+/// (the reader quarantines it), so nothing acknowledged after it is cut off.
 fn scan_segment(path: &Path) -> Result<(Option<u64>, u64), SpoolError> {
-    let f = File::open(path).map_err(io_err(path))?;
-    let mut r = BufReader::new(f);
-    let mut last = None;
-    let mut len = 0u64;
-    while let Some(frame) = read_frame(&mut r).map_err(io_err(path))? {
-        last = Some(frame.seq);
-        len += frame.frame_bytes;
+    let buf = fs::read(path).map_err(io_err(path))?;
+    let mut last: Option<u64> = None;
+    let mut pos = 0usize;
+    let mut valid_end = 0usize;
+    while pos < buf.len() {
+        let min_seq = last.map_or(0, |s| s + 1);
+        if let Some(n) = frame_ok(&buf[pos..], min_seq) {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&buf[pos + HEADER..pos + HEADER + 8]);
+            last = Some(u64::from_le_bytes(seq));
+            pos += n;
+            valid_end = pos;
+            continue;
+        }
+        match (pos + 1..buf.len()).find(|&p| frame_ok(&buf[p..], min_seq).is_some()) {
+            Some(p) => {
+                tracing::warn!(path = %path.display(), offset = pos, bytes = p - pos,
+                    "spool: corrupt bytes inside a segment; the frames after them are kept");
+                pos = p;
+            }
+            None => break,
+        }
     }
-    Ok((last, len))
+    Ok((last, valid_end as u64))
 }
 
 struct Writer {
@@ -469,7 +574,7 @@ struct Writer {
     policy: FsyncPolicy,
     fsync_interval: Duration,
     segment_bytes: u64,
-    file: BufWriter<File>,
+    file: File,
     current_path: PathBuf,
     current_first: u64,
     current_len: u64,
@@ -483,18 +588,22 @@ struct Writer {
     last_checkpoint: Instant,
 }
 
+/// How often an unavailable spool tries a probe write by itself.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Command>) -> Result<(), SpoolError> {
         let result = self.run_inner(rx);
         if let Err(e) = &result {
             tracing::error!(error = %e, "spool writer stopped");
-            self.state.failed.store(true, Ordering::SeqCst);
         }
+        self.state.failed.store(true, Ordering::SeqCst);
         result
     }
 
     fn run_inner(&mut self, rx: mpsc::Receiver<Command>) -> Result<(), SpoolError> {
         let tick = CHECKPOINT_INTERVAL.min(self.fsync_interval);
+        let mut last_probe = Instant::now();
         loop {
             let first = match rx.recv_timeout(tick) {
                 Ok(cmd) => Some(cmd),
@@ -515,19 +624,60 @@ impl Writer {
                 next = rx.try_recv().ok();
             }
             if !group.is_empty() {
-                self.write_group(group)?;
+                self.write_group(group);
+            } else if self.state.unavailable.load(Ordering::SeqCst)
+                && last_probe.elapsed() >= PROBE_INTERVAL
+            {
+                last_probe = Instant::now();
+                self.probe();
             }
-            self.maintain(close)?;
+            if let Err(e) = self.maintain(close) {
+                if close {
+                    return Err(e);
+                }
+                // counted and logged; retried on the next tick
+                if let SpoolError::Io { path, source } = &e {
+                    self.state.write_failed("maintenance", path, source);
+                }
+            }
             if close {
                 return Ok(());
             }
         }
     }
 
-    fn write_group(&mut self, group: Vec<AppendRequest>) -> Result<(), SpoolError> {
+    /// Tries a small write and fsync beside the segments: whether the disk takes writes again.
+    fn probe(&mut self) {
+        let path = self.dir.join("probe.tmp");
+        let r = File::create(&path)
+            .and_then(|mut f| {
+                f.write_all(&[0u8; 64 * 1024])?;
+                f.sync_data()
+            })
+            .and_then(|_| fs::remove_file(&path));
+        match r {
+            Ok(()) => self.available(),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                tracing::debug!(error = %e, "spool probe: still not writable");
+            }
+        }
+    }
+
+    fn available(&mut self) {
+        if self.state.unavailable.swap(false, Ordering::SeqCst) {
+            tracing::info!(dir = %self.dir.display(), "spool is writable again");
+        }
+    }
+
+    /// Writes a group of appends and answers each. An IO error fails this group only: the
+    /// segment is cut back to its last good frame and the spool is marked unavailable.
+    fn write_group(&mut self, group: Vec<AppendRequest>) {
+        let first_seq = self.next_seq;
         let mut buf = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
         let written_ms = now_ms();
+        let (mut records, mut bytes) = (0u64, 0u64);
         for req in group {
             let mut last = self.next_seq - 1;
             for r in &req.records {
@@ -535,38 +685,41 @@ impl Writer {
                 last = self.next_seq;
                 self.next_seq += 1;
             }
-            self.state
-                .depth_records
-                .fetch_add(req.records.len() as u64, Ordering::SeqCst);
-            self.state
-                .depth_bytes
-                .fetch_add(req.bytes, Ordering::SeqCst);
+            records += req.records.len() as u64;
+            bytes += req.bytes;
             replies.push((req.reply, last));
         }
         // A group is written whole to the current segment (a frame never spans two files);
         // the segment is rolled after it once it reaches `segment_bytes`.
-        let path = self.current_path.clone();
-        let result = self
-            .file
-            .write_all(&buf)
-            .and_then(|_| self.file.flush())
-            .and_then(|_| {
-                if self.policy == FsyncPolicy::Always {
-                    self.file.get_ref().sync_data()
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(source) = result {
-            let err = SpoolError::Io {
-                path: path.clone(),
-                source,
-            };
-            for (reply, _) in replies {
-                let _ = reply.send(Err(SpoolError::Stopped));
+        let result = self.cut_back().and_then(|_| {
+            self.file.write_all(&buf)?;
+            if self.policy == FsyncPolicy::Always {
+                self.file.sync_data()?;
             }
-            return Err(err);
+            Ok(())
+        });
+        if let Err(source) = result {
+            let path = self.current_path.clone();
+            self.state.write_failed("append to", &path, &source);
+            self.state.unavailable.store(true, Ordering::SeqCst);
+            self.next_seq = first_seq;
+            // a partial write must not stay in front of the next group's frames
+            if let Err(e) = self.cut_back() {
+                self.state.write_failed("cutting back", &path, &e);
+            }
+            for (reply, _) in replies {
+                let _ = reply.send(Err(SpoolError::Unavailable {
+                    path: path.clone(),
+                    reason: source.to_string(),
+                }));
+            }
+            return;
         }
+        self.available();
+        self.state
+            .depth_records
+            .fetch_add(records, Ordering::SeqCst);
+        self.state.depth_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.current_len += buf.len() as u64;
         self.dirty = self.policy != FsyncPolicy::Always;
         let durable = self.next_seq - 1;
@@ -574,18 +727,28 @@ impl Writer {
         for (reply, last) in replies {
             let _ = reply.send(Ok(last));
         }
-        if self.current_len >= self.segment_bytes {
-            self.roll()?;
+        if self.current_len >= self.segment_bytes
+            && let Err(e) = self.roll()
+        {
+            // the current segment grows on; rolling is tried again after the next group
+            if let SpoolError::Io { path, source } = &e {
+                self.state.write_failed("rolling to", path, source);
+            }
+        }
+    }
+
+    /// Truncates the current segment to its last good frame when a write left more.
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len != self.current_len {
+            self.file.set_len(self.current_len)?;
         }
         Ok(())
     }
 
     /// Starts a new segment at `next_seq`.
     fn roll(&mut self) -> Result<(), SpoolError> {
-        self.file
-            .flush()
-            .and_then(|_| self.file.get_ref().sync_data())
-            .map_err(io_err(&self.current_path))?;
+        self.file.sync_data().map_err(io_err(&self.current_path))?;
         let path = self.dir.join(segment_name(self.next_seq));
         let file = OpenOptions::new()
             .create(true)
@@ -596,7 +759,7 @@ impl Writer {
         self.closed.push((self.current_first, old_path));
         self.current_first = self.next_seq;
         self.current_len = 0;
-        self.file = BufWriter::with_capacity(1 << 20, file);
+        self.file = file;
         self.dirty = false;
         Ok(())
     }
@@ -620,20 +783,23 @@ impl Writer {
                 || (self.policy == FsyncPolicy::Interval
                     && self.last_sync.elapsed() >= self.fsync_interval))
         {
-            self.file
-                .get_ref()
-                .sync_data()
-                .map_err(io_err(&self.current_path))?;
-            self.dirty = false;
             self.last_sync = Instant::now();
+            if let Err(e) = self.file.sync_data() {
+                // records already answered under `interval` may be lost with the page
+                // cache: say so loudly and refuse more until the disk answers again
+                self.state.unavailable.store(true, Ordering::SeqCst);
+                return Err(io_err(&self.current_path)(e));
+            }
+            self.dirty = false;
         }
         let acked = self.state.acked_seq.load(Ordering::SeqCst);
         if acked != self.checkpointed
             && (closing || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
         {
+            // (a failed checkpoint is retried at the next interval, not on every tick)
+            self.last_checkpoint = Instant::now();
             write_checkpoint(&self.dir, acked, self.policy != FsyncPolicy::Never)?;
             self.checkpointed = acked;
-            self.last_checkpoint = Instant::now();
             // A closed segment is done when the next one starts at or below acked + 1.
             let mut i = 0;
             while i < self.closed.len() {
@@ -643,7 +809,10 @@ impl Writer {
                     .map_or(self.current_first, |(f, _)| *f);
                 if next_first <= acked + 1 {
                     let (_, path) = self.closed.remove(i);
-                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    if let Err(e) = fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), error = %e,
+                            "spool: could not delete a confirmed segment");
+                    }
                 } else {
                     i += 1;
                 }
@@ -658,6 +827,18 @@ pub struct SpoolReader {
     dir: PathBuf,
     file: Option<(u64, BufReader<File>)>,
     next_seq: u64,
+    /// the spool's counters: corrupt regions are quarantined and counted (None: a reader
+    /// that only counts the depth, and skips them silently)
+    state: Option<Arc<SpoolState>>,
+    /// corrupt regions already handled (segment, offset), so that a rewind does not
+    /// quarantine one twice
+    seen_corrupt: std::collections::HashSet<(u64, u64)>,
+    /// the highest sequence number returned so far (a rewind does not count losses twice)
+    returned_up_to: u64,
+    /// records and bytes skipped in corrupt regions by a reader without `state` (the depth
+    /// count at open includes them, as the quarantining reader forgets them when it gets
+    /// there)
+    skipped: (u64, u64),
 }
 
 impl SpoolReader {
@@ -667,9 +848,19 @@ impl SpoolReader {
             dir: dir.to_path_buf(),
             file: None,
             next_seq: seq,
+            state: None,
+            seen_corrupt: Default::default(),
+            returned_up_to: 0,
+            skipped: (0, 0),
         };
         reader.seek(seq)?;
         Ok(reader)
+    }
+
+    /// This reader quarantines the corrupt regions it meets, counted in `state`.
+    fn quarantining(mut self, state: Arc<SpoolState>) -> SpoolReader {
+        self.state = Some(state);
+        self
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -701,14 +892,37 @@ impl SpoolReader {
             let here = pos;
             match read_frame(&mut r).map_err(io_err(&path))? {
                 Some(frame) if frame.seq < seq => pos += frame.frame_bytes,
-                _ => {
+                Some(_) => {
                     r.seek(SeekFrom::Start(here)).map_err(io_err(&path))?;
                     break;
+                }
+                None => {
+                    // the end, or a corrupt region before `seq`: step over it (read()
+                    // quarantines it when it is at or after `seq`)
+                    match find_next_frame(&path, here, 0)? {
+                        (Some(next), _) if self.seq_at(&path, next)? < seq => {
+                            pos = next;
+                            r.seek(SeekFrom::Start(pos)).map_err(io_err(&path))?;
+                        }
+                        _ => {
+                            r.seek(SeekFrom::Start(here)).map_err(io_err(&path))?;
+                            break;
+                        }
+                    }
                 }
             }
         }
         self.file = Some((first, r));
         Ok(())
+    }
+
+    fn seq_at(&self, path: &Path, offset: u64) -> Result<u64, SpoolError> {
+        let mut f = File::open(path).map_err(io_err(path))?;
+        f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+        match read_frame(&mut BufReader::new(f)).map_err(io_err(path))? {
+            Some(frame) => Ok(frame.seq),
+            None => Ok(u64::MAX),
+        }
     }
 
     /// Reads up to `max` records with sequence numbers ≤ `up_to`.
@@ -726,36 +940,135 @@ impl SpoolReader {
             let Some((first, r)) = self.file.as_mut() else {
                 break;
             };
-            let path = self.dir.join(segment_name(*first));
+            let first = *first;
+            let path = self.dir.join(segment_name(first));
             let here = r.stream_position().map_err(io_err(&path))?;
             match read_frame(r).map_err(io_err(&path))? {
+                Some(frame) if frame.seq < self.next_seq => {
+                    tracing::warn!(path = %path.display(), offset = here, seq = frame.seq,
+                        expected = self.next_seq, "spool: skipping a frame read before");
+                }
                 Some(frame) => {
-                    if frame.seq != self.next_seq {
-                        return Err(SpoolError::Corrupt {
-                            path,
-                            offset: here,
-                            reason: format!(
-                                "expected sequence {}, found {}",
-                                self.next_seq, frame.seq
-                            ),
-                        });
-                    }
-                    self.next_seq += 1;
+                    // the records in between were in a quarantined region
+                    self.count_lost(&path, frame.seq);
+                    self.next_seq = frame.seq + 1;
+                    self.returned_up_to = self.returned_up_to.max(frame.seq);
                     out.push(frame);
                 }
                 None => {
-                    // End of this segment (for now). Move on only if the next one exists.
+                    // End of this segment (for now), or a corrupt frame. Move on if the
+                    // next segment starts at the next record.
                     r.seek(SeekFrom::Start(here)).map_err(io_err(&path))?;
                     let next = self.dir.join(segment_name(self.next_seq));
-                    if self.next_seq != *first && next.exists() {
+                    if self.next_seq != first && next.exists() {
                         self.file = None;
-                    } else {
+                        continue;
+                    }
+                    // `next_seq` is durable (≤ up_to), so its frame should be here: what
+                    // is at `here` is damaged
+                    if !self.skip_corrupt(first, &path, here)? {
                         break;
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Steps over the damaged bytes at `here` in segment `first`: to the next good frame in
+    /// it, or to the next segment. The bytes are copied to `quarantine/`, counted and
+    /// logged. False when there is nothing to step to yet (damage up to the end of the
+    /// newest segment: the next appended frame follows it).
+    fn skip_corrupt(&mut self, first: u64, path: &Path, here: u64) -> Result<bool, SpoolError> {
+        let (next, end) = find_next_frame(path, here, self.next_seq)?;
+        let later = list_segments(&self.dir)?
+            .into_iter()
+            .find(|(f, _)| *f > first);
+        let stop = match next {
+            Some(n) => n,
+            None if later.is_some() => end,
+            None if end > here => end,
+            None => return Ok(false),
+        };
+        if self.seen_corrupt.insert((first, here)) {
+            self.quarantine(path, here, stop)?;
+        }
+        match next {
+            Some(n) => {
+                if let Some((_, r)) = self.file.as_mut() {
+                    r.seek(SeekFrom::Start(n)).map_err(io_err(path))?;
+                }
+            }
+            None => match later {
+                Some((f, later_path)) => {
+                    let file = File::open(&later_path).map_err(io_err(&later_path))?;
+                    self.file = Some((f, BufReader::new(file)));
+                    if f > self.next_seq {
+                        self.count_lost(path, f);
+                        self.next_seq = f;
+                    }
+                }
+                None => {
+                    if let Some((_, r)) = self.file.as_mut() {
+                        r.seek(SeekFrom::Start(end)).map_err(io_err(path))?;
+                    }
+                }
+            },
+        }
+        Ok(true)
+    }
+
+    /// Counts the records between the next expected one and `seq` (found next) as lost,
+    /// once: a rewind over the same gap does not count it again.
+    fn count_lost(&mut self, path: &Path, seq: u64) {
+        let from = self.next_seq.max(self.returned_up_to + 1);
+        if seq <= from {
+            return;
+        }
+        let lost = seq - from;
+        tracing::error!(path = %path.display(), from_seq = from, to_seq = seq - 1, lost,
+            "spool: records lost to corruption");
+        match &self.state {
+            Some(state) => {
+                state.lost_records.fetch_add(lost, Ordering::SeqCst);
+                state.forget(lost, 0);
+            }
+            None => self.skipped.0 += lost,
+        }
+        self.returned_up_to = self.returned_up_to.max(seq - 1);
+    }
+
+    /// Copies bytes `from..to` of a segment to `quarantine/<segment>.at-<from>`.
+    fn quarantine(&mut self, path: &Path, from: u64, to: u64) -> Result<(), SpoolError> {
+        let Some(state) = &self.state else {
+            self.skipped.1 += to - from;
+            return Ok(());
+        };
+        let dir = self.dir.join("quarantine");
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = dir.join(format!("{name}.at-{from}"));
+        let copy = || -> std::io::Result<()> {
+            fs::create_dir_all(&dir)?;
+            let mut f = File::open(path)?;
+            f.seek(SeekFrom::Start(from))?;
+            let mut bytes = Vec::new();
+            f.take(to - from).read_to_end(&mut bytes)?;
+            fs::write(&target, &bytes)
+        };
+        if let Err(e) = copy() {
+            // counted and logged all the same: forwarding must go on
+            tracing::warn!(target = %target.display(), error = %e,
+                "spool: could not copy a corrupt region aside");
+        }
+        state.quarantined.fetch_add(1, Ordering::SeqCst);
+        state.forget(0, to - from);
+        tracing::error!(segment = %path.display(), offset = from, bytes = to - from,
+            expected_seq = self.next_seq, quarantine = %target.display(),
+            "spool: corrupt frame quarantined; forwarding goes on after it");
+        Ok(())
     }
 
     /// Records and bytes from the current position to the end.
@@ -765,7 +1078,7 @@ impl SpoolReader {
         loop {
             let batch = self.read(4096, u64::MAX)?;
             if batch.is_empty() {
-                return Ok((records, bytes));
+                return Ok((records + self.skipped.0, bytes + self.skipped.1));
             }
             records += batch.len() as u64;
             bytes += batch.iter().map(|f| f.frame_bytes).sum::<u64>();
@@ -923,6 +1236,95 @@ mod tests {
         let (spool, writer, mut reader) = Spool::open(&cfg(dir.path(), 100)).expect("reopen");
         assert_eq!(spool.append(vec![rec(20)]).await.expect("append"), 21);
         assert_eq!(reader.read(10, u64::MAX).expect("read")[0].seq, 21);
+        writer.close().expect("close");
+    }
+    /// Byte offsets of the frames of a segment.
+    fn frame_offsets(path: &Path) -> Vec<u64> {
+        let mut r = BufReader::new(File::open(path).expect("open"));
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Some(f) = read_frame(&mut r).expect("read") {
+            out.push(pos);
+            pos += f.frame_bytes;
+        }
+        out
+    }
+
+    fn flip_byte(path: &Path, offset: u64) {
+        let mut bytes = fs::read(path).expect("read");
+        bytes[offset as usize] ^= 0xff;
+        fs::write(path, bytes).expect("write");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_frame_is_quarantined_and_the_frames_after_it_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (spool, writer, _) = Spool::open(&cfg(dir.path(), 150)).expect("open");
+            for i in 0..10 {
+                spool.append(vec![rec(i)]).await.expect("append");
+            }
+            writer.close().expect("close");
+        }
+        let segments = list_segments(dir.path()).expect("list");
+        assert!(segments.len() >= 3, "{segments:?}");
+        // damage the second frame of the first segment and the second of the newest one
+        let (_, first) = &segments[0];
+        let (newest_first, newest) = segments.last().expect("newest").clone();
+        let offsets = frame_offsets(first);
+        flip_byte(first, offsets[1] + 20);
+        let newest_offsets = frame_offsets(&newest);
+        assert!(newest_offsets.len() >= 2, "{newest_offsets:?}");
+        flip_byte(&newest, newest_offsets[0] + 30);
+        let newest_len = fs::metadata(&newest).expect("meta").len();
+
+        // reopening does not cut the newest segment at the damage
+        let (spool, writer, mut reader) = Spool::open(&cfg(dir.path(), 150)).expect("reopen");
+        assert_eq!(fs::metadata(&newest).expect("meta").len(), newest_len);
+        let got: Vec<u64> = reader
+            .read(100, u64::MAX)
+            .expect("read")
+            .iter()
+            .map(|f| f.seq)
+            .collect();
+        let lost = [2, newest_first];
+        let want: Vec<u64> = (1..=10).filter(|s| !lost.contains(s)).collect();
+        assert_eq!(got, want);
+        let state = spool.state();
+        assert_eq!(state.quarantined.load(Ordering::SeqCst), 2);
+        assert_eq!(state.lost_records.load(Ordering::SeqCst), 2);
+        let quarantined = fs::read_dir(dir.path().join("quarantine"))
+            .expect("quarantine dir")
+            .count();
+        assert_eq!(quarantined, 2);
+        // appends go on after the damage and are read in order
+        assert_eq!(spool.append(vec![rec(10)]).await.expect("append"), 11);
+        let next = reader.read(10, u64::MAX).expect("read");
+        assert_eq!(next.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![11]);
+        // a rewind over the damage neither fails nor quarantines it again
+        reader.seek(1).expect("seek");
+        assert_eq!(reader.read(100, u64::MAX).expect("read").len(), 9);
+        assert_eq!(state.quarantined.load(Ordering::SeqCst), 2);
+        writer.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn damage_up_to_the_end_of_the_newest_segment_waits_for_the_next_frame() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, writer, mut reader) = Spool::open(&cfg(dir.path(), 1 << 20)).expect("open");
+        spool
+            .append((0..3).map(rec).collect())
+            .await
+            .expect("append");
+        let (_, path) = list_segments(dir.path()).expect("list").pop().expect("one");
+        let offsets = frame_offsets(&path);
+        flip_byte(&path, offsets[2] + 12);
+        assert_eq!(reader.read(10, u64::MAX).expect("read").len(), 2);
+        assert!(reader.read(10, 3).expect("read").is_empty());
+        assert_eq!(spool.state().quarantined.load(Ordering::SeqCst), 1);
+        spool.append(vec![rec(3)]).await.expect("append");
+        let next = reader.read(10, u64::MAX).expect("read");
+        assert_eq!(next.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![4]);
         writer.close().expect("close");
     }
 }

@@ -83,11 +83,35 @@ async fn visible(
 #[derive(Debug)]
 pub struct VisibleStore {
     inner: Arc<dyn ObjectStore>,
+    /// where the lake starts: readers (the SQL engine) see nothing outside it — on a
+    /// `file://` lake the store is the local file system, and `/etc` is not the lake's
+    root: Path,
 }
 
 impl VisibleStore {
-    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        VisibleStore { inner }
+    pub fn new(inner: Arc<dyn ObjectStore>, root: Path) -> Self {
+        VisibleStore { inner, root }
+    }
+
+    /// Refuses a path outside the lake.
+    fn inside(&self, location: &Path) -> object_store::Result<()> {
+        if self.root.as_ref().is_empty() || location.prefix_matches(&self.root) {
+            Ok(())
+        } else {
+            Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: format!("outside the lake (rooted at /{})", self.root).into(),
+            })
+        }
+    }
+
+    /// A listing prefix inside the lake (none: the lake's root).
+    fn prefix_inside(&self, prefix: Option<&Path>) -> object_store::Result<Option<Path>> {
+        match prefix {
+            None if self.root.as_ref().is_empty() => Ok(None),
+            None => Ok(Some(self.root.clone())),
+            Some(p) => self.inside(p).map(|_| Some(p.clone())),
+        }
     }
 }
 
@@ -105,6 +129,7 @@ impl ObjectStore for VisibleStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.inside(location)?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -113,6 +138,7 @@ impl ObjectStore for VisibleStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inside(location)?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -121,6 +147,7 @@ impl ObjectStore for VisibleStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.inside(location)?;
         self.inner.get_opts(location, options).await
     }
 
@@ -129,6 +156,7 @@ impl ObjectStore for VisibleStore {
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
+        self.inside(location)?;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -136,13 +164,28 @@ impl ObjectStore for VisibleStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        let root = self.root.clone();
+        let checked = locations
+            .map(move |l| {
+                let l = l?;
+                if root.as_ref().is_empty() || l.prefix_matches(&root) {
+                    Ok(l)
+                } else {
+                    Err(object_store::Error::PermissionDenied {
+                        path: l.to_string(),
+                        source: "outside the lake".into(),
+                    })
+                }
+            })
+            .boxed();
+        self.inner.delete_stream(checked)
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let inner = self.inner.clone();
-        let prefix = prefix.cloned();
+        let prefix = self.prefix_inside(prefix);
         stream::once(async move {
+            let prefix = prefix?;
             let all: Vec<ObjectMeta> = inner.list(prefix.as_ref()).try_collect().await?;
             visible(&inner, all).await
         })
@@ -152,7 +195,8 @@ impl ObjectStore for VisibleStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        let mut r = self.inner.list_with_delimiter(prefix).await?;
+        let prefix = self.prefix_inside(prefix)?;
+        let mut r = self.inner.list_with_delimiter(prefix.as_ref()).await?;
         r.objects = visible(&self.inner, r.objects).await?;
         Ok(r)
     }
@@ -163,6 +207,8 @@ impl ObjectStore for VisibleStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
+        self.inside(from)?;
+        self.inside(to)?;
         self.inner.copy_opts(from, to, options).await
     }
 }

@@ -153,7 +153,7 @@ impl Lake {
 
     fn with_store(raw: Arc<dyn ObjectStore>, store_url: Url, root: Path, display: String) -> Lake {
         Lake {
-            store: Arc::new(compact::VisibleStore::new(raw.clone())),
+            store: Arc::new(compact::VisibleStore::new(raw.clone(), root.clone())),
             raw,
             store_url,
             root,
@@ -181,6 +181,24 @@ impl Lake {
         } else {
             format!("{scheme}://{host}/{root}/{folder}/")
         }
+    }
+
+    /// Whether a URL (as DataFusion resolves a `LOCATION` or `COPY … TO` target) names a
+    /// place inside the lake.
+    pub fn contains_url(&self, url: &str) -> bool {
+        let Ok(u) = Url::parse(url) else {
+            return false;
+        };
+        if u.scheme() != self.store_url.scheme() || u.host_str() != self.store_url.host_str() {
+            return false;
+        }
+        let root = self.root.as_ref().trim_matches('/');
+        let path = u.path().trim_start_matches('/');
+        root.is_empty()
+            || path == root
+            || path
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// A path inside the lake.

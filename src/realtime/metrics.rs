@@ -28,6 +28,11 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
+    /// The registry, for the HTTP server's own metrics ([`crate::http::HttpMetrics`]).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<StreamMetrics, prometheus::Error> {
         let r = Registry::new();
         let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {

@@ -23,6 +23,11 @@ const LATENCY: [f64; 14] = [
 ];
 
 impl ServeMetrics {
+    /// The registry, for the HTTP server's own metrics ([`crate::http::HttpMetrics`]).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<ServeMetrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = HistogramVec::new(

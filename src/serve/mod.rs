@@ -55,6 +55,8 @@ pub enum ServeError {
     },
     #[error("serve: metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("serve: {0}")]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// The most books a request may ask for.
@@ -137,10 +139,19 @@ pub async fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(%addr, "recommendation API listening");
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .await
-        .map_err(|source| ServeError::Listen { addr, source });
+    let http_metrics =
+        crate::http::HttpMetrics::register(shared.metrics.registry(), "bookrec_serve")?;
+    // no route takes a body: 64 KiB is generous
+    let r = crate::http::serve(
+        listener,
+        app,
+        &cfg.serve.http,
+        64 * 1024,
+        Arc::new(http_metrics),
+        cancel.clone(),
+    )
+    .await
+    .map_err(ServeError::from);
     background.cancel();
     r
 }

@@ -560,6 +560,43 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, 
     df.collect().await.map_err(SqlError::Query)
 }
 
+/// Runs one statement that may write (`bookrec sql --allow-writes`), confined to the lake:
+/// a `COPY … TO` or `CREATE EXTERNAL TABLE … LOCATION` outside it is refused before it runs,
+/// with the target named (the store refuses such paths too, less clearly).
+pub async fn query_in_lake(
+    ctx: &SessionContext,
+    sql: &str,
+    lake: &Lake,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    use datafusion::datasource::listing::ListingTableUrl;
+    use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(SqlError::Query)?;
+    let targets = match &plan {
+        LogicalPlan::Copy(c) => vec![c.output_url.clone()],
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(t)) => t.locations.clone(),
+        _ => Vec::new(),
+    };
+    for target in targets {
+        let resolved = ListingTableUrl::parse(&target).map_err(SqlError::Query)?;
+        if !lake.contains_url(resolved.as_str()) {
+            return Err(SqlError::Query(DataFusionError::Plan(format!(
+                "{target} ({resolved}) is outside the lake ({}); the SQL engine reads and \
+                 writes only inside it (bookrec sql --out FILE writes a result anywhere)",
+                lake
+            ))));
+        }
+    }
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(SqlError::Query)?;
+    df.collect().await.map_err(SqlError::Query)
+}
+
 /// Output formats of `bookrec sql`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

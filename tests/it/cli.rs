@@ -169,11 +169,59 @@ fn sql_only_reads_unless_writes_are_allowed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // even with --allow-writes, the SQL engine's file system is the lake: a COPY outside
+    // it is refused (`--out FILE` writes a result anywhere)
     let out = run(&copy, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "COPY outside the lake was allowed");
+    assert!(err.contains("outside the lake"), "{err}");
+    assert!(!target.exists(), "COPY wrote outside the lake");
+    let inside = dir.path().join("lake").join("exports").join("out.csv");
+    let copy_inside = format!(
+        "COPY (SELECT 1 AS x) TO '{}' STORED AS CSV",
+        inside.display()
+    );
+    let out = run(&copy_inside, true);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(target.exists(), "--allow-writes: COPY wrote nothing");
+    assert!(inside.exists(), "--allow-writes: COPY wrote nothing");
+}
+
+#[tokio::test]
+async fn the_sql_engine_cannot_read_files_outside_the_lake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = dir.path().join("secret.csv");
+    std::fs::write(&outside, "password\nhunter2\n").expect("write");
+    let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new())
+        .expect("defaults")
+        .lake;
+    cfg.url = format!("file://{}", dir.path().join("lake").display());
+    let lake = bookrec::lake::Lake::open(&cfg).expect("lake");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
+    for location in [
+        outside.display().to_string(),
+        format!("file://{}", outside.display()),
+        format!("{}/../secret.csv", dir.path().join("lake").display()),
+    ] {
+        let ddl = format!("CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{location}'");
+        let read = async {
+            ctx.sql(&ddl).await?.collect().await?;
+            ctx.sql("SELECT * FROM s").await?.collect().await
+        };
+        let result = read.await;
+        let _ = ctx.sql("DROP TABLE IF EXISTS s").await;
+        match result {
+            Ok(batches) => panic!(
+                "{location}: read {} batches outside the lake",
+                batches.len()
+            ),
+            Err(e) => assert!(
+                e.to_string().contains("outside the lake"),
+                "{location}: {e}"
+            ),
+        }
+    }
 }

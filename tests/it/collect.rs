@@ -653,7 +653,7 @@ async fn full_spool_answers_503_with_retry_after_and_readyz_says_so() {
             .expect("readyz");
         assert_eq!(ready.status(), 503);
         let v: Value = ready.json().await.expect("json");
-        assert_eq!(v["spool"], "unavailable");
+        assert_eq!(v["spool"], "full");
         if v["kafka"] == "down" {
             break;
         }
