@@ -30,7 +30,11 @@ fn kept_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 fn mutate(rng: &mut StdRng, data: &[u8], other: &[u8]) -> Vec<u8> {
     let mut v = data.to_vec();
     for _ in 0..rng.random_range(1..=4) {
-        let at = if v.is_empty() { 0 } else { rng.random_range(0..v.len()) };
+        let at = if v.is_empty() {
+            0
+        } else {
+            rng.random_range(0..v.len())
+        };
         match rng.random_range(0..6) {
             0 if !v.is_empty() => v[at] ^= 1 << rng.random_range(0..8),
             1 => v.insert(at, rng.random()),
@@ -40,8 +44,23 @@ fn mutate(rng: &mut StdRng, data: &[u8], other: &[u8]) -> Vec<u8> {
             }
             3 => {
                 let interesting: &[&[u8]] = &[
-                    b"\"", b"\\", b"{", b"}", b"[", b"]", b"\n", b"\r\n", b"\0", br"\u0000",
-                    br"\u202e", b"1e308", b"-0", b"null", b"--", b"/*", b"\xff\xfe",
+                    b"\"",
+                    b"\\",
+                    b"{",
+                    b"}",
+                    b"[",
+                    b"]",
+                    b"\n",
+                    b"\r\n",
+                    b"\0",
+                    br"\u0000",
+                    br"\u202e",
+                    b"1e308",
+                    b"-0",
+                    b"null",
+                    b"--",
+                    b"/*",
+                    b"\xff\xfe",
                 ];
                 let piece = interesting[rng.random_range(0..interesting.len())];
                 v.splice(at..at, piece.iter().copied());
@@ -102,7 +121,11 @@ fn every_kept_fuzz_input_passes_its_harness() {
         assert!(!inputs.is_empty(), "no corpus for fuzz target {target}");
         for (path, data) in &inputs {
             let result = std::panic::catch_unwind(|| harness(data));
-            assert!(result.is_ok(), "{target}: {} fails its harness", path.display());
+            assert!(
+                result.is_ok(),
+                "{target}: {} fails its harness",
+                path.display()
+            );
         }
         let source = root.join("fuzz_targets").join(format!("{target}.rs"));
         assert!(source.exists(), "{} is missing", source.display());
