@@ -950,6 +950,7 @@ async fn supervise_forwarder(
     let mut reader = Some(reader);
     let mut backoff = Duration::from_millis(200);
     loop {
+        let started = Instant::now();
         let failure = match reader.take().map_or_else(|| f.spool.reader(), Ok) {
             Ok(r) => {
                 let task = tokio::spawn(forward(f.clone(), r, topics_ready.clone(), stop.clone()));
@@ -963,6 +964,10 @@ async fn supervise_forwarder(
         };
         if stop.is_cancelled() {
             return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            // it ran a good while: a new failure starts the backoff over
+            backoff = Duration::from_millis(200);
         }
         f.metrics.forwarder_restarts.inc();
         f.metrics.forwarder_up.set(0);
