@@ -159,6 +159,24 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         );
     };
     let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > g.max_body_bytes as u64) {
+        // refused before a byte of it is read
+        g.metrics.shed.with_label_values(&["body_too_large"]).inc();
+        return limit_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body is {n} bytes, the limit is {} bytes",
+                g.max_body_bytes
+            ),
+            false,
+        );
+    }
     let read = axum::body::to_bytes(body, g.max_body_bytes);
     let bytes = match tokio::time::timeout(g.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,

@@ -426,39 +426,17 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body exceeds {limit} bytes"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_read_failed",
-                format!("reading the body failed: {e}"),
-            )
-        }
+/// The request body, which `crate::http` has already read whole, within
+/// `collect.max_batch_bytes` (413 beyond, checked on `Content-Length` first) and
+/// `collect.http.body_read_timeout_ms`.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_failed",
+            format!("reading the body failed: {e}"),
+        )
     })
-}
-
-fn content_length_check(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > limit as u64 => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is {n} bytes, the limit is {limit} bytes"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// One item of a request: its position and raw text.
@@ -738,9 +716,7 @@ async fn post_log(
 ) -> Result<Response, ApiError> {
     admit(&state, &headers)?;
     body_kind(&headers)?;
-    let limit = state.cfg.max_batch_bytes;
-    content_length_check(&headers, limit)?;
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(body).await?;
     let raw = trim_ascii(&bytes);
     if raw.is_empty() {
         return Err(ApiError::new(
@@ -766,9 +742,7 @@ async fn post_logs(
 ) -> Result<Response, ApiError> {
     admit(&state, &headers)?;
     let kind = body_kind(&headers)?;
-    let limit = state.cfg.max_batch_bytes;
-    content_length_check(&headers, limit)?;
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(body).await?;
     let items = match split_batch(&bytes, kind) {
         Ok(items) => items,
         Err(err) => {

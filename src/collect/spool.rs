@@ -203,16 +203,26 @@ fn frame_ok(b: &[u8], min_seq: u64) -> Option<usize> {
     (crc32fast::hash(&b[HEADER..HEADER + len]) == crc).then_some(HEADER + len)
 }
 
-/// The offset of the next valid frame after `from` in `path` (sequence ≥ `min_seq`), and
-/// the file's length.
-fn find_next_frame(path: &Path, from: u64, min_seq: u64) -> Result<(Option<u64>, u64), SpoolError> {
+/// The offset and sequence number of the next valid frame after `from` in `path`
+/// (sequence ≥ `min_seq`), and the file's length.
+fn find_next_frame(
+    path: &Path,
+    from: u64,
+    min_seq: u64,
+) -> Result<(Option<(u64, u64)>, u64), SpoolError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     f.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
     let mut rest = Vec::new();
     f.read_to_end(&mut rest).map_err(io_err(path))?;
     let end = from + rest.len() as u64;
-    let found = (1..rest.len()).find(|&p| frame_ok(&rest[p..], min_seq).is_some());
-    Ok((found.map(|p| from + p as u64), end))
+    let found = (1..rest.len())
+        .find(|&p| frame_ok(&rest[p..], min_seq).is_some())
+        .map(|p| {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&rest[p + HEADER..p + HEADER + 8]);
+            (from + p as u64, u64::from_le_bytes(seq))
+        });
+    Ok((found, end))
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
@@ -900,7 +910,7 @@ impl SpoolReader {
                     // the end, or a corrupt region before `seq`: step over it (read()
                     // quarantines it when it is at or after `seq`)
                     match find_next_frame(&path, here, 0)? {
-                        (Some(next), _) if self.seq_at(&path, next)? < seq => {
+                        (Some((next, next_seq)), _) if next_seq < seq => {
                             pos = next;
                             r.seek(SeekFrom::Start(pos)).map_err(io_err(&path))?;
                         }
@@ -914,15 +924,6 @@ impl SpoolReader {
         }
         self.file = Some((first, r));
         Ok(())
-    }
-
-    fn seq_at(&self, path: &Path, offset: u64) -> Result<u64, SpoolError> {
-        let mut f = File::open(path).map_err(io_err(path))?;
-        f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
-        match read_frame(&mut BufReader::new(f)).map_err(io_err(path))? {
-            Some(frame) => Ok(frame.seq),
-            None => Ok(u64::MAX),
-        }
     }
 
     /// Reads up to `max` records with sequence numbers ≤ `up_to`.
@@ -984,6 +985,7 @@ impl SpoolReader {
         let later = list_segments(&self.dir)?
             .into_iter()
             .find(|(f, _)| *f > first);
+        let next = next.map(|(offset, _)| offset);
         let stop = match next {
             Some(n) => n,
             None if later.is_some() => end,

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{self, Collector, brokers, collector_config};
+use crate::support::{self, Collector, brokers, collector_config, free_port, metric};
 
 fn event() -> serde_json::Value {
     json!({
@@ -18,11 +18,6 @@ fn event() -> serde_json::Value {
         "user_id": "u1",
         "book_id": "b1",
     })
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// Lets this test process hold thousands of sockets.
@@ -53,21 +48,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
             Err(_) => return false,
         }
     }
-}
-
-async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
-    let text = client
-        .get(url)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

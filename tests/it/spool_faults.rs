@@ -75,18 +75,28 @@ async fn readyz(client: &reqwest::Client, c: &Collector) -> (u16, Value) {
 }
 
 async fn metric(client: &reqwest::Client, c: &Collector, name: &str) -> f64 {
-    let text = client
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::metric(client, &c.url("/metrics"), name).await
+}
+
+/// Posts events `ns` one request each, asserts each 202, returns their ids.
+async fn post_accepted(
+    client: &reqwest::Client,
+    c: &Collector,
+    ns: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in ns {
+        let ev = event(n);
+        let r = client
+            .post(c.url("/api/log"))
+            .json(&ev)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 202);
+        ids.push(ev["event_id"].as_str().expect("id").to_string());
+    }
+    ids
 }
 
 fn ids_in(topic_records: &[support::Read]) -> std::collections::HashSet<String> {
@@ -104,18 +114,7 @@ async fn a_full_disk_answers_503_and_intake_recovers_by_itself_when_space_return
     let cfg = collector_config(&b, &disk.path.join("spool"));
     let collector = Collector::start(&cfg).await;
     let client = reqwest::Client::new();
-    let mut accepted = Vec::new();
-    for n in 0..20 {
-        let ev = event(n);
-        let r = client
-            .post(collector.url("/api/log"))
-            .json(&ev)
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(r.status(), 202);
-        accepted.push(ev["event_id"].as_str().expect("id").to_string());
-    }
+    let mut accepted = post_accepted(&client, &collector, 0..20).await;
 
     // the disk fills up (one page left: a batch is written in part, then fails)
     let filler = disk.fill(4096);
@@ -182,17 +181,7 @@ async fn a_full_disk_answers_503_and_intake_recovers_by_itself_when_space_return
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for n in 200..220 {
-        let ev = event(n);
-        let r = client
-            .post(collector.url("/api/log"))
-            .json(&ev)
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(r.status(), 202);
-        accepted.push(ev["event_id"].as_str().expect("id").to_string());
-    }
+    accepted.extend(post_accepted(&client, &collector, 200..220).await);
     collector.wait_drained(Duration::from_secs(60)).await;
     assert_eq!(
         metric(
@@ -241,18 +230,7 @@ async fn a_corrupt_frame_is_quarantined_and_the_records_after_it_reach_kafka() {
     cfg.collect.shutdown_timeout_ms = 500;
     let collector = Collector::start(&cfg).await;
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for n in 0..10 {
-        let ev = event(n);
-        let r = client
-            .post(collector.url("/api/log"))
-            .json(&ev)
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(r.status(), 202);
-        ids.push(ev["event_id"].as_str().expect("id").to_string());
-    }
+    let ids = post_accepted(&client, &collector, 0..10).await;
     collector.stop().await;
 
     // a bit flips inside the fifth frame (each request is one frame, in order)
@@ -324,18 +302,7 @@ async fn the_forwarder_survives_a_segment_it_cannot_read_and_reports_it() {
     cfg.collect.spool.max_in_flight = 5;
     let collector = Collector::start(&cfg).await;
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for n in 0..30 {
-        let ev = event(n);
-        let r = client
-            .post(collector.url("/api/log"))
-            .json(&ev)
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(r.status(), 202);
-        ids.push(ev["event_id"].as_str().expect("id").to_string());
-    }
+    let ids = post_accepted(&client, &collector, 0..30).await;
     // the second segment becomes unreadable (a symlink to itself: ELOOP, even for root)
     let segs = segments(spool.path());
     assert!(segs.len() >= 3, "{segs:?}");
