@@ -369,6 +369,10 @@ pub struct LandConfig {
     pub poll_timeout_ms: u64,
     /// Debezium topic → lake table (`cdc/<table>/`, queryable as `<table>`)
     pub cdc: BTreeMap<String, String>,
+    /// The topics of `cdc` whose records were flattened by Debezium's
+    /// `ExtractNewRecordState` / `ExtractNewDocumentState` transformation
+    #[serde(default)]
+    pub cdc_unwrapped: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -630,7 +634,17 @@ impl Config {
                 reason: format!("{} is not a number >= 0", p.ndcg_tolerance),
             });
         }
+        let mut fed: BTreeMap<&str, &str> = BTreeMap::new();
         for (topic, table) in &self.land.cdc {
+            // a table's changes are ordered by partition and offset: one topic per table
+            if let Some(other) = fed.insert(table.as_str(), topic.as_str()) {
+                return Err(ConfigError::Value {
+                    key: "land.cdc",
+                    reason: format!(
+                        "{other:?} and {topic:?} both feed table {table:?}; a table takes one topic"
+                    ),
+                });
+            }
             let ok = !table.is_empty()
                 && table
                     .chars()
@@ -645,6 +659,17 @@ impl Config {
                     ),
                 });
             }
+        }
+        if let Some(t) = self
+            .land
+            .cdc_unwrapped
+            .iter()
+            .find(|t| !self.land.cdc.contains_key(*t))
+        {
+            return Err(ConfigError::Value {
+                key: "land.cdc_unwrapped",
+                reason: format!("{t:?} is not a topic of land.cdc"),
+            });
         }
         Engine::parse(&self.batch.engine)?;
         let scheme_ok = ["file://", "s3://", "memory://"]

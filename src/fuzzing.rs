@@ -74,8 +74,16 @@ pub fn cdc(data: &[u8]) {
         return;
     };
     let (key, value) = rest.split_at(usize::from(n).min(rest.len()));
-    let _ = cdc::parse(Some(key), Some(value));
-    let _ = cdc::parse(None, Some(rest));
+    // every shape, with and without a key; what parses is folded into a current state
+    let mut state = cdc::CurrentState::default();
+    for shape in [cdc::Shape::Envelope, cdc::Shape::Unwrapped] {
+        for (k, v) in [(Some(key), value), (None, rest)] {
+            if let Ok(Some(c)) = cdc::parse_record(k, Some(v), shape, Some(0)) {
+                state.apply(&c.as_ref(), 0);
+            }
+        }
+    }
+    let _ = state.into_rows();
 }
 
 /// The query-file header parser, under both kinds' rules.

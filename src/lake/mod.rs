@@ -358,6 +358,9 @@ pub fn cdc_changes_schema() -> SchemaRef {
         Field::new("key", DataType::Utf8, false),
         Field::new("before", DataType::Utf8, true),
         Field::new("after", DataType::Utf8, true),
+        // a partial update (MongoDB without the full document); absent in files landed
+        // before it existed, which read it as null
+        Field::new("patch", DataType::Utf8, true),
         Field::new("source_db", DataType::Utf8, true),
         Field::new("source_table", DataType::Utf8, true),
         Field::new("kafka_partition", DataType::Int32, false),
@@ -386,6 +389,7 @@ pub fn cdc_snapshot(
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.1.as_str()),
         )),
+        Arc::new(StringArray::from(vec![None::<&str>; n])),
         Arc::new(StringArray::from(vec![Some(source_db); n])),
         Arc::new(StringArray::from(vec![Some(table); n])),
         Arc::new(Int32Array::from(vec![0; n])),

@@ -138,8 +138,8 @@ struct Lander<'a> {
     lake: &'a Lake,
     rt: tokio::runtime::Handle,
     events_topic: String,
-    /// CDC topic → table
-    cdc_tables: HashMap<String, String>,
+    /// CDC topic → table and the shape of its records
+    cdc_tables: HashMap<String, (String, cdc::Shape)>,
     /// highest landed offset per bucket, from the lake
     landed: HashMap<Key, i64>,
     open: HashMap<Key, Buffer>,
@@ -175,7 +175,19 @@ pub fn run(
         lake,
         rt,
         events_topic: events_topic.clone(),
-        cdc_tables: cfg.land.cdc.clone().into_iter().collect(),
+        cdc_tables: cfg
+            .land
+            .cdc
+            .iter()
+            .map(|(topic, table)| {
+                let shape = if cfg.land.cdc_unwrapped.contains(topic) {
+                    cdc::Shape::Unwrapped
+                } else {
+                    cdc::Shape::Envelope
+                };
+                (topic.clone(), (table.clone(), shape))
+            })
+            .collect(),
         landed: HashMap::new(),
         open: HashMap::new(),
         next_offset: HashMap::new(),
@@ -390,8 +402,8 @@ impl Lander<'_> {
         self.next_offset
             .insert((r.topic.clone(), r.partition), r.offset + 1);
         let size = r.payload.as_ref().map_or(0, Vec::len) + 64;
-        if let Some(table) = self.cdc_tables.get(&r.topic).cloned() {
-            return self.cdc_record(r, table, size);
+        if let Some((table, shape)) = self.cdc_tables.get(&r.topic).cloned() {
+            return self.cdc_record(r, table, shape, size);
         }
         let parsed = match &r.payload {
             None => Err((
@@ -424,9 +436,20 @@ impl Lander<'_> {
         }
     }
 
-    fn cdc_record(&mut self, r: Record, table: String, size: usize) -> Result<(), LandError> {
-        match cdc::parse(r.key.as_deref(), r.payload.as_deref()) {
-            Ok(None) => Ok(()), // tombstone
+    fn cdc_record(
+        &mut self,
+        r: Record,
+        table: String,
+        shape: cdc::Shape,
+        size: usize,
+    ) -> Result<(), LandError> {
+        match cdc::parse_record(
+            r.key.as_deref(),
+            r.payload.as_deref(),
+            shape,
+            r.timestamp_ms,
+        ) {
+            Ok(None) => Ok(()), // a tombstone after a delete
             Ok(Some(change)) => {
                 let key = (r.topic.clone(), r.partition, Bucket::Cdc { table });
                 if self.already_landed(&key, r.offset) {
@@ -668,6 +691,7 @@ fn changes_batch(partition: i32, rows: &[(cdc::Change, i64)]) -> Result<RecordBa
         s(&|c| Some(c.key.as_str())),
         s(&|c| c.before.as_deref()),
         s(&|c| c.after.as_deref()),
+        s(&|c| c.patch.as_deref()),
         s(&|c| c.source_db.as_deref()),
         s(&|c| c.source_table.as_deref()),
         Arc::new(Int32Array::from(vec![partition; rows.len()])),

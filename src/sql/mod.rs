@@ -430,9 +430,11 @@ async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlE
     Ok(())
 }
 
-/// The current state of a CDC table: per key the latest change (source time, then Kafka
-/// offset), deletes removed, the row's JSON fields as columns (types inferred from the
-/// data), plus `_key` and `_ts_ms`.
+/// The current state of a CDC table: its changes folded in each partition's offset order
+/// by [`crate::land::cdc::CurrentState`] — deletes and
+/// truncates applied, unchanged TOAST columns and MongoDB partial updates merged into the
+/// previous row — the row's JSON fields as columns (types inferred from the data), plus
+/// `_key` and `_ts_ms`.
 async fn current_state(
     ctx: &SessionContext,
     table: &str,
@@ -440,52 +442,59 @@ async fn current_state(
     let batches = query(
         ctx,
         &format!(
-            "SELECT key, op, after, ts_ms FROM {table}_changes \
-             ORDER BY ts_ms, kafka_partition, kafka_offset"
+            "SELECT key, op, after, patch, ts_ms, kafka_partition FROM {table}_changes \
+             ORDER BY kafka_partition, kafka_offset"
         ),
     )
     .await?;
-    let mut latest: std::collections::HashMap<String, (String, Option<String>, i64)> =
-        std::collections::HashMap::new();
+    let mut state = crate::land::cdc::CurrentState::default();
     for b in &batches {
-        let col = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
+        use arrow::array::{Array, AsArray};
+        let text = |i: usize| {
+            arrow::compute::cast(b.column(i), &DataType::Utf8)
+                .ok()
+                .map(|a| a.as_string::<i32>().clone())
         };
         let ts = b
-            .column(3)
+            .column(4)
             .as_any()
             .downcast_ref::<arrow::array::Int64Array>();
-        let (Some(keys), Some(ops), Some(afters), Some(ts)) = (col(0), col(1), col(2), ts) else {
+        let partitions = b
+            .column(5)
+            .as_any()
+            .downcast_ref::<arrow::array::Int32Array>();
+        let (Some(keys), Some(ops), Some(afters), Some(patches), Some(ts), Some(partitions)) =
+            (text(0), text(1), text(2), text(3), ts, partitions)
+        else {
             continue;
         };
         for i in 0..b.num_rows() {
-            use arrow::array::Array;
-            let after = afters.is_valid(i).then(|| afters.value(i).to_string());
-            latest.insert(
-                keys.value(i).to_string(),
-                (ops.value(i).to_string(), after, ts.value(i)),
-            );
+            let change = crate::land::cdc::ChangeRef {
+                op: ops.value(i),
+                key: keys.value(i),
+                after: afters.is_valid(i).then(|| afters.value(i)),
+                patch: patches.is_valid(i).then(|| patches.value(i)),
+                ts_ms: ts.value(i),
+            };
+            state.apply(&change, partitions.value(i));
         }
     }
-    let mut rows: Vec<(String, String, i64)> = latest
-        .into_iter()
-        .filter(|(_, (op, _, _))| op != "d")
-        .filter_map(|(k, (_, after, ts))| after.map(|a| (k, a, ts)))
-        .collect();
-    rows.sort();
+    if state.unreadable > 0 || state.patches_without_base > 0 {
+        tracing::warn!(
+            table,
+            unreadable = state.unreadable,
+            patches_without_base = state.patches_without_base,
+            "cdc current state: changes that could not be applied in full"
+        );
+    }
+    let rows = state.into_rows();
     let mut ndjson = Vec::new();
     // the JSON kinds each field holds: a source without a schema may send `9` in one change
     // and `"9"` in another; such a column is read as text (with a warning) rather than
     // failing every session
     let mut kinds: std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>> =
         Default::default();
-    for (key, after, ts) in &rows {
-        let mut obj = match serde_json::from_str::<serde_json::Value>(after) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => continue,
-        };
+    for (key, mut obj, ts) in rows {
         for (field, v) in &obj {
             let kind = match v {
                 serde_json::Value::Null => continue,
@@ -497,8 +506,8 @@ async fn current_state(
             };
             kinds.entry(field.clone()).or_default().insert(kind);
         }
-        obj.insert("_key".into(), serde_json::Value::String(key.clone()));
-        obj.insert("_ts_ms".into(), serde_json::Value::from(*ts));
+        obj.insert("_key".into(), serde_json::Value::String(key));
+        obj.insert("_ts_ms".into(), serde_json::Value::from(ts));
         ndjson.extend_from_slice(serde_json::Value::Object(obj).to_string().as_bytes());
         ndjson.push(b'\n');
     }

@@ -88,6 +88,7 @@ pub async fn fixture_lake(dir: &Path) -> Lake {
         ])),
         Arc::new(StringArray::from(vec![None::<&str>; n])),
         Arc::new(StringArray::from(books.to_vec())),
+        Arc::new(StringArray::from(vec![None::<&str>; n])),
         Arc::new(StringArray::from(vec![Some("book_db"); n])),
         Arc::new(StringArray::from(vec![Some("books"); n])),
         Arc::new(Int32Array::from(vec![0; n])),
