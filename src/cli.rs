@@ -346,7 +346,9 @@ pub enum ModelCommand {
 #[derive(Debug, Subcommand)]
 pub enum LakeCommand {
     /// Merges the small files of closed event-hour partitions into one file each,
-    /// atomically for readers (old set or new set, never both or neither).
+    /// atomically for readers (old set or new set, never both or neither), and writes a
+    /// state snapshot of each CDC table with changes since its last one (sessions then
+    /// fold only the changes after it).
     Compact {
         /// An hour is closed this many hours after it ends (late events land until then)
         #[arg(long, default_value_t = 2)]
@@ -694,11 +696,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             init_logging(&config)?;
             let lake = crate::lake::Lake::open(&config.lake)?;
-            let report = runtime()?.block_on(lake.compact_events(
-                std::time::Duration::from_secs(grace_hours * 3600),
-                chrono::Utc::now(),
-            ))?;
-            println!("{}", serde_json::to_string(&report)?);
+            let (report, cdc) = runtime()?.block_on(async {
+                let report = lake
+                    .compact_events(
+                        std::time::Duration::from_secs(grace_hours * 3600),
+                        chrono::Utc::now(),
+                    )
+                    .await?;
+                let cdc = crate::sql::cdc_state::snapshot_all(&lake).await?;
+                anyhow::Ok((report, cdc))
+            })?;
+            let mut out = serde_json::to_value(&report)?;
+            if let Some(o) = out.as_object_mut() {
+                o.insert("cdc_state".into(), serde_json::to_value(&cdc)?);
+            }
+            println!("{out}");
             Ok(())
         }
         Command::Sql {

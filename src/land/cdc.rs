@@ -916,15 +916,45 @@ impl CurrentState {
 
     /// The rows, by key: `(key, row, ts_ms of its last change)`.
     pub fn into_rows(self) -> Vec<(String, Map<String, Value>, i64)> {
+        self.into_state_rows()
+            .into_iter()
+            .map(|r| (r.key, r.row, r.ts_ms))
+            .collect()
+    }
+
+    /// The rows with their partition, by key: what a state snapshot keeps.
+    pub fn into_state_rows(self) -> Vec<StateRow> {
         let truncated = self.truncated;
-        let mut rows: Vec<_> = self
+        let mut rows: Vec<StateRow> = self
             .rows
             .into_iter()
             .filter(|(_, (_, ts, p))| !truncated.iter().any(|(t, tp)| tp != p && *ts <= *t))
-            .map(|(k, (m, ts, _))| (k, m, ts))
+            .map(|(key, (row, ts_ms, partition))| StateRow {
+                key,
+                row,
+                ts_ms,
+                partition,
+            })
             .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows
+    }
+
+    /// Starts from a snapshot: its rows and the truncates it had seen.
+    pub fn from_snapshot(rows: Vec<StateRow>, truncated: Vec<(i64, i32)>) -> CurrentState {
+        CurrentState {
+            rows: rows
+                .into_iter()
+                .map(|r| (r.key, (r.row, r.ts_ms, r.partition)))
+                .collect(),
+            truncated,
+            ..CurrentState::default()
+        }
+    }
+
+    /// `(ts_ms, partition)` of every truncate applied.
+    pub fn truncate_marks(&self) -> &[(i64, i32)] {
+        &self.truncated
     }
 
     pub fn len(&self) -> usize {
@@ -934,6 +964,16 @@ impl CurrentState {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+}
+
+/// One row of a current state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    pub key: String,
+    pub row: Map<String, Value>,
+    /// of the row's last change
+    pub ts_ms: i64,
+    pub partition: i32,
 }
 
 /// The parts of a landed change the current state needs.

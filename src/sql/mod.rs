@@ -30,6 +30,7 @@ use crate::config::Engine;
 use crate::lake::Lake;
 
 pub mod catalog;
+pub mod cdc_state;
 pub mod scan;
 
 #[derive(Debug, thiserror::Error)]
@@ -297,16 +298,7 @@ pub async fn session_on(
     };
     ctx.register_object_store(lake.store_url(), lake.store());
     let mut listed = lake_tables();
-    let cdc_tables: std::collections::BTreeSet<String> = lake
-        .data_files(crate::lake::layout::CDC)
-        .await
-        .map_err(|e| SqlError::Lake(e.to_string()))?
-        .into_iter()
-        .filter_map(|f| match f.kind {
-            crate::lake::FileKind::Cdc { table } => Some(table),
-            _ => None,
-        })
-        .collect();
+    let cdc_tables = cdc_table_names(lake).await?;
     for table in &cdc_tables {
         listed.push(LakeTable {
             name: format!("{table}_changes"),
@@ -375,10 +367,44 @@ pub async fn session_on(
             .await?;
     }
     for table in &cdc_tables {
-        let (schema, batches) = current_state(&ctx, table).await?;
+        let (schema, batches) = current_state(&ctx, lake, table).await?;
         tables.register(&ctx, table, schema, batches).await?;
     }
     Ok((ctx, tables))
+}
+
+/// The CDC tables the lake holds changes of.
+async fn cdc_table_names(lake: &Lake) -> Result<std::collections::BTreeSet<String>, SqlError> {
+    Ok(lake
+        .data_files(crate::lake::layout::CDC)
+        .await
+        .map_err(|e| SqlError::Lake(e.to_string()))?
+        .into_iter()
+        .filter_map(|f| match f.kind {
+            crate::lake::FileKind::Cdc { table } => Some(table),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Registers `<table>_changes` for every CDC table (and nothing else); returns the tables.
+async fn register_cdc_changes(ctx: &SessionContext, lake: &Lake) -> Result<Vec<String>, SqlError> {
+    let tables = cdc_table_names(lake).await?;
+    for table in &tables {
+        let url = lake.folder_url(&format!("{}/{table}", crate::lake::layout::CDC));
+        let name = format!("{table}_changes");
+        let register = |source| SqlError::Register {
+            table: name.clone(),
+            url: url.clone(),
+            source,
+        };
+        let listed = listing_table(ctx, &url, Some(crate::lake::cdc_changes_schema()), vec![])
+            .await
+            .map_err(register)?;
+        ctx.register_table(name.as_str(), Arc::new(listed))
+            .map_err(register)?;
+    }
+    Ok(tables.into_iter().collect())
 }
 
 /// The columns feature queries may use from `books`. The CDC source (or the demo's
@@ -431,54 +457,16 @@ async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlE
 }
 
 /// The current state of a CDC table: its changes folded in each partition's offset order
-/// by [`crate::land::cdc::CurrentState`] — deletes and
-/// truncates applied, unchanged TOAST columns and MongoDB partial updates merged into the
-/// previous row — the row's JSON fields as columns (types inferred from the data), plus
-/// `_key` and `_ts_ms`.
+/// by [`crate::land::cdc::CurrentState`] — deletes and truncates applied, unchanged TOAST
+/// columns and MongoDB partial updates merged into the previous row — starting from the
+/// newest state snapshot ([`cdc_state`]); the row's JSON fields as columns (types inferred
+/// from the data), plus `_key` and `_ts_ms`.
 async fn current_state(
     ctx: &SessionContext,
+    lake: &Lake,
     table: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
-    let batches = query(
-        ctx,
-        &format!(
-            "SELECT key, op, after, patch, ts_ms, kafka_partition FROM {table}_changes \
-             ORDER BY kafka_partition, kafka_offset"
-        ),
-    )
-    .await?;
-    let mut state = crate::land::cdc::CurrentState::default();
-    for b in &batches {
-        use arrow::array::{Array, AsArray};
-        let text = |i: usize| {
-            arrow::compute::cast(b.column(i), &DataType::Utf8)
-                .ok()
-                .map(|a| a.as_string::<i32>().clone())
-        };
-        let ts = b
-            .column(4)
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>();
-        let partitions = b
-            .column(5)
-            .as_any()
-            .downcast_ref::<arrow::array::Int32Array>();
-        let (Some(keys), Some(ops), Some(afters), Some(patches), Some(ts), Some(partitions)) =
-            (text(0), text(1), text(2), text(3), ts, partitions)
-        else {
-            continue;
-        };
-        for i in 0..b.num_rows() {
-            let change = crate::land::cdc::ChangeRef {
-                op: ops.value(i),
-                key: keys.value(i),
-                after: afters.is_valid(i).then(|| afters.value(i)),
-                patch: patches.is_valid(i).then(|| patches.value(i)),
-                ts_ms: ts.value(i),
-            };
-            state.apply(&change, partitions.value(i));
-        }
-    }
+    let (state, _, _) = cdc_state::load(ctx, lake, table).await?;
     if state.unreadable > 0 || state.patches_without_base > 0 {
         tracing::warn!(
             table,

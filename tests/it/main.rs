@@ -7,6 +7,7 @@ mod ballista;
 mod batch;
 mod bus;
 mod cdc_fixtures;
+mod cdc_state;
 mod cli;
 mod collect;
 mod compose;

@@ -1,0 +1,265 @@
+//! The current state of the CDC tables, kept incrementally.
+//!
+//! Folding a table's whole change history each time a session opens costs O(history).
+//! `bookrec lake compact` therefore writes a **state snapshot** per CDC table:
+//! `cdc_state/<table>/state-<seq>.parquet` (key, row as JSON, ts_ms and partition of the
+//! row's last change) and then, as its commit point, `state-<seq>.json` (the manifest: the
+//! last Kafka offset folded in per partition, the truncates seen, the row count). Opening a
+//! session reads the newest committed snapshot and folds only the changes after its offsets
+//! (a filter on `kafka_partition` / `kafka_offset` that Parquet statistics turn into skipped
+//! files), so it costs O(table + new changes). Without a snapshot it folds everything, as
+//! before. The folding is the same [`CurrentState`] either way, so the two agree row for row
+//! (tested). The two newest snapshots are kept (a reader may still be reading the older).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+
+use super::{SqlError, query};
+use crate::lake::Lake;
+use crate::land::cdc::{ChangeRef, CurrentState, StateRow};
+
+/// Lake folder of the state snapshots.
+pub const CDC_STATE: &str = "cdc_state";
+
+/// A committed snapshot's manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub seq: u64,
+    /// Kafka partition → the last offset folded in.
+    pub through: BTreeMap<i32, i64>,
+    /// `(ts_ms, partition)` of the truncates folded in.
+    pub truncates: Vec<(i64, i32)>,
+    pub rows: usize,
+    /// The snapshot's Parquet file, lake-relative.
+    pub file: String,
+}
+
+/// What `bookrec lake compact` did to one CDC table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SnapshotReport {
+    pub table: String,
+    pub seq: u64,
+    pub rows: usize,
+    /// Changes folded in on top of the previous snapshot.
+    pub new_changes: u64,
+}
+
+fn lake_err(e: impl std::fmt::Display) -> SqlError {
+    SqlError::Lake(e.to_string())
+}
+
+/// A column as `T` (Utf8View and the like cast first); an error naming it otherwise.
+fn column<T: Array + Clone + 'static>(
+    b: &RecordBatch,
+    i: usize,
+    as_type: &DataType,
+    what: &str,
+) -> Result<T, SqlError> {
+    arrow::compute::cast(b.column(i), as_type)
+        .ok()
+        .and_then(|a| a.as_any().downcast_ref::<T>().cloned())
+        .ok_or_else(|| SqlError::Lake(format!("{what}: column {i} is not {as_type}")))
+}
+
+fn state_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("row", DataType::Utf8, false),
+        Field::new("ts_ms", DataType::Int64, false),
+        Field::new("partition", DataType::Int32, false),
+    ]))
+}
+
+/// The newest committed snapshot of `table`, if any.
+pub async fn latest(lake: &Lake, table: &str) -> Result<Option<Manifest>, SqlError> {
+    let mut best: Option<Manifest> = None;
+    for m in lake
+        .list(&format!("{CDC_STATE}/{table}"))
+        .await
+        .map_err(lake_err)?
+    {
+        let Some(rel) = lake.relative(&m.location).map(str::to_string) else {
+            continue;
+        };
+        if !rel.ends_with(".json") {
+            continue;
+        }
+        let bytes = lake.get(&rel).await.map_err(lake_err)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| SqlError::Lake(format!("{rel}: not a state manifest: {e}")))?;
+        if best.as_ref().is_none_or(|b| manifest.seq > b.seq) {
+            best = Some(manifest);
+        }
+    }
+    Ok(best)
+}
+
+/// Folds `table`'s current state: the newest snapshot, then the changes after it.
+/// Returns the state, the offsets folded in per partition and how many changes were read.
+pub async fn load(
+    ctx: &SessionContext,
+    lake: &Lake,
+    table: &str,
+) -> Result<(CurrentState, BTreeMap<i32, i64>, u64), SqlError> {
+    let snapshot = latest(lake, table).await?;
+    let (mut state, mut through) = match &snapshot {
+        None => (CurrentState::default(), BTreeMap::new()),
+        Some(m) => {
+            let df = ctx
+                .read_parquet(
+                    lake.folder_url(&m.file).trim_end_matches('/').to_string(),
+                    datafusion::prelude::ParquetReadOptions::default(),
+                )
+                .await
+                .map_err(SqlError::Query)?;
+            let batches = df.collect().await.map_err(SqlError::Query)?;
+            let mut rows = Vec::with_capacity(m.rows);
+            for b in &batches {
+                let keys: StringArray = column(b, 0, &DataType::Utf8, &m.file)?;
+                let texts: StringArray = column(b, 1, &DataType::Utf8, &m.file)?;
+                let ts: Int64Array = column(b, 2, &DataType::Int64, &m.file)?;
+                let parts: Int32Array = column(b, 3, &DataType::Int32, &m.file)?;
+                for i in 0..b.num_rows() {
+                    let Ok(serde_json::Value::Object(row)) = serde_json::from_str(texts.value(i))
+                    else {
+                        return Err(SqlError::Lake(format!(
+                            "{}: row {i} is not a JSON object",
+                            m.file
+                        )));
+                    };
+                    rows.push(StateRow {
+                        key: keys.value(i).to_string(),
+                        row,
+                        ts_ms: ts.value(i),
+                        partition: parts.value(i),
+                    });
+                }
+            }
+            (
+                CurrentState::from_snapshot(rows, m.truncates.clone()),
+                m.through.clone(),
+            )
+        }
+    };
+    // only what the snapshot has not folded in; file statistics skip the older files
+    let after_snapshot = if through.is_empty() {
+        String::new()
+    } else {
+        let folded: Vec<String> = through
+            .iter()
+            .map(|(p, o)| format!("(kafka_partition = {p} AND kafka_offset <= {o})"))
+            .collect();
+        format!("WHERE NOT ({})", folded.join(" OR "))
+    };
+    let batches = query(
+        ctx,
+        &format!(
+            "SELECT key, op, after, patch, ts_ms, kafka_partition, kafka_offset \
+             FROM {table}_changes {after_snapshot} ORDER BY kafka_partition, kafka_offset"
+        ),
+    )
+    .await?;
+    let mut read = 0u64;
+    for b in &batches {
+        let what = format!("{table}_changes");
+        let text = |i: usize| column::<StringArray>(b, i, &DataType::Utf8, &what);
+        let (keys, ops, afters, patches) = (text(0)?, text(1)?, text(2)?, text(3)?);
+        let ts: Int64Array = column(b, 4, &DataType::Int64, &what)?;
+        let parts: Int32Array = column(b, 5, &DataType::Int32, &what)?;
+        let offsets: Int64Array = column(b, 6, &DataType::Int64, &what)?;
+        for i in 0..b.num_rows() {
+            let change = ChangeRef {
+                op: ops.value(i),
+                key: keys.value(i),
+                after: afters.is_valid(i).then(|| afters.value(i)),
+                patch: patches.is_valid(i).then(|| patches.value(i)),
+                ts_ms: ts.value(i),
+            };
+            state.apply(&change, parts.value(i));
+            let o = through.entry(parts.value(i)).or_insert(offsets.value(i));
+            *o = (*o).max(offsets.value(i));
+            read += 1;
+        }
+    }
+    Ok((state, through, read))
+}
+
+/// Writes a new state snapshot of every CDC table (`bookrec lake compact`), unless a
+/// table has no change since its last one.
+pub async fn snapshot_all(lake: &Lake) -> Result<Vec<SnapshotReport>, SqlError> {
+    let ctx = SessionContext::new_with_config(super::session_config()?);
+    ctx.register_object_store(lake.store_url(), lake.store());
+    let tables = super::register_cdc_changes(&ctx, lake).await?;
+    let mut reports = Vec::new();
+    for table in tables {
+        let previous = latest(lake, &table).await?;
+        let (state, through, read) = load(&ctx, lake, &table).await?;
+        if read == 0 && previous.is_some() {
+            continue;
+        }
+        let seq = previous.as_ref().map_or(1, |m| m.seq + 1);
+        let truncates = state.truncate_marks().to_vec();
+        let rows = state.into_state_rows();
+        let n = rows.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|r| serde_json::Value::Object(r.row.clone()).to_string()),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ts_ms))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.partition),
+            )),
+        ];
+        let batch = RecordBatch::try_new(state_schema(), columns).map_err(lake_err)?;
+        let file = format!("{CDC_STATE}/{table}/state-{seq:020}.parquet");
+        let bytes = crate::lake::write_parquet(&batch).map_err(lake_err)?;
+        lake.put(&file, bytes).await.map_err(lake_err)?;
+        let manifest = Manifest {
+            seq,
+            through,
+            truncates,
+            rows: n,
+            file,
+        };
+        let json = serde_json::to_vec(&manifest).map_err(lake_err)?;
+        // the commit point: a snapshot without its manifest is never read
+        lake.put(
+            &format!("{CDC_STATE}/{table}/state-{seq:020}.json"),
+            json.into(),
+        )
+        .await
+        .map_err(lake_err)?;
+        // keep this one and the one before (a reader may be reading it)
+        for m in lake
+            .list(&format!("{CDC_STATE}/{table}"))
+            .await
+            .map_err(lake_err)?
+        {
+            let Some(rel) = lake.relative(&m.location).map(str::to_string) else {
+                continue;
+            };
+            let old = rel
+                .rsplit_once("state-")
+                .and_then(|(_, s)| s.split('.').next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s + 1 < seq);
+            if old {
+                lake.delete(&rel).await.map_err(lake_err)?;
+            }
+        }
+        reports.push(SnapshotReport {
+            table,
+            seq,
+            rows: n,
+            new_changes: read,
+        });
+    }
+    Ok(reports)
+}
