@@ -11,6 +11,7 @@ use crate::collect::{BodyKind, split_batch};
 use crate::event::{self, Limits};
 use crate::land::cdc;
 use crate::sql::catalog::{self, Kind};
+use crate::sql::cdc_state::{ChangeRef, CurrentState};
 
 /// A harness: takes any bytes, panics on a broken property.
 pub type Harness = fn(&[u8]);
@@ -75,11 +76,18 @@ pub fn cdc(data: &[u8]) {
     };
     let (key, value) = rest.split_at(usize::from(n).min(rest.len()));
     // every shape, with and without a key; what parses is folded into a current state
-    let mut state = cdc::CurrentState::default();
+    let mut state = CurrentState::default();
     for shape in [cdc::Shape::Envelope, cdc::Shape::Unwrapped] {
         for (k, v) in [(Some(key), value), (None, rest)] {
             if let Ok(Some(c)) = cdc::parse_record(k, Some(v), shape, Some(0)) {
-                state.apply(&c.as_ref(), 0);
+                let change = ChangeRef {
+                    op: &c.op,
+                    key: &c.key,
+                    after: c.after.as_deref(),
+                    patch: c.patch.as_deref(),
+                    ts_ms: c.ts_ms,
+                };
+                state.apply(&change, 0);
             }
         }
     }

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{SqlError, query};
 use crate::lake::Lake;
-use crate::land::cdc::{ChangeRef, CurrentState, StateRow};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// Lake folder of the state snapshots.
 pub const CDC_STATE: &str = "cdc_state";
@@ -263,3 +264,239 @@ pub async fn snapshot_all(lake: &Lake) -> Result<Vec<SnapshotReport>, SqlError> 
     }
     Ok(reports)
 }
+
+// ---- the fold ------------------------------------------------------------------------
+
+/// PostgreSQL's placeholder for an unchanged TOASTed column (text columns).
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+/// The same placeholder in a `bytea` column (base64 of the text).
+const UNAVAILABLE_BYTES: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==";
+
+/// A table's current state folded from its changes.
+///
+/// Feed each Kafka partition's changes in offset order (partitions one after another):
+/// Debezium keeps a key's changes in one partition, in order, whereas its timestamps are
+/// not an order (MySQL's binlog has whole seconds, a snapshot row carries the snapshot's
+/// time). A truncate clears its own partition's rows at once and, when the rows are taken,
+/// every other partition's row whose last change is not later than the truncate.
+#[derive(Debug, Default)]
+pub struct CurrentState {
+    /// key → (row, ts_ms of its last change, partition)
+    rows: HashMap<String, (Map<String, Value>, i64, i32)>,
+    /// (ts_ms, partition) of each truncate
+    truncated: Vec<(i64, i32)>,
+    /// Truncates applied.
+    pub truncates: u64,
+    /// Partial updates for a key with no previous state (applied to an empty row).
+    pub patches_without_base: u64,
+    /// Changes whose `after` / `patch` text is not a JSON object (skipped).
+    pub unreadable: u64,
+}
+
+fn is_unavailable(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s == UNAVAILABLE || s == UNAVAILABLE_BYTES,
+        Value::Array(a) => a.len() == 1 && is_unavailable(&a[0]),
+        _ => false,
+    }
+}
+
+/// The parent container of a dotted path and the last segment, creating objects on the way.
+fn walk<'a>(root: &'a mut Value, path: &str, create: bool) -> Option<(&'a mut Value, String)> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop()?.to_string();
+    let mut cur = root;
+    for p in parts {
+        cur = match cur {
+            Value::Object(m) => {
+                if create && !m.contains_key(p) {
+                    m.insert(p.to_string(), Value::Object(Map::new()));
+                }
+                m.get_mut(p)?
+            }
+            Value::Array(a) => a.get_mut(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some((cur, last))
+}
+
+fn apply_patch(row: &mut Map<String, Value>, patch: &Value) {
+    let mut doc = Value::Object(std::mem::take(row));
+    // MongoDB reports arrays truncated by the update, then the fields it set and removed
+    if let Some(Value::Object(t)) = patch.get("truncate") {
+        for (path, n) in t {
+            let n = n.as_u64().unwrap_or(0) as usize;
+            if let Some((Value::Object(m), last)) = walk(&mut doc, path, false) {
+                if let Some(Value::Array(a)) = m.get_mut(&last) {
+                    a.truncate(n);
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(set)) = patch.get("set") {
+        for (path, v) in set {
+            match walk(&mut doc, path, true) {
+                Some((Value::Object(m), last)) => {
+                    m.insert(last, v.clone());
+                }
+                Some((Value::Array(a), last)) => {
+                    if let Ok(i) = last.parse::<usize>() {
+                        if i < a.len() {
+                            a[i] = v.clone();
+                        } else if i < a.len() + 10_000 {
+                            a.resize(i, Value::Null);
+                            a.push(v.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for path in patch
+        .get("unset")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if let Some((Value::Object(m), last)) = walk(&mut doc, path, false) {
+            m.remove(&last);
+        }
+    }
+    if let Value::Object(m) = doc {
+        *row = m;
+    }
+}
+
+impl CurrentState {
+    /// Applies one change of `partition` (in that partition's offset order).
+    pub fn apply(&mut self, change: &ChangeRef<'_>, partition: i32) {
+        let ChangeRef {
+            op,
+            key,
+            after,
+            patch,
+            ts_ms: ts,
+        } = *change;
+        match op {
+            "t" => {
+                self.rows.retain(|_, r| r.2 != partition);
+                self.truncated.push((ts, partition));
+                self.truncates += 1;
+            }
+            "m" | "s" => {}
+            "d" => {
+                self.rows.remove(key);
+            }
+            _ => {
+                if let Some(after) = after {
+                    let Ok(Value::Object(mut new)) = serde_json::from_str::<Value>(after) else {
+                        self.unreadable += 1;
+                        return;
+                    };
+                    let prev = self.rows.get(key).map(|r| &r.0);
+                    for (field, v) in new.iter_mut() {
+                        if is_unavailable(v) {
+                            *v = prev
+                                .and_then(|p| p.get(field))
+                                .cloned()
+                                .unwrap_or(Value::Null);
+                        }
+                    }
+                    self.rows.insert(key.to_string(), (new, ts, partition));
+                } else if let Some(patch) = patch {
+                    let Ok(p) = serde_json::from_str::<Value>(patch) else {
+                        self.unreadable += 1;
+                        return;
+                    };
+                    if !self.rows.contains_key(key) {
+                        self.patches_without_base += 1;
+                    }
+                    let entry = self
+                        .rows
+                        .entry(key.to_string())
+                        .or_insert_with(|| (Map::new(), ts, partition));
+                    apply_patch(&mut entry.0, &p);
+                    entry.1 = ts;
+                    entry.2 = partition;
+                }
+            }
+        }
+    }
+
+    /// The rows, by key: `(key, row, ts_ms of its last change)`.
+    pub fn into_rows(self) -> Vec<(String, Map<String, Value>, i64)> {
+        self.into_state_rows()
+            .into_iter()
+            .map(|r| (r.key, r.row, r.ts_ms))
+            .collect()
+    }
+
+    /// The rows with their partition, by key: what a state snapshot keeps.
+    pub fn into_state_rows(self) -> Vec<StateRow> {
+        let truncated = self.truncated;
+        let mut rows: Vec<StateRow> = self
+            .rows
+            .into_iter()
+            .filter(|(_, (_, ts, p))| !truncated.iter().any(|(t, tp)| tp != p && *ts <= *t))
+            .map(|(key, (row, ts_ms, partition))| StateRow {
+                key,
+                row,
+                ts_ms,
+                partition,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    /// Starts from a snapshot: its rows and the truncates it had seen.
+    pub fn from_snapshot(rows: Vec<StateRow>, truncated: Vec<(i64, i32)>) -> CurrentState {
+        CurrentState {
+            rows: rows
+                .into_iter()
+                .map(|r| (r.key, (r.row, r.ts_ms, r.partition)))
+                .collect(),
+            truncated,
+            ..CurrentState::default()
+        }
+    }
+
+    /// `(ts_ms, partition)` of every truncate applied.
+    pub fn truncate_marks(&self) -> &[(i64, i32)] {
+        &self.truncated
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// One row of a current state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    pub key: String,
+    pub row: Map<String, Value>,
+    /// of the row's last change
+    pub ts_ms: i64,
+    pub partition: i32,
+}
+
+/// The parts of a landed change the current state needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeRef<'a> {
+    pub op: &'a str,
+    pub key: &'a str,
+    pub after: Option<&'a str>,
+    pub patch: Option<&'a str>,
+    pub ts_ms: i64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -457,7 +457,7 @@ async fn register_features(ctx: &SessionContext, lake: &Lake) -> Result<(), SqlE
 }
 
 /// The current state of a CDC table: its changes folded in each partition's offset order
-/// by [`crate::land::cdc::CurrentState`] — deletes and truncates applied, unchanged TOAST
+/// by [`cdc_state::CurrentState`] — deletes and truncates applied, unchanged TOAST
 /// columns and MongoDB partial updates merged into the previous row — starting from the
 /// newest state snapshot ([`cdc_state`]); the row's JSON fields as columns (types inferred
 /// from the data), plus `_key` and `_ts_ms`.

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use bookrec::land::cdc::{CurrentState, Shape, parse_record};
+use bookrec::land::cdc::{Shape, parse_record};
+use bookrec::sql::cdc_state::{ChangeRef, CurrentState};
 use serde_json::Value;
 
 #[test]
@@ -50,7 +51,14 @@ fn published_mongodb_change_events_give_the_documented_state() {
                 "{name} record {i}"
             );
             if let Some(c) = change {
-                state.apply(&c.as_ref(), 0);
+                let change = ChangeRef {
+                    op: &c.op,
+                    key: &c.key,
+                    after: c.after.as_deref(),
+                    patch: c.patch.as_deref(),
+                    ts_ms: c.ts_ms,
+                };
+                state.apply(&change, 0);
             }
         }
         let got: Vec<Value> = state
