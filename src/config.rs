@@ -141,6 +141,9 @@ pub struct StreamConfig {
     /// a Redis error or timeout retries the same batch with backoff; failing for longer
     /// than this ends the process
     pub redis_retry_max_secs: u64,
+    /// the CDC tables the realtime queries read (e.g. `books`) are re-read from the lake
+    /// this often, so catalogue changes arrive without a restart
+    pub catalogue_refresh_secs: u64,
 }
 
 /// `stream.on_state_lost`.

@@ -25,6 +25,10 @@ pub struct StreamMetrics {
     pub state_lost: IntCounter,
     /// rebuilds from the lake after a state loss
     pub rebuilds: IntCounter,
+    /// the CDC tables (catalogue) re-read from the lake
+    pub catalogue_refreshes: IntCounter,
+    /// failed re-reads of the catalogue (the tables read before stay)
+    pub catalogue_refresh_errors: IntCounter,
 }
 
 impl StreamMetrics {
@@ -99,6 +103,14 @@ impl StreamMetrics {
             rebuilds: counter(
                 "bookrec_stream_rebuilds_total",
                 "Rebuilds of the features from the lake after a state loss",
+            )?,
+            catalogue_refreshes: counter(
+                "bookrec_stream_catalogue_refreshes_total",
+                "Re-reads of the CDC tables (the catalogue) from the lake",
+            )?,
+            catalogue_refresh_errors: counter(
+                "bookrec_stream_catalogue_refresh_errors_total",
+                "Failed re-reads of the catalogue (the tables read before stay in use)",
             )?,
             registry: r,
         })

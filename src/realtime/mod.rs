@@ -380,6 +380,32 @@ pub async fn run(
     let ctx = crate::sql::session(lake).await?;
     let features = load(&cfg.stream.queries_dir, &ctx).await?;
     let group = cfg.stream.group_id.clone();
+    // the catalogue (CDC tables) re-read in the background; a failure keeps the old tables
+    let refresher = {
+        let (ctx, lake, metrics) = (ctx.clone(), lake.clone(), metrics.clone());
+        let every = Duration::from_secs(cfg.stream.catalogue_refresh_secs.max(1));
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+                match crate::sql::refresh_cdc_tables(&ctx, &lake).await {
+                    Ok(tables) => {
+                        metrics.catalogue_refreshes.inc();
+                        tracing::debug!(?tables, "stream: catalogue re-read");
+                    }
+                    Err(e) => {
+                        metrics.catalogue_refresh_errors.inc();
+                        tracing::warn!(error = %e, "stream: re-reading the catalogue failed; \
+                            keeping the tables read before");
+                    }
+                }
+            }
+        })
+    };
+    let _refresher = AbortOnDrop(refresher);
     let mut next: BTreeMap<i32, i64> = retrying(cfg, &metrics, &cancel, "reading offsets", || {
         store.offsets(&group)
     })
@@ -923,4 +949,13 @@ async fn recover(
         store.offsets(group)
     })
     .await
+}
+
+/// Aborts a background task when the run that started it ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -373,6 +373,30 @@ pub async fn session_on(
     Ok((ctx, tables))
 }
 
+/// Re-reads the CDC tables' current state into an in-process session ([`session`]): the
+/// current state `<table>` of every CDC table the lake holds now (new ones too), each
+/// replacing the earlier one; queries already running keep what they started with. The
+/// fold runs in a fresh session (a session caches the lake's file listings, so its own
+/// `<table>_changes` would not see new files). What `bookrec stream` runs every
+/// `stream.catalogue_refresh_secs`. Returns the tables.
+pub async fn refresh_cdc_tables(
+    ctx: &SessionContext,
+    lake: &Lake,
+) -> Result<Vec<String>, SqlError> {
+    let fresh = SessionContext::new_with_config(session_config()?);
+    fresh.register_object_store(lake.store_url(), lake.store());
+    let tables = register_cdc_changes(&fresh, lake).await?;
+    let own = Tables {
+        lake: lake.clone(),
+        staging: None,
+    };
+    for table in &tables {
+        let (schema, batches) = current_state(&fresh, lake, table).await?;
+        own.register(ctx, table, schema, batches).await?;
+    }
+    Ok(tables)
+}
+
 /// The CDC tables the lake holds changes of.
 async fn cdc_table_names(lake: &Lake) -> Result<std::collections::BTreeSet<String>, SqlError> {
     Ok(lake
@@ -401,6 +425,7 @@ async fn register_cdc_changes(ctx: &SessionContext, lake: &Lake) -> Result<Vec<S
         let listed = listing_table(ctx, &url, Some(crate::lake::cdc_changes_schema()), vec![])
             .await
             .map_err(register)?;
+        ctx.deregister_table(name.as_str()).map_err(register)?;
         ctx.register_table(name.as_str(), Arc::new(listed))
             .map_err(register)?;
     }

@@ -467,3 +467,105 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
     }
     assert!(compared > 500, "only {compared} values compared");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_stream_picks_up_catalogue_changes_without_a_restart() {
+    let tag = unique("cat").replace('-', "");
+    let (b1, b2) = (format!("{tag}-b1"), format!("{tag}-b2"));
+    let lake_dir = tempfile::tempdir().expect("tempdir");
+    // the catalogue knows b1 only
+    let lake = books_lake(lake_dir.path(), &[(b1.clone(), "fantasy".into())]).await;
+    let mut cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.kafka.brokers = format!("memory://{}", unique("bus"));
+    cfg.kafka.topic = unique("stream");
+    cfg.kafka.partitions = 1;
+    cfg.lake.url = format!("file://{}", lake_dir.path().display());
+    cfg.stream.group_id = unique("stream-cat");
+    cfg.stream.max_batch_ms = 50;
+    cfg.stream.catalogue_refresh_secs = 1;
+    let store = Arc::new(MemoryStore::new());
+    let metrics = Arc::new(bookrec::realtime::StreamMetrics::new().expect("metrics"));
+    let cancel = CancellationToken::new();
+    let running = {
+        let (cfg, lake, store, metrics, cancel) = (
+            cfg.clone(),
+            lake.clone(),
+            store.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            bookrec::realtime::run(&cfg, &lake, store, metrics, cancel, false).await
+        })
+    };
+    let event = |user: &str, book: &str| {
+        let raw = json!({"event_type": "view", "user_id": user, "book_id": book});
+        let ev = bookrec::event::validate(raw, Utc::now()).expect("valid");
+        let bucket = minute(&ev.event_ts);
+        ((user.to_string(), ev.to_json()), bucket)
+    };
+    let categories = |user: String, bucket: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .hash(&format!("rt:cat:{user}:{bucket}"))
+                .await
+                .expect("hash")
+        }
+    };
+    // before the change: b2 has no category, so its view counts in no category
+    let (first, bucket1) = event(&format!("{tag}-u1"), &b2);
+    produce(&cfg, &[first]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metrics.events.get() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream took no event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(categories(format!("{tag}-u1"), bucket1).await.is_empty());
+
+    // the catalogue changes in the lake: b2 is now poetry (a later Debezium change)
+    let row = json!({"book_id": b2, "title": "B2", "author": "x", "category": "poetry"});
+    let batch = bookrec::lake::cdc_snapshot(
+        "book_db",
+        "books",
+        1,
+        &[(json!({ "book_id": b2 }).to_string(), row.to_string())],
+    )
+    .expect("batch");
+    lake.put(
+        "cdc/books/part-book_db.books-1-0-0.parquet",
+        bookrec::lake::write_parquet(&batch).expect("parquet"),
+    )
+    .await
+    .expect("put");
+    let refreshed = metrics.catalogue_refreshes.get();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metrics.catalogue_refreshes.get() < refreshed + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalogue was never re-read ({} errors)",
+            metrics.catalogue_refresh_errors.get()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (second, bucket2) = event(&format!("{tag}-u2"), &b2);
+    produce(&cfg, &[second]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = categories(format!("{tag}-u2"), bucket2).await;
+        if h.iter().any(|(c, n)| c == "poetry" && *n == 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new category never reached the features: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metrics.catalogue_refresh_errors.get(), 0);
+    cancel.cancel();
+    running.await.expect("join").expect("stream run");
+}
