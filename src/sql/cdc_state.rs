@@ -327,10 +327,10 @@ fn apply_patch(row: &mut Map<String, Value>, patch: &Value) {
     if let Some(Value::Object(t)) = patch.get("truncate") {
         for (path, n) in t {
             let n = n.as_u64().unwrap_or(0) as usize;
-            if let Some((Value::Object(m), last)) = walk(&mut doc, path, false) {
-                if let Some(Value::Array(a)) = m.get_mut(&last) {
-                    a.truncate(n);
-                }
+            if let Some((Value::Object(m), last)) = walk(&mut doc, path, false)
+                && let Some(Value::Array(a)) = m.get_mut(&last)
+            {
+                a.truncate(n);
             }
         }
     }
