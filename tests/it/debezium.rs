@@ -109,8 +109,13 @@ fn write_props(path: &Path, props: &[(&str, String)]) -> PathBuf {
     path.to_path_buf()
 }
 
-/// Rows as text, for comparing a database table with the lake's current state.
+/// Rows as text, sorted, for comparing a database table with the lake's current state.
 type Rows = Vec<Vec<Option<String>>>;
+
+fn sorted(mut rows: Rows) -> Rows {
+    rows.sort();
+    rows
+}
 
 async fn lake_rows(cfg: &Config, sql: &str) -> Result<Rows, String> {
     let lake = Lake::open(&cfg.lake).map_err(|e| e.to_string())?;
@@ -135,7 +140,7 @@ async fn lake_rows(cfg: &Config, sql: &str) -> Result<Rows, String> {
             );
         }
     }
-    Ok(rows)
+    Ok(sorted(rows))
 }
 
 async fn land(cfg: &Config) -> bookrec::land::LandReport {
@@ -165,44 +170,48 @@ fn toast_text() -> String {
 const PG_BOOKS: &str = "SELECT id::text, title, author, category, price::text, published::text, \
     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), md5(blurb) \
     FROM books ORDER BY id";
-const LAKE_BOOKS: &str = "SELECT CAST(id AS VARCHAR), title, author, category, price, published, \
+const LAKE_BOOKS: &str = "SELECT CAST(id AS VARCHAR) AS i, title, author, category, price, published, \
     to_char(CAST(updated_at AS TIMESTAMP), '%Y-%m-%d %H:%M:%S%.6f'), md5(blurb) \
     FROM books ORDER BY id";
 const PG_RATINGS: &str = "SELECT user_id::text, book_id::text, rating::text FROM ratings \
     ORDER BY user_id, book_id";
-const LAKE_RATINGS: &str = "SELECT CAST(user_id AS VARCHAR), CAST(book_id AS VARCHAR), rating \
+const LAKE_RATINGS: &str = "SELECT CAST(user_id AS VARCHAR) AS u, CAST(book_id AS VARCHAR) AS b, rating \
     FROM ratings ORDER BY user_id, book_id";
 const MY_USERS: &str = "SELECT CAST(id AS CHAR), name, email, CAST(balance AS CHAR), \
     DATE_FORMAT(created, '%Y-%m-%d %H:%i:%s.%f'), CAST(born AS CHAR) FROM users ORDER BY id";
-const LAKE_USERS: &str = "SELECT CAST(id AS VARCHAR), name, email, balance, \
+const LAKE_USERS: &str = "SELECT CAST(id AS VARCHAR) AS i, name, email, balance, \
     to_char(CAST(created AS TIMESTAMP), '%Y-%m-%d %H:%M:%S%.6f'), born FROM users ORDER BY id";
 
 async fn pg_rows(pool: &sqlx::PgPool, sql: &str) -> Rows {
-    sqlx::query(sql)
-        .fetch_all(pool)
-        .await
-        .expect("postgres rows")
-        .iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| r.try_get::<Option<String>, _>(i).expect("text"))
-                .collect()
-        })
-        .collect()
+    sorted(
+        sqlx::query(sql)
+            .fetch_all(pool)
+            .await
+            .expect("postgres rows")
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<Option<String>, _>(i).expect("text"))
+                    .collect()
+            })
+            .collect(),
+    )
 }
 
 async fn my_rows(pool: &sqlx::MySqlPool, sql: &str) -> Rows {
-    sqlx::query(sql)
-        .fetch_all(pool)
-        .await
-        .expect("mariadb rows")
-        .iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| r.try_get::<Option<String>, _>(i).expect("text"))
-                .collect()
-        })
-        .collect()
+    sorted(
+        sqlx::query(sql)
+            .fetch_all(pool)
+            .await
+            .expect("mariadb rows")
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<Option<String>, _>(i).expect("text"))
+                    .collect()
+            })
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
