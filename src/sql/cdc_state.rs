@@ -76,17 +76,21 @@ fn state_schema() -> SchemaRef {
     ]))
 }
 
-/// The newest committed snapshot of `table`, if any.
-pub async fn latest(lake: &Lake, table: &str) -> Result<Option<Manifest>, SqlError> {
-    let mut best: Option<Manifest> = None;
-    for m in lake
+/// The lake-relative names of `table`'s snapshot files (Parquet and manifests).
+async fn state_files(lake: &Lake, table: &str) -> Result<Vec<String>, SqlError> {
+    Ok(lake
         .list(&format!("{CDC_STATE}/{table}"))
         .await
         .map_err(lake_err)?
-    {
-        let Some(rel) = lake.relative(&m.location).map(str::to_string) else {
-            continue;
-        };
+        .iter()
+        .filter_map(|m| lake.relative(&m.location).map(str::to_string))
+        .collect())
+}
+
+/// The newest committed snapshot of `table`, if any.
+pub async fn latest(lake: &Lake, table: &str) -> Result<Option<Manifest>, SqlError> {
+    let mut best: Option<Manifest> = None;
+    for rel in state_files(lake, table).await? {
         if !rel.ends_with(".json") {
             continue;
         }
@@ -238,14 +242,7 @@ pub async fn snapshot_all(lake: &Lake) -> Result<Vec<SnapshotReport>, SqlError> 
         .await
         .map_err(lake_err)?;
         // keep this one and the one before (a reader may be reading it)
-        for m in lake
-            .list(&format!("{CDC_STATE}/{table}"))
-            .await
-            .map_err(lake_err)?
-        {
-            let Some(rel) = lake.relative(&m.location).map(str::to_string) else {
-                continue;
-            };
+        for rel in state_files(lake, &table).await? {
             let old = rel
                 .rsplit_once("state-")
                 .and_then(|(_, s)| s.split('.').next())

@@ -15,8 +15,8 @@ use arrow::util::display::array_value_to_string;
 use bookrec::config::Config;
 use bookrec::lake::Lake;
 use sqlx::Row;
-use tokio_util::sync::CancellationToken;
 
+use crate::land::land;
 use crate::support::{self, brokers, unique};
 
 fn lab() -> PathBuf {
@@ -141,17 +141,6 @@ async fn lake_rows(cfg: &Config, sql: &str) -> Result<Rows, String> {
         }
     }
     Ok(sorted(rows))
-}
-
-async fn land(cfg: &Config) -> bookrec::land::LandReport {
-    let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || {
-        let lake = Lake::open(&cfg.lake).expect("lake");
-        bookrec::land::run(&cfg, &lake, &CancellationToken::new(), true)
-    })
-    .await
-    .expect("thread")
-    .expect("land")
 }
 
 /// A text no compression shrinks below PostgreSQL's TOAST threshold (~8 KB).

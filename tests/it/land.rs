@@ -86,7 +86,7 @@ fn lander_env(cfg: &Config, extra: &[(&'static str, &str)]) -> Vec<(&'static str
     env
 }
 
-async fn land(cfg: &Config) -> bookrec::land::LandReport {
+pub async fn land(cfg: &Config) -> bookrec::land::LandReport {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
         let lake = Lake::open(&cfg.lake).expect("lake");
