@@ -438,4 +438,42 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
         Some("0"),
         "the unchanged TOASTed blurb arrived as Debezium's placeholder"
     );
+
+    // what Debezium really sent, kept as seeds of the `cdc` fuzz target when asked:
+    // BOOKREC_DEBEZIUM_CAPTURE=fuzz/corpus/cdc (a few records per topic and op)
+    if let Ok(dir) = std::env::var("BOOKREC_DEBEZIUM_CAPTURE") {
+        let mut kcfg = cfg.kafka.clone();
+        kcfg.brokers = b.clone();
+        for topic in cfg.land.cdc.keys() {
+            let records = bookrec::bus::consumer::read_topic(&kcfg, topic, Duration::from_secs(30))
+                .expect("read the topic");
+            let mut per_op: std::collections::HashMap<String, usize> = Default::default();
+            for r in records {
+                let key = r.key.unwrap_or_default();
+                let value = r.payload.unwrap_or_default();
+                let op = serde_json::from_slice::<serde_json::Value>(&value)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/payload/op")
+                            .and_then(|o| o.as_str())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| "tombstone".into());
+                let n = per_op.entry(op.clone()).or_default();
+                *n += 1;
+                if *n > 3 || key.len() > 255 {
+                    continue;
+                }
+                let mut seed = vec![key.len() as u8];
+                seed.extend_from_slice(&key);
+                seed.extend_from_slice(&value);
+                let table = topic.rsplit('.').next().unwrap_or("t");
+                std::fs::write(
+                    Path::new(&dir).join(format!("debezium-{table}-{op}-{n}")),
+                    seed,
+                )
+                .expect("write seed");
+            }
+        }
+    }
 }
