@@ -985,6 +985,38 @@ mod tests {
     }
 
     #[test]
+    fn cdc_topics_feed_one_table_each_and_unwrapped_topics_are_cdc_topics() {
+        for (cdc, unwrapped, needle) in [
+            (
+                "{\"a.t\"=\"books\",\"b.t\"=\"books\"}",
+                "[]",
+                "both feed table \"books\"",
+            ),
+            ("{\"a.t\"=\"books\"}", "[\"c.t\"]", "land.cdc_unwrapped"),
+        ] {
+            let msg = Config::load_with_env(
+                None,
+                env(&[
+                    ("BOOKREC__LAND__CDC", cdc),
+                    ("BOOKREC__LAND__CDC_UNWRAPPED", unwrapped),
+                ]),
+            )
+            .expect_err(needle)
+            .to_string();
+            assert!(msg.contains(needle), "{cdc} {unwrapped}: {msg}");
+        }
+        let ok = Config::load_with_env(
+            None,
+            env(&[
+                ("BOOKREC__LAND__CDC", "{\"a.t\"=\"books\"}"),
+                ("BOOKREC__LAND__CDC_UNWRAPPED", "[\"a.t\"]"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(ok.land.cdc_unwrapped, vec!["a.t".to_string()]);
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let c = Config::load_with_env(
             None,
