@@ -211,10 +211,22 @@ fn decimal_string(bytes: &[u8], scale: i64) -> String {
     s
 }
 
-fn base64_bytes(field: &str, s: &str) -> Result<Vec<u8>, CdcError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| err("invalid_value", format!("{field}: not base64: {e}")))
+/// The largest decimal scale read (PostgreSQL's NUMERIC maximum): a scale from a record's
+/// schema sizes the text it becomes.
+const MAX_DECIMAL_SCALE: i64 = 16_383;
+
+/// A Connect decimal (base64 two's-complement bytes, `scale`) as exact text.
+fn decimal(field: &str, base64: &str, scale: i64) -> Result<Value, CdcError> {
+    if scale.unsigned_abs() > MAX_DECIMAL_SCALE.unsigned_abs() {
+        return Err(err(
+            "invalid_value",
+            format!("{field}: decimal scale {scale} is outside ±{MAX_DECIMAL_SCALE}"),
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .map_err(|e| err("invalid_value", format!("{field}: not base64: {e}")))?;
+    Ok(Value::String(decimal_string(&bytes, scale)))
 }
 
 /// `HH:MM:SS[.fraction]` of a duration in nanoseconds (a MySQL TIME may pass 24 h or be
@@ -263,12 +275,12 @@ fn decode(field: &str, schema: Option<&Value>, v: Value) -> Result<Value, CdcErr
                     other => other.as_i64(),
                 })
                 .unwrap_or(0);
-            Value::String(decimal_string(&base64_bytes(field, s)?, scale))
+            decimal(field, s, scale)?
         }
         ("io.debezium.data.VariableScaleDecimal", Value::Object(m)) => {
             let scale = m.get("scale").and_then(Value::as_i64).unwrap_or(0);
             match m.get("value").and_then(Value::as_str) {
-                Some(s) => Value::String(decimal_string(&base64_bytes(field, s)?, scale)),
+                Some(s) => decimal(field, s, scale)?,
                 None => return Err(err("invalid_value", format!("{field}: no value"))),
             }
         }

@@ -391,15 +391,30 @@ pub async fn run(
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.cancelled() => return,
                 }
-                match crate::sql::refresh_cdc_tables(&ctx, &lake).await {
-                    Ok(tables) => {
+                // a re-read that outlasts its interval (at least a minute) is given up
+                let limit = every.max(Duration::from_secs(60));
+                let reread = crate::sql::refresh_cdc_tables(&ctx, &lake);
+                let result = tokio::select! {
+                    r = tokio::time::timeout(limit, reread) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match result {
+                    Ok(Ok(tables)) => {
                         metrics.catalogue_refreshes.inc();
                         tracing::debug!(?tables, "stream: catalogue re-read");
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         metrics.catalogue_refresh_errors.inc();
                         tracing::warn!(error = %e, "stream: re-reading the catalogue failed; \
                             keeping the tables read before");
+                    }
+                    Err(_) => {
+                        metrics.catalogue_refresh_errors.inc();
+                        tracing::warn!(
+                            secs = limit.as_secs(),
+                            "stream: re-reading the \
+                            catalogue timed out; keeping the tables read before"
+                        );
                     }
                 }
             }

@@ -112,7 +112,17 @@ pub async fn load(
     table: &str,
 ) -> Result<(CurrentState, BTreeMap<i32, i64>, u64), SqlError> {
     let snapshot = latest(lake, table).await?;
-    let (mut state, mut through) = match &snapshot {
+    load_from(ctx, table, lake, snapshot.as_ref()).await
+}
+
+/// [`load`] from a snapshot the caller has already found.
+async fn load_from(
+    ctx: &SessionContext,
+    table: &str,
+    lake: &Lake,
+    snapshot: Option<&Manifest>,
+) -> Result<(CurrentState, BTreeMap<i32, i64>, u64), SqlError> {
+    let (mut state, mut through) = match snapshot {
         None => (CurrentState::default(), BTreeMap::new()),
         Some(m) => {
             let df = ctx
@@ -203,7 +213,7 @@ pub async fn snapshot_all(lake: &Lake) -> Result<Vec<SnapshotReport>, SqlError> 
     let mut reports = Vec::new();
     for table in tables {
         let previous = latest(lake, &table).await?;
-        let (state, through, read) = load(&ctx, lake, &table).await?;
+        let (state, through, read) = load_from(&ctx, &table, lake, previous.as_ref()).await?;
         if read == 0 && previous.is_some() {
             continue;
         }
@@ -215,7 +225,7 @@ pub async fn snapshot_all(lake: &Lake) -> Result<Vec<SnapshotReport>, SqlError> 
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
             Arc::new(StringArray::from_iter_values(
                 rows.iter()
-                    .map(|r| serde_json::Value::Object(r.row.clone()).to_string()),
+                    .map(|r| serde_json::to_string(&r.row).unwrap_or_default()),
             )),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ts_ms))),
             Arc::new(Int32Array::from_iter_values(
@@ -282,8 +292,6 @@ pub struct CurrentState {
     rows: HashMap<String, (Map<String, Value>, i64, i32)>,
     /// (ts_ms, partition) of each truncate
     truncated: Vec<(i64, i32)>,
-    /// Truncates applied.
-    pub truncates: u64,
     /// Partial updates for a key with no previous state (applied to an empty row).
     pub patches_without_base: u64,
     /// Changes whose `after` / `patch` text is not a JSON object (skipped).
@@ -381,7 +389,6 @@ impl CurrentState {
             "t" => {
                 self.rows.retain(|_, r| r.2 != partition);
                 self.truncated.push((ts, partition));
-                self.truncates += 1;
             }
             "m" | "s" => {}
             "d" => {
@@ -464,14 +471,6 @@ impl CurrentState {
     /// `(ts_ms, partition)` of every truncate applied.
     pub fn truncate_marks(&self) -> &[(i64, i32)] {
         &self.truncated
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
     }
 }
 

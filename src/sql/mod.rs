@@ -297,17 +297,7 @@ pub async fn session_on(
         staging,
     };
     ctx.register_object_store(lake.store_url(), lake.store());
-    let mut listed = lake_tables();
-    let cdc_tables = cdc_table_names(lake).await?;
-    for table in &cdc_tables {
-        listed.push(LakeTable {
-            name: format!("{table}_changes"),
-            folder: format!("cdc/{table}"),
-            schema: crate::lake::cdc_changes_schema(),
-            partitions: vec![],
-        });
-    }
-    for t in listed {
+    for t in lake_tables() {
         let url = lake.folder_url(&t.folder);
         let register = |source| SqlError::Register {
             table: t.name.clone(),
@@ -359,8 +349,9 @@ pub async fn session_on(
         ctx.register_table(t.name.as_str(), table)
             .map_err(register)?;
     }
+    let cdc_tables = register_cdc_changes(&ctx, lake).await?;
     register_features(&ctx, lake).await?;
-    if !cdc_tables.contains("books") {
+    if !cdc_tables.iter().any(|t| t == "books") {
         // the catalogue contract, empty until CDC (or the demo's loader) fills it
         tables
             .register(&ctx, "books", books_schema(), Vec::new())

@@ -208,3 +208,17 @@ fn unwrapped_records() {
         "missing_ts"
     );
 }
+
+#[test]
+fn an_absurd_decimal_scale_is_an_error_not_a_huge_string() {
+    for scale in ["1000000000", "-9223372036854775808"] {
+        let v = format!(
+            r#"{{"schema":{{"type":"struct","fields":[{{"field":"after","type":"struct","fields":[
+                {{"field":"p","type":"bytes","name":"org.apache.kafka.connect.data.Decimal",
+                  "parameters":{{"scale":"{scale}"}}}}]}}]}},
+              "payload":{{"op":"c","after":{{"id":1,"p":"AQ=="}},"source":{{"ts_ms":1}}}}}}"#
+        );
+        let e = parse(None, Some(v.as_bytes())).expect_err("absurd scale");
+        assert_eq!(e.code, "invalid_value", "{e}");
+    }
+}

@@ -53,7 +53,7 @@ fn current_state_truncates_and_keeps_toasted_values() {
     apply(&mut s, "t", "", None, None, 2);
     apply(&mut s, "c", "2", Some(r#"{"id":2}"#), None, 3);
     apply(&mut s, "m", "", Some(r#"{"prefix":"x"}"#), None, 4);
-    assert_eq!(s.truncates, 1);
+    assert_eq!(s.truncate_marks().len(), 1);
     let rows = s.into_rows();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "2");
