@@ -502,9 +502,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = queries.unwrap_or(config.batch.queries_dir.clone());
             let lake = crate::lake::Lake::open(&config.lake)?;
             let report = runtime()?.block_on(crate::batch::runner::check(&lake, &dir))?;
-            println!("{} queries OK, in dependency order:", report.order.len());
+            println!(
+                "{} queries OK ({} source views), in dependency order:",
+                report.order.len(),
+                report.sources.len()
+            );
             for (i, name) in report.order.iter().enumerate() {
-                println!("  {}. {name}", i + 1);
+                let kind = if report.sources.contains(name) {
+                    " (source view)"
+                } else {
+                    ""
+                };
+                println!("  {}. {name}{kind}", i + 1);
             }
             Ok(())
         }
@@ -837,8 +846,12 @@ fn iteration_bar(iterations: usize) -> impl FnMut(crate::als::Progress) {
     }
 }
 
+/// The async runtime. Worker threads get 8 MiB of stack rather than tokio's 2: planning and
+/// (for a Ballista cluster) serializing an analyst's query recurse over its plan, and a query
+/// of a few CTEs, joins and unions is deep enough to overflow 2 MiB in a debug build.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 << 20)
         .enable_all()
         .build()
         .context("starting the async runtime")

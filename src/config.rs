@@ -357,6 +357,10 @@ pub struct LakeConfig {
     pub s3_secret_access_key: String,
     pub s3_allow_http: bool,
     pub s3_path_style: bool,
+    /// The source views (`queries/sources/`): SQL that turns the lake's raw CDC tables into
+    /// the canonical `books`, `users`, `engagement`; empty = none
+    #[serde(default)]
+    pub sources_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -7,7 +7,9 @@
 //!    rated books are kept (so ALS and the all-pairs similar books stay quick) and users
 //!    with at least two of them. Book-Crossing has no genres: the demo uses the publisher as
 //!    the book's category.
-//! 2. The catalogue is written to the lake as a Debezium snapshot (`cdc/books`).
+//! 2. The catalogue is written to the lake as a Debezium snapshot of the MongoDB catalogue
+//!    (`cdc/book_db_mongo_books`, documents keyed by `_id`), which the `books` source view
+//!    maps to the canonical table, as in production.
 //! 3. The ratings are replayed as events over HTTP through `bookrec collect` into the bus,
 //!    and landed in the lake by the lander.
 //! 4. The SQL features run, ALS trains, and the model is published to SQLite.
@@ -147,7 +149,7 @@ fn read_books(path: &Path, keep: &HashSet<&str>) -> Result<Vec<serde_json::Value
             let text = |a: &StringArray| (!a.is_null(r)).then(|| a.value(r).to_owned());
             let year: Option<i64> = text(year).and_then(|y| y.parse().ok()).filter(|y| *y > 0);
             out.push(json!({
-                "book_id": isbn.value(r),
+                "_id": isbn.value(r),
                 "title": text(title),
                 "author": text(author),
                 "year": year,
@@ -159,7 +161,8 @@ fn read_books(path: &Path, keep: &HashSet<&str>) -> Result<Vec<serde_json::Value
     Ok(out)
 }
 
-/// The catalogue as a Debezium snapshot in `cdc/books` (what the CDC lander would write).
+/// The catalogue as a Debezium snapshot of the MongoDB collection in
+/// `cdc/book_db_mongo_books` (what the CDC lander would write for the default `land.cdc`).
 async fn write_catalogue(lake: &Lake, books: &[serde_json::Value]) -> Result<(), DemoError> {
     let n = books.len();
     if n == 0 {
@@ -167,7 +170,7 @@ async fn write_catalogue(lake: &Lake, books: &[serde_json::Value]) -> Result<(),
     }
     let rows: Vec<(String, String)> = books
         .iter()
-        .map(|b| (json!({"book_id": b["book_id"]}).to_string(), b.to_string()))
+        .map(|b| (json!({"id": b["_id"]}).to_string(), b.to_string()))
         .collect();
     let now = chrono::Utc::now().timestamp_millis();
     let batch = crate::lake::cdc_snapshot("book_db", "books", now, &rows)
@@ -175,7 +178,12 @@ async fn write_catalogue(lake: &Lake, books: &[serde_json::Value]) -> Result<(),
     let bytes = crate::lake::write_parquet(&batch)
         .map_err(|e| DemoError::Step(format!("catalogue parquet: {e}")))?;
     lake.put(
-        &format!("cdc/books/part-book_db.books-0-0-{}.parquet", n - 1),
+        // named after a topic of its own: the lander checks the lake's offsets of the topics
+        // it consumes (the default land.cdc has the real catalogue topic) against the bus
+        &format!(
+            "cdc/book_db_mongo_books/part-demo.catalogue-0-0-{}.parquet",
+            n - 1
+        ),
         bytes,
     )
     .await?;

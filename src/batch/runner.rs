@@ -54,39 +54,7 @@ impl Training {
     }
 }
 
-/// Maps a DataFusion error to the query file and line when it carries one.
-fn located(q: &Query, e: &datafusion::error::DataFusionError) -> CatalogError {
-    let msg = e.to_string();
-    // sqlparser reports "… at Line: N, Column: M"
-    let line = msg
-        .split("Line: ")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse::<usize>().ok())
-        .map(|n| q.file_line(n))
-        .or_else(|| {
-            // unknown columns/tables: point at the first mention in the file
-            let named = msg.split("named ").nth(1).map(|r| {
-                r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches('.')
-            });
-            let quoted = msg.split('\'').nth(1).or_else(|| msg.split('"').nth(1));
-            let name = named
-                .filter(|n| !n.is_empty())
-                .or(quoted)?
-                .rsplit('.')
-                .next()?;
-            Some(q.line_of(name))
-        })
-        .unwrap_or(q.sql_line);
-    CatalogError {
-        path: q.path.clone(),
-        line,
-        message: msg,
-    }
-}
+use crate::sql::sources::located;
 
 /// Tables a query reads (CTE names excluded).
 fn reads(
@@ -94,16 +62,7 @@ fn reads(
     q: &Query,
     as_of: &DateTime<Utc>,
 ) -> Result<BTreeSet<String>, CatalogError> {
-    let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let sql = q.render(as_of, &HashMap::new());
-    let stmt = state
-        .sql_to_statement(&sql, &dialect)
-        .map_err(|e| located(q, &e))?;
-    let refs = state
-        .resolve_table_references(&stmt)
-        .map_err(|e| located(q, &e))?;
-    Ok(refs.iter().map(|r| r.table().to_string()).collect())
+    crate::sql::sources::reads(ctx, q, &q.render(as_of, &HashMap::new()))
 }
 
 /// The tables each query reads, by query name.
@@ -131,11 +90,7 @@ async fn ordered(
     if !errors.is_empty() {
         return Err(RunError::Catalog(errors));
     }
-    let known: BTreeSet<String> = ctx
-        .catalog("datafusion")
-        .and_then(|c| c.schema("public"))
-        .map(|s| s.table_names().into_iter().collect())
-        .unwrap_or_default();
+    let known = crate::sql::sources::table_names(ctx);
     let order = catalog::order(&queries, &all_reads, &known).map_err(RunError::Catalog)?;
     let reads = queries
         .iter()
@@ -151,18 +106,69 @@ async fn ordered(
 /// What `bookrec check` found.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
-    /// query names in dependency order
+    /// source views and feature queries, in one dependency order
     pub order: Vec<String>,
+    /// which of `order` are source views (`lake.sources_dir`)
+    pub sources: Vec<String>,
 }
 
-/// Parses and plans every query (with default parameters) in dependency order; each
-/// query's output schema is registered (empty) for the ones after it. Reports every error.
+/// Parses and plans the source views and every query (with default parameters) in one
+/// dependency order; each query's output schema is registered (empty) for the ones after
+/// it. Reports every error.
 pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
+    // opening the session plans and runs the sources (an empty lake is enough: absent raw
+    // tables are empty tables of their declared columns)
     let ctx = crate::sql::session(lake).await?;
     let as_of = Utc::now();
-    let (queries, _) = ordered(&ctx, dir, &as_of).await?;
+    let cdc: Vec<String> = crate::sql::cdc_table_names(lake)
+        .await?
+        .into_iter()
+        .collect();
+    let all_sources = crate::sql::sources::load(lake)?;
+    let sources: Vec<Query> = crate::sql::sources::ordered(&ctx, &all_sources, &cdc)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let features = catalog::load_dir(dir).map_err(RunError::Catalog)?;
     let mut errors = Vec::new();
+    for f in &features {
+        if let Some(s) = sources.iter().find(|s| s.name == f.name) {
+            errors.push(CatalogError {
+                path: f.path.clone(),
+                line: 1,
+                message: format!(
+                    "name {} is already the source view {}",
+                    f.name,
+                    s.path.display()
+                ),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RunError::Catalog(errors));
+    }
+    // one graph: the sources' reads, then the features'
+    let nodes: Vec<Query> = sources.iter().chain(&features).cloned().collect();
+    let mut all_reads = Vec::new();
+    for q in &nodes {
+        match reads(&ctx, q, &as_of) {
+            Ok(r) => all_reads.push(r),
+            Err(e) => {
+                errors.push(e);
+                all_reads.push(BTreeSet::new());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RunError::Catalog(errors));
+    }
+    let known = crate::sql::sources::table_names(&ctx);
+    let order = catalog::order(&nodes, &all_reads, &known).map_err(RunError::Catalog)?;
+    let queries: Vec<&Query> = order.iter().map(|i| &nodes[*i]).collect();
     for q in &queries {
+        if sources.iter().any(|s| s.name == q.name) {
+            continue; // planned and run when the session opened
+        }
         let sql = q.render(&as_of, &HashMap::new());
         match crate::sql::plan_read_only(&ctx, &sql).await {
             Ok(df) => {
@@ -176,7 +182,8 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
     }
     if errors.is_empty() {
         Ok(CheckReport {
-            order: queries.into_iter().map(|q| q.name).collect(),
+            order: queries.into_iter().map(|q| q.name.clone()).collect(),
+            sources: sources.into_iter().map(|q| q.name).collect(),
         })
     } else {
         Err(RunError::Catalog(errors))
@@ -434,7 +441,7 @@ async fn run_one(
     let fail = |e: datafusion::error::DataFusionError| RunError::Catalog(vec![located(q, &e)]);
     let df = crate::sql::plan_read_only(ctx, &sql).await.map_err(fail)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches: Vec<RecordBatch> = df.collect().await.map_err(fail)?;
+    let batches = crate::sql::conform(&schema, df.collect().await.map_err(fail)?)?;
     let query_seconds = t0.elapsed().as_secs_f64();
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
     // later queries of this run read this result

@@ -68,6 +68,8 @@ pub struct Lake {
     /// Where the lake starts inside the store.
     root: Path,
     display: String,
+    /// `lake.sources_dir`: the source views every SQL session over the lake has
+    sources_dir: Option<std::path::PathBuf>,
 }
 
 /// fsync of a file and of the folder that names it (the rename that published it).
@@ -80,7 +82,14 @@ fn sync_file_and_folder(file: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Lake {
+    /// Opens the lake of `cfg` (its store and its source views' folder).
     pub fn open(cfg: &LakeConfig) -> Result<Lake, LakeError> {
+        let dir = cfg.sources_dir.trim();
+        let sources = (!dir.is_empty()).then(|| std::path::PathBuf::from(dir));
+        Ok(Lake::open_store(cfg)?.with_sources_dir(sources))
+    }
+
+    fn open_store(cfg: &LakeConfig) -> Result<Lake, LakeError> {
         let url = cfg.url.trim();
         let bad = |reason: &str| LakeError::Url {
             url: crate::config::redact_url(url),
@@ -158,7 +167,19 @@ impl Lake {
             store_url,
             root,
             display,
+            sources_dir: None,
         }
+    }
+
+    /// The folder of source views (`lake.sources_dir`), when one is configured.
+    pub fn sources_dir(&self) -> Option<&std::path::Path> {
+        self.sources_dir.as_deref()
+    }
+
+    /// This lake with `dir` as its source views' folder (`None`: none).
+    pub fn with_sources_dir(mut self, dir: Option<std::path::PathBuf>) -> Lake {
+        self.sources_dir = dir;
+        self
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {

@@ -36,6 +36,10 @@ pub enum Kind {
     Batch,
     /// `queries/realtime/`: `sink` is required, and the sink's keys are allowed
     Realtime,
+    /// `queries/sources/`: a view of the lake's raw (CDC) tables as a canonical table;
+    /// `input` lines declare the raw tables and the columns it reads; no `output`, `keys`,
+    /// `param` or `${…}` (a source is the current state, not a run's)
+    Source,
 }
 
 /// The header keys of a realtime query's sink (see `realtime`).
@@ -66,6 +70,46 @@ pub struct Query {
     pub sql_line: usize,
     /// realtime sink keys: key → (value, line)
     pub sink: BTreeMap<String, (String, usize)>,
+    /// a source's raw inputs: table → the columns it reads, with the header line
+    pub inputs: Vec<Input>,
+}
+
+/// One `-- input: table(col, …)` line of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub line: usize,
+}
+
+/// `table(col, col, …)`, each name `[a-z0-9_]+` (a raw column may start with `_`).
+fn parse_input(value: &str) -> Result<Input, String> {
+    let syntax = || format!("input {value:?}: write `input: table(column, column, …)`");
+    let (table, rest) = value.split_once('(').ok_or_else(syntax)?;
+    let cols = rest.trim().strip_suffix(')').ok_or_else(syntax)?;
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let table = table.trim();
+    if !ident(table) {
+        return Err(format!("input table {table:?}: use [a-z0-9_]+"));
+    }
+    let mut columns = Vec::new();
+    for c in cols.split(',').map(str::trim) {
+        if !ident(c) {
+            return Err(format!("input {table}: column {c:?}: use [a-z0-9_]+"));
+        }
+        if !columns.iter().any(|x| x == c) {
+            columns.push(c.to_string());
+        }
+    }
+    Ok(Input {
+        table: table.to_string(),
+        columns,
+        line: 0,
+    })
 }
 
 /// An error with the file and line it is about.
@@ -98,6 +142,7 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
     let mut outputs = None;
     let mut keys = Vec::new();
     let mut params = BTreeMap::new();
+    let mut inputs: Vec<Input> = Vec::new();
     let mut last_key = String::new();
     let mut sql_line = 0;
     for (i, line) in text.lines().enumerate() {
@@ -125,6 +170,28 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
         let value = value.trim();
         last_key = key.to_string();
         match key {
+            "input" if kind == Kind::Source => {
+                let mut input = parse_input(value).map_err(|m| at(path, n, m))?;
+                if inputs.iter().any(|i| i.table == input.table) {
+                    return Err(at(
+                        path,
+                        n,
+                        format!("input {} is declared twice", input.table),
+                    ));
+                }
+                input.line = n;
+                inputs.push(input);
+            }
+            "output" | "keys" | "param" if kind == Kind::Source => {
+                return Err(at(
+                    path,
+                    n,
+                    format!(
+                        "a source has no `{key}`: it is a view of the current state (see \
+                         queries/README.md)"
+                    ),
+                ));
+            }
             "name" => {
                 if value.is_empty()
                     || !value
@@ -203,6 +270,19 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
                 db: false,
             }
         }
+        Kind::Source => {
+            if inputs.is_empty() {
+                return Err(at(
+                    path,
+                    1,
+                    "the header needs `-- input: table(column, …)` for each raw table it reads",
+                ));
+            }
+            Outputs {
+                lake: false,
+                db: false,
+            }
+        }
     };
     let sql: String = text
         .lines()
@@ -211,6 +291,17 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
         .join("\n");
     // every ${param} must be declared
     for (offset, used) in placeholders(&sql) {
+        if kind == Kind::Source {
+            let line = sql_line + sql[..offset].matches('\n').count();
+            return Err(at(
+                path,
+                line,
+                format!(
+                    "${{{used}}}: a source takes no parameters (it is the current state; \
+                     time cut-offs belong in the features)"
+                ),
+            ));
+        }
         if used != "as_of" && !params.contains_key(&used) {
             let line = sql_line + sql[..offset].matches('\n').count();
             return Err(at(
@@ -230,6 +321,7 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
         sql,
         sql_line,
         sink,
+        inputs,
     })
 }
 
@@ -495,6 +587,62 @@ mod tests {
         assert_eq!(e.line, 5);
         let e = parse(Path::new("a.sql"), "-- output: lake\nSELECT 1").expect_err("no name");
         assert!(e.message.contains("name"));
+    }
+
+    #[test]
+    fn a_source_declares_its_inputs_and_takes_no_params() {
+        let ok = parse_kind(
+            Path::new("books.sql"),
+            "-- name: books\n-- input: raw_books(_id, title, _id)\n-- input: raw_b(x)\nSELECT 1",
+            Kind::Source,
+        )
+        .expect("parses");
+        assert_eq!(ok.inputs.len(), 2);
+        assert_eq!(ok.inputs[0].columns, vec!["_id", "title"]);
+        assert_eq!(
+            (ok.inputs[1].table.as_str(), ok.inputs[1].line),
+            ("raw_b", 3)
+        );
+        for (text, line, needle) in [
+            ("-- name: b\nSELECT 1", 1, "input"),
+            ("-- name: b\n-- input: raw\nSELECT 1", 2, "table(column"),
+            (
+                "-- name: b\n-- input: raw(a b)\nSELECT 1",
+                2,
+                "column \"a b\"",
+            ),
+            (
+                "-- name: b\n-- input: r(a)\n-- input: r(b)\nSELECT 1",
+                3,
+                "twice",
+            ),
+            (
+                "-- name: b\n-- input: r(a)\n-- output: lake\nSELECT 1",
+                3,
+                "no `output`",
+            ),
+            (
+                "-- name: b\n-- input: r(a)\n-- param: x = 1\nSELECT 1",
+                3,
+                "no `param`",
+            ),
+            (
+                "-- name: b\n-- input: r(a)\nSELECT 1\nWHERE t < ${as_of}",
+                4,
+                "no parameters",
+            ),
+        ] {
+            let e = parse_kind(Path::new("b.sql"), text, Kind::Source).expect_err(text);
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.message.contains(needle), "{text}: {e}");
+        }
+        // `input` is a source's key only
+        let e = parse(
+            Path::new("f.sql"),
+            "-- name: f\n-- output: lake\n-- input: r(a)\nSELECT 1",
+        )
+        .expect_err("batch");
+        assert!(e.message.contains("unknown header key"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::lake::Lake;
 pub mod catalog;
 pub mod cdc_state;
 pub mod scan;
+pub mod sources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -53,6 +54,39 @@ pub enum SqlError {
     /// the engine could not be reached or set up (`batch.engine`, `DATAFUSION_*`)
     #[error("batch.engine {engine:?}: {reason}")]
     Engine { engine: String, reason: String },
+    /// a source view (`lake.sources_dir`) that does not parse, plan or run
+    #[error("{}", .0.iter().map(|e| format!("source view {e}")).collect::<Vec<_>>().join("\n"))]
+    Source(Vec<catalog::CatalogError>),
+}
+
+/// `batches` in the types of `schema`, the plan's schema. DataFusion 55 can produce batches
+/// whose types differ from the plan's — a `UNION ALL` of a Parquet scan (`Utf8View`) and an
+/// in-memory table (`Utf8`) is planned as `Utf8` but yields the scan's `Utf8View` batches —
+/// and a table registered with the plan's schema then refuses them. Such columns are cast.
+pub fn conform(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    batches
+        .into_iter()
+        .map(|b| {
+            if schema.contains(&b.schema()) {
+                return Ok(b);
+            }
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|cols| RecordBatch::try_new(schema.clone(), cols))
+                .map_err(|e| SqlError::Output {
+                    format: "query result",
+                    reason: format!("the result's types differ from the plan's: {e}"),
+                })?;
+            Ok(columns)
+        })
+        .collect()
 }
 
 /// Tables computed in this process, made readable by the session's engine: in memory for
@@ -349,27 +383,30 @@ pub async fn session_on(
         ctx.register_table(t.name.as_str(), table)
             .map_err(register)?;
     }
+    let sources = sources::load(lake)?;
     let cdc_tables = register_cdc_changes(&ctx, lake).await?;
     register_features(&ctx, lake).await?;
-    if !cdc_tables.iter().any(|t| t == "books") {
+    for table in &cdc_tables {
+        let (schema, batches) = current_state(&ctx, lake, table).await?;
+        tables.register(&ctx, table, schema, batches).await?;
+    }
+    let made = sources::register(&ctx, &tables, &sources, &cdc_tables).await?;
+    if !cdc_tables.iter().chain(&made).any(|t| t == "books") {
         // the catalogue contract, empty until CDC (or the demo's loader) fills it
         tables
             .register(&ctx, "books", books_schema(), Vec::new())
             .await?;
-    }
-    for table in &cdc_tables {
-        let (schema, batches) = current_state(&ctx, lake, table).await?;
-        tables.register(&ctx, table, schema, batches).await?;
     }
     Ok((ctx, tables))
 }
 
 /// Re-reads the CDC tables' current state into an in-process session ([`session`]): the
 /// current state `<table>` of every CDC table the lake holds now (new ones too), each
-/// replacing the earlier one; queries already running keep what they started with. The
-/// fold runs in a fresh session (a session caches the lake's file listings, so its own
-/// `<table>_changes` would not see new files). What `bookrec stream` runs every
-/// `stream.catalogue_refresh_secs`. Returns the tables.
+/// replacing the earlier one, then the source views over them (their files read again);
+/// queries already running keep what they started with. The fold runs in a fresh session
+/// (a session caches the lake's file listings, so its own `<table>_changes` would not see
+/// new files). What `bookrec stream` runs every `stream.catalogue_refresh_secs`. Returns
+/// the CDC tables.
 pub async fn refresh_cdc_tables(
     ctx: &SessionContext,
     lake: &Lake,
@@ -381,15 +418,17 @@ pub async fn refresh_cdc_tables(
         lake: lake.clone(),
         staging: None,
     };
+    let sources = sources::load(lake)?;
     for table in &tables {
         let (schema, batches) = current_state(&fresh, lake, table).await?;
         own.register(ctx, table, schema, batches).await?;
     }
+    sources::register(ctx, &own, &sources, &tables).await?;
     Ok(tables)
 }
 
 /// The CDC tables the lake holds changes of.
-async fn cdc_table_names(lake: &Lake) -> Result<std::collections::BTreeSet<String>, SqlError> {
+pub async fn cdc_table_names(lake: &Lake) -> Result<std::collections::BTreeSet<String>, SqlError> {
     Ok(lake
         .data_files(crate::lake::layout::CDC)
         .await

@@ -105,8 +105,23 @@ fn assert_same_outputs(got: &[(&str, RecordBatch)], want: &[(&str, RecordBatch)]
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
+/// A runtime like `bookrec`'s (8 MiB worker stacks: the scheduler and executor serialize
+/// and plan the features' plans recursively, in this process).
+fn cluster_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_stack_size(8 << 20)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
+    cluster_runtime().block_on(features_on_a_cluster());
+}
+
+async fn features_on_a_cluster() {
     let port = start_cluster().await;
     let engine = format!("ballista://localhost:{port}");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -231,7 +246,7 @@ async fn the_features_run_on_a_ballista_cluster_with_the_same_results() {
             .expect("run record");
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["outputs"][0]["name"], "interactions");
-    assert_eq!(record["outputs"][0]["rows"], 4);
+    assert_eq!(record["outputs"][0]["rows"], 6);
     assert_same_outputs(&outputs(&lake).await, &expected);
 }
 

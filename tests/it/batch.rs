@@ -74,33 +74,60 @@ pub async fn fixture_lake(dir: &Path) -> Lake {
         .await
         .expect("put");
     }
-    let books = [
-        r#"{"book_id":"b1","title":"One","author":"A","publisher":"P","year":2001,"category":"fantasy"}"#,
-        r#"{"book_id":"b2","title":"Two","author":"B","publisher":"P","year":1999,"category":"history"}"#,
+    // the catalogue as the MongoDB connector lands it (`_id`; the `books` source view maps
+    // it), and what users saved in user_engagement_db: u3 favourited b1 (never logged), u2
+    // is half through b2, u4 is known only by a saved rating
+    let iso = |days: f64| {
+        (as_of() - Duration::milliseconds((days * 86_400_000.0) as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let raw: [(&str, Vec<serde_json::Value>); 4] = [
+        (
+            "book_db_mongo_books",
+            vec![
+                serde_json::json!({"_id":"b1","title":"One","author":"A","publisher":"P","year":2001,"category":"fantasy"}),
+                serde_json::json!({"_id":"b2","title":"Two","author":"B","publisher":"P","year":"1999","category":"history"}),
+            ],
+        ),
+        (
+            "user_engagement_db_favorites",
+            vec![serde_json::json!({"user_id":"u3","book_id":"b1","created_at":iso(2.0)})],
+        ),
+        (
+            "user_engagement_db_ratings",
+            vec![
+                serde_json::json!({"user_id":"u4","book_id":"b2","rating":"8.0","updated_at":iso(5.0)}),
+            ],
+        ),
+        (
+            "user_engagement_db_reading_progress",
+            vec![
+                serde_json::json!({"user_id":"u2","book_id":"b2","progress":"0.5000","updated_at":iso(1.0)}),
+            ],
+        ),
     ];
-    let n = books.len();
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec!["c"; n])),
-        Arc::new(Int64Array::from(vec![1, 2])),
-        Arc::new(StringArray::from(vec![
-            r#"{"book_id":"b1"}"#,
-            r#"{"book_id":"b2"}"#,
-        ])),
-        Arc::new(StringArray::from(vec![None::<&str>; n])),
-        Arc::new(StringArray::from(books.to_vec())),
-        Arc::new(StringArray::from(vec![None::<&str>; n])),
-        Arc::new(StringArray::from(vec![Some("book_db"); n])),
-        Arc::new(StringArray::from(vec![Some("books"); n])),
-        Arc::new(Int32Array::from(vec![0; n])),
-        Arc::new(Int64Array::from(vec![0, 1])),
-    ];
-    let batch = RecordBatch::try_new(bookrec::lake::cdc_changes_schema(), cols).expect("batch");
-    lake.put(
-        "cdc/books/part-book_db.books-0-0-1.parquet",
-        bookrec::lake::write_parquet(&batch).expect("parquet"),
-    )
-    .await
-    .expect("put");
+    for (table, docs) in raw {
+        let rows: Vec<(String, String)> = docs
+            .iter()
+            .map(|d| {
+                let key = match d.get("_id") {
+                    Some(id) => serde_json::json!({ "id": id }),
+                    None => serde_json::json!({"user_id": d["user_id"], "book_id": d["book_id"]}),
+                };
+                (key.to_string(), d.to_string())
+            })
+            .collect();
+        let batch = bookrec::lake::cdc_snapshot("fixture", table, 0, &rows).expect("batch");
+        lake.put(
+            &format!(
+                "cdc/{table}/part-fixture.{table}-0-0-{}.parquet",
+                rows.len() - 1
+            ),
+            bookrec::lake::write_parquet(&batch).expect("parquet"),
+        )
+        .await
+        .expect("put");
+    }
     lake
 }
 
@@ -164,21 +191,24 @@ fn close(a: &[f64], b: &[f64]) {
 pub async fn assert_hand_computed(lake: &Lake) {
     let h = |days: f64, half: f64| 2f64.powf(-days / half);
 
-    // interactions: weight = Σ type weight × 2^(−age/30); (u1,b2) has only an unfavourite
+    // interactions: weight = Σ type weight × 2^(−age/30); (u1,b2) has only an unfavourite;
+    // saved signals: progress 8 × 0.5, favourite 4, rating 1 × 8
     let b = rows(
         lake,
         "SELECT user_id, book_id, weight FROM interactions ORDER BY user_id, book_id",
     )
     .await;
-    assert_eq!(strs(&b, 0), ["u1", "u2", "u2", "u3"]);
-    assert_eq!(strs(&b, 1), ["b1", "b1", "b2", "b2"]);
+    assert_eq!(strs(&b, 0), ["u1", "u2", "u2", "u3", "u3", "u4"]);
+    assert_eq!(strs(&b, 1), ["b1", "b1", "b2", "b1", "b2", "b2"]);
     close(
         &f64s(&b, 2),
         &[
             1.0 * h(1.0, 30.0) + 10.0 * h(30.0, 30.0),
             2.0 * h(0.5, 30.0),
-            h(10.0, 30.0),
+            h(10.0, 30.0) + 8.0 * 0.5 * h(1.0, 30.0),
+            4.0 * h(2.0, 30.0),
             4.0 * h(60.0, 30.0),
+            8.0 * h(5.0, 30.0),
         ],
     );
 
@@ -211,15 +241,27 @@ pub async fn assert_hand_computed(lake: &Lake) {
         ],
     );
 
-    // user profile
-    let b = rows(lake, "SELECT user_id, events, views, purchases, recency_days, top_categories, top_authors FROM user_profile ORDER BY user_id").await;
-    assert_eq!(strs(&b, 0), ["u1", "u2", "u3"]);
-    close(&f64s(&b, 1), &[3.0, 2.0, 1.0]);
-    close(&f64s(&b, 2), &[1.0, 1.0, 0.0]);
-    close(&f64s(&b, 3), &[1.0, 0.0, 0.0]);
-    close(&f64s(&b, 4), &[1.0, 0.5, 60.0]);
-    assert_eq!(strs(&b, 5)[0], "fantasy:0.667,history:0.333");
+    // user profile: a logged event weighs 1 in the shares, a saved favourite 4, a saved
+    // rating 2, reading progress 3; u4 is known only by what they saved
+    let b = rows(lake, "SELECT user_id, events, views, purchases, recency_days, top_categories, top_authors, saved_favorites, saved_ratings, books_in_progress FROM user_profile ORDER BY user_id").await;
+    assert_eq!(strs(&b, 0), ["u1", "u2", "u3", "u4"]);
+    close(&f64s(&b, 1), &[3.0, 2.0, 1.0, 0.0]);
+    close(&f64s(&b, 2), &[1.0, 1.0, 0.0, 0.0]);
+    close(&f64s(&b, 3), &[1.0, 0.0, 0.0, 0.0]);
+    close(&f64s(&b, 4), &[1.0, 0.5, 2.0, 5.0]);
+    assert_eq!(
+        strs(&b, 5),
+        [
+            "fantasy:0.667,history:0.333",
+            "history:0.8,fantasy:0.2",
+            "fantasy:0.8,history:0.2",
+            "history:1.0"
+        ]
+    );
     assert_eq!(strs(&b, 6)[0], "A:0.667,B:0.333");
+    close(&f64s(&b, 7), &[0.0, 0.0, 1.0, 0.0]);
+    close(&f64s(&b, 8), &[0.0, 0.0, 0.0, 1.0]);
+    close(&f64s(&b, 9), &[0.0, 1.0, 0.0, 0.0]);
 }
 
 #[tokio::test]
@@ -229,7 +271,20 @@ async fn shipped_features_match_hand_computed_values() {
     let check = bookrec::batch::runner::check(&lake, &queries_dir())
         .await
         .expect("every shipped query plans");
-    assert_eq!(check.order.len(), 4);
+    // the three source views and the four features, in one dependency order
+    assert_eq!(check.sources, ["books", "engagement", "users"]);
+    assert_eq!(
+        check.order,
+        [
+            "book_popularity",
+            "books",
+            "category_popularity",
+            "engagement",
+            "interactions",
+            "user_profile",
+            "users"
+        ]
+    );
     let store =
         bookrec::store::Store::connect(&format!("sqlite://{}/bookrec.db", dir.path().display()))
             .await
@@ -266,7 +321,7 @@ async fn shipped_features_match_hand_computed_values() {
         "SELECT user_id, book_id, weight FROM interactions ORDER BY user_id, book_id",
     )
     .await;
-    assert_eq!(strs(&b2, 0), ["u1", "u2", "u2", "u3"]);
+    assert_eq!(strs(&b2, 0), ["u1", "u2", "u2", "u3", "u3", "u4"]);
     let runs = lake.list("features/_runs").await.expect("runs");
     assert_eq!(runs.len(), 2, "one run record per run");
 }

@@ -4,7 +4,9 @@
 //! (`scripts/cdc-lab`, `tests/debezium/`). A snapshot, then inserts, updates, deletes, a
 //! primary-key change, NULLs, DECIMALs, timestamps with and without a zone, an unchanged
 //! TOASTed text and a truncate; landed by `bookrec land`; the current state `bookrec sql`
-//! shows must equal the databases' tables row for row.
+//! shows must equal the databases' tables row for row, and so must the canonical `users`
+//! and `engagement` the shipped source views make of them. Then a favourite saved only in
+//! the database changes the user's recommendations after the next batch.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -156,20 +158,39 @@ fn toast_text() -> String {
         .collect()
 }
 
+// the raw tables, column for column
 const PG_BOOKS: &str = "SELECT id::text, title, author, category, price::text, published::text, \
     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), md5(blurb) \
     FROM books ORDER BY id";
 const LAKE_BOOKS: &str = "SELECT CAST(id AS VARCHAR) AS i, title, author, category, price, published, \
     to_char(CAST(updated_at AS TIMESTAMP), '%Y-%m-%d %H:%M:%S%.6f'), md5(blurb) \
-    FROM books ORDER BY id";
-const PG_RATINGS: &str = "SELECT user_id::text, book_id::text, rating::text FROM ratings \
+    FROM pg_books ORDER BY id";
+const PG_RATINGS: &str = "SELECT user_id::text, book_id, rating::text FROM ratings \
     ORDER BY user_id, book_id";
-const LAKE_RATINGS: &str = "SELECT CAST(user_id AS VARCHAR) AS u, CAST(book_id AS VARCHAR) AS b, rating \
-    FROM ratings ORDER BY user_id, book_id";
-const MY_USERS: &str = "SELECT CAST(id AS CHAR), name, email, CAST(balance AS CHAR), \
-    DATE_FORMAT(created, '%Y-%m-%d %H:%i:%s.%f'), CAST(born AS CHAR) FROM users ORDER BY id";
-const LAKE_USERS: &str = "SELECT CAST(id AS VARCHAR) AS i, name, email, balance, \
-    to_char(CAST(created AS TIMESTAMP), '%Y-%m-%d %H:%M:%S%.6f'), born FROM users ORDER BY id";
+const LAKE_RATINGS: &str = "SELECT CAST(user_id AS VARCHAR) AS u, book_id, rating \
+    FROM user_engagement_db_ratings ORDER BY user_id, book_id";
+const MY_USERS: &str = "SELECT CAST(id AS CHAR), username, email, CAST(balance AS CHAR), \
+    DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), CAST(birth_date AS CHAR), region \
+    FROM users ORDER BY id";
+const LAKE_USERS: &str = "SELECT CAST(id AS VARCHAR) AS i, username, email, balance, \
+    to_char(CAST(created_at AS TIMESTAMP), '%Y-%m-%d %H:%M:%S%.6f'), birth_date, region \
+    FROM auth_db_users ORDER BY id";
+// the canonical tables of the shipped source views (queries/sources/)
+const MY_CANONICAL_USERS: &str = "SELECT CAST(id AS CHAR), username, CAST(YEAR(birth_date) AS CHAR), \
+    region, DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f') FROM users";
+const LAKE_CANONICAL_USERS: &str = "SELECT user_id, username, CAST(birth_year AS VARCHAR), region, \
+    to_char(signup_ts, '%Y-%m-%d %H:%M:%S%.6f') FROM users";
+const PG_ENGAGEMENT: &str = "\
+    SELECT user_id::text, book_id, 'favorite', '10000', \
+        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM favorites \
+    UNION ALL SELECT user_id::text, book_id, 'rating', round(rating * 10000)::text, \
+        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ratings \
+    UNION ALL SELECT user_id::text, book_id, 'progress', round(progress * 10000)::text, \
+        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM reading_progress \
+        WHERE progress IS NOT NULL";
+const LAKE_ENGAGEMENT: &str = "SELECT user_id, book_id, kind, \
+    CAST(CAST(round(value * 10000) AS BIGINT) AS VARCHAR), \
+    to_char(ts, '%Y-%m-%d %H:%M:%S%.6f') FROM engagement";
 
 async fn pg_rows(pool: &sqlx::PgPool, sql: &str) -> Rows {
     sorted(
@@ -230,8 +251,13 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
     for ddl in [
         "CREATE TABLE books (id int PRIMARY KEY, title text NOT NULL, author text, \
          category text, price numeric(8,2), published date, updated_at timestamptz, blurb text)",
-        "CREATE TABLE ratings (user_id int, book_id int, rating numeric(2,1) NOT NULL, \
-         PRIMARY KEY (user_id, book_id))",
+        // user_engagement_db as the platform has it (queries/sources/engagement.sql)
+        "CREATE TABLE ratings (user_id bigint, book_id text, rating numeric(3,1) NOT NULL, \
+         updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (user_id, book_id))",
+        "CREATE TABLE favorites (user_id bigint, book_id text, \
+         created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (user_id, book_id))",
+        "CREATE TABLE reading_progress (user_id bigint, book_id text, progress numeric(5,4), \
+         updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (user_id, book_id))",
     ] {
         sqlx::query(ddl).execute(&pg).await.expect("ddl");
     }
@@ -246,10 +272,16 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
     .execute(&pg)
     .await
     .expect("books");
-    sqlx::query("INSERT INTO ratings VALUES (1, 1, 4.5), (1, 2, 3.0), (2, 1, 5.0)")
-        .execute(&pg)
-        .await
-        .expect("ratings");
+    for stmt in [
+        "INSERT INTO ratings VALUES (1, '1', 4.5, '2024-05-01 10:00:00+02'), \
+         (1, '2', 3.0, '2024-05-02 00:00:00+00'), (2, '1', 5.0, '2024-05-03 00:00:00.5+00')",
+        "INSERT INTO favorites VALUES (1, '1', '2024-05-01 09:00:00+00'), \
+         (2, '3', '2024-05-04 12:00:00.25-03')",
+        "INSERT INTO reading_progress VALUES (1, '1', 0.4200, '2024-05-05 00:00:00+00'), \
+         (3, '2', NULL, '2024-05-06 00:00:00+00')",
+    ] {
+        sqlx::query(stmt).execute(&pg).await.expect(stmt);
+    }
 
     let my_root = format!("mysql://root@127.0.0.1:{}", dbs.my_port);
     let my_admin = sqlx::MySqlPool::connect(&format!("{my_root}/mysql"))
@@ -263,16 +295,17 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
         .await
         .expect("mariadb db");
     sqlx::query(
-        "CREATE TABLE users (id int PRIMARY KEY, name varchar(64) NOT NULL, email varchar(128) NULL, \
-         balance decimal(10,2) NOT NULL, created datetime(3) NOT NULL, born date NULL)",
+        "CREATE TABLE users (id int PRIMARY KEY, username varchar(64) NOT NULL, email varchar(128) NULL, \
+         balance decimal(10,2) NOT NULL, created_at datetime(3) NOT NULL, birth_date date NULL, \
+         region varchar(32) NULL)",
     )
     .execute(&my)
     .await
     .expect("users");
     sqlx::query(
-        "INSERT INTO users VALUES (1, 'ann', 'ann@example.org', 12.50, '2024-01-02 03:04:05.678', '1990-02-03'), \
-         (2, 'bob', NULL, -3.25, '1969-07-20 20:17:40.000', NULL), \
-         (3, 'cy', 'cy@example.org', 0.00, '2024-05-01 00:00:00.001', '2001-09-11')",
+        "INSERT INTO users VALUES (1, 'ann', 'ann@example.org', 12.50, '2024-01-02 03:04:05.678', '1990-02-03', 'eu'), \
+         (2, 'bob', NULL, -3.25, '1969-07-20 20:17:40.000', NULL, NULL), \
+         (3, 'cy', 'cy@example.org', 0.00, '2024-05-01 00:00:00.001', '2001-09-11', 'apac')",
     )
     .execute(&my)
     .await
@@ -298,7 +331,10 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
             ("database.password", String::new()),
             ("database.dbname", "user_engagement_db".into()),
             ("topic.prefix", pg_prefix.clone()),
-            ("table.include.list", "public.books,public.ratings".into()),
+            (
+                "table.include.list",
+                "public.books,public.ratings,public.favorites,public.reading_progress".into(),
+            ),
             ("slot.name", "bookrec_test".into()),
             ("publication.autocreate.mode", "filtered".into()),
             // Debezium skips truncates unless told otherwise
@@ -337,22 +373,24 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
     );
     let _worker = Worker::start(&work, &b, &[pg_conn, my_conn]);
 
-    // --- the lander, mapping the three topics to tables
+    // --- the lander: the default mapping's raw tables (under this run's topic prefixes),
+    // and the PostgreSQL books as one more raw table
     let mut cfg = Config::load_with_env(None, Vec::new()).expect("defaults");
     cfg.kafka.brokers = b.clone();
     cfg.kafka.topic = unique("events");
     cfg.lake.url = format!("file://{}", dir.path().join("lake").display());
     cfg.land.group_id = unique("debezium-land");
     cfg.land.poll_timeout_ms = 50;
+    let defaults = std::mem::take(&mut cfg.land.cdc);
+    for (topic, table) in defaults {
+        let topic = topic
+            .replace("user_engagement_db.", &format!("{pg_prefix}."))
+            .replace("auth_db.auth_db.", &format!("{my_prefix}.auth_db."));
+        cfg.land.cdc.insert(topic, table);
+    }
     cfg.land
         .cdc
-        .insert(format!("{pg_prefix}.public.books"), "books".into());
-    cfg.land
-        .cdc
-        .insert(format!("{pg_prefix}.public.ratings"), "ratings".into());
-    cfg.land
-        .cdc
-        .insert(format!("{my_prefix}.auth_db.users"), "users".into());
+        .insert(format!("{pg_prefix}.public.books"), "pg_books".into());
 
     // waits until the lake's current state equals the databases' tables
     let converge = |what: &'static str| {
@@ -364,18 +402,27 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
             loop {
                 let report = land(&cfg).await;
                 assert_eq!(report.dead_letters, 0, "{what}: dead-lettered: {report:?}");
-                let want = (
+                let want = vec![
                     pg_rows(&pg, PG_BOOKS).await,
                     pg_rows(&pg, PG_RATINGS).await,
                     my_rows(&my, MY_USERS).await,
-                );
-                let got = (
-                    lake_rows(&cfg, LAKE_BOOKS).await,
-                    lake_rows(&cfg, LAKE_RATINGS).await,
-                    lake_rows(&cfg, LAKE_USERS).await,
-                );
-                let matches = matches!(&got, (Ok(b), Ok(r), Ok(u))
-                    if *b == want.0 && *r == want.1 && *u == want.2);
+                    my_rows(&my, MY_CANONICAL_USERS).await,
+                    pg_rows(&pg, PG_ENGAGEMENT).await,
+                ];
+                let mut got = Vec::new();
+                for sql in [
+                    LAKE_BOOKS,
+                    LAKE_RATINGS,
+                    LAKE_USERS,
+                    LAKE_CANONICAL_USERS,
+                    LAKE_ENGAGEMENT,
+                ] {
+                    got.push(lake_rows(&cfg, sql).await);
+                }
+                let matches = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.as_ref().is_ok_and(|g| g == w));
                 if matches {
                     return;
                 }
@@ -402,7 +449,12 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
         "UPDATE books SET id = 20 WHERE id = 4",
         "UPDATE books SET author = NULL WHERE id = 20",
         "TRUNCATE ratings",
-        "INSERT INTO ratings VALUES (3, 1, 2.5), (3, 20, 4.0)",
+        "INSERT INTO ratings VALUES (3, '1', 2.5, '2024-06-01 00:00:00+00'), \
+         (3, '20', 4.0, '2024-06-02 00:00:00+00')",
+        "DELETE FROM favorites WHERE user_id = 1",
+        "INSERT INTO favorites VALUES (3, '20', '2024-06-03 08:00:00+00')",
+        "UPDATE reading_progress SET progress = 1, updated_at = '2024-06-04 00:00:00+00' \
+         WHERE user_id = 1",
     ] {
         sqlx::query(stmt).execute(&pg).await.expect(stmt);
     }
@@ -410,7 +462,7 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
         "UPDATE users SET email = NULL, balance = 99999999.99 WHERE id = 1",
         "UPDATE users SET id = 30 WHERE id = 3",
         "DELETE FROM users WHERE id = 2",
-        "INSERT INTO users VALUES (4, 'dee', 'dee@example.org', -0.01, '2038-01-19 03:14:08.000', '1900-01-01')",
+        "INSERT INTO users VALUES (4, 'dee', 'dee@example.org', -0.01, '2038-01-19 03:14:08.000', '1900-01-01', 'na')",
     ] {
         sqlx::query(stmt).execute(&my).await.expect(stmt);
     }
@@ -419,7 +471,7 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
     // what arrived is what Debezium really sends: decoded, TOAST placeholder merged, truncate
     let changes = lake_rows(
         &cfg,
-        "SELECT op, count(*) FROM ratings_changes GROUP BY op ORDER BY op",
+        "SELECT op, count(*) FROM user_engagement_db_ratings_changes GROUP BY op ORDER BY op",
     )
     .await
     .expect("ratings changes");
@@ -429,7 +481,7 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
     );
     let placeholders = lake_rows(
         &cfg,
-        "SELECT count(*) FROM books_changes WHERE after LIKE '%__debezium_unavailable_value%'",
+        "SELECT count(*) FROM pg_books_changes WHERE after LIKE '%__debezium_unavailable_value%'",
     )
     .await
     .expect("books changes");
@@ -437,6 +489,82 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
         placeholders[0][0].as_deref(),
         Some("0"),
         "the unchanged TOASTed blurb arrived as Debezium's placeholder"
+    );
+
+    // --- a favourite saved only in the database changes the user's recommendations after
+    // the next batch: users in four taste clusters (crate::publish), user 1203 of cluster 2
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    crate::publish::put_clustered_events(&lake, |c, u| (1000 + 100 * c + u).to_string()).await;
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let store = bookrec::store::Store::connect(&format!(
+        "sqlite://{}",
+        store_dir.path().join("rec.db").display()
+    ))
+    .await
+    .expect("store");
+    let training = crate::publish::training(1.0);
+    let batch = |lake: Lake, store: bookrec::store::Store| {
+        let training = training.clone();
+        async move {
+            bookrec::batch::runner::run(
+                &lake,
+                Some(&store),
+                &crate::batch::batch_config(),
+                &[],
+                crate::batch::as_of(),
+                Some(&training),
+                &mut |_| {},
+            )
+            .await
+            .expect("batch")
+        }
+    };
+    batch(lake.clone(), store.clone()).await;
+    let (_, before) = store
+        .user_books("1203", 10)
+        .await
+        .expect("read")
+        .expect("user 1203 has recommendations");
+    let favourite = before[0].item.clone();
+    assert!(favourite.starts_with("b2-"), "{before:?}");
+    // the app saves it (the front end never logs it), an hour before the batch's cut-off
+    sqlx::query("INSERT INTO favorites VALUES (1203, $1, '2026-11-25 23:00:00+00')")
+        .bind(&favourite)
+        .execute(&pg)
+        .await
+        .expect("favourite");
+    converge("after the favourite").await;
+    batch(lake.clone(), store.clone()).await;
+    let (_, after) = store
+        .user_books("1203", 10)
+        .await
+        .expect("read")
+        .expect("user 1203 has recommendations");
+    assert!(
+        after.iter().all(|r| r.item != favourite),
+        "the favourited {favourite} is known to the user now, not recommended: {after:?}"
+    );
+    assert_ne!(before, after);
+    let signal = lake_rows(
+        &cfg,
+        &format!(
+            "SELECT CAST(round(weight, 3) AS VARCHAR) FROM interactions \
+             WHERE user_id = '1203' AND book_id = '{favourite}'"
+        ),
+    )
+    .await
+    .expect("interactions");
+    // w_saved_favorite 4 × the 30-day half-life's decay over one hour
+    assert_eq!(signal, vec![vec![Some("3.996".to_string())]]);
+    let profile = lake_rows(
+        &cfg,
+        "SELECT saved_favorites, favorites FROM user_profile WHERE user_id = '1203'",
+    )
+    .await
+    .expect("user_profile");
+    assert_eq!(
+        profile,
+        vec![vec![Some("1".to_string()), Some("0".to_string())]]
     );
 
     // what Debezium really sent, kept as seeds of the `cdc` fuzz target when asked:

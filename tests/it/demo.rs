@@ -56,6 +56,7 @@ pub fn start_demo(cwd: &Path, data: &Path) -> (Killed, String) {
             "BOOKREC__STREAM__QUERIES_DIR",
             root.join("queries/realtime"),
         )
+        .env("BOOKREC__LAKE__SOURCES_DIR", root.join("queries/sources"))
         .env("BOOKREC__LOG__FILTER", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -26,6 +26,13 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
     let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
     cfg.lake.url = format!("file://{}", dir.display());
     let lake = Lake::open(&cfg.lake).expect("lake");
+    put_clustered_events(&lake, |c, u| format!("u{c}-{u}")).await;
+    lake
+}
+
+/// Writes the events of [`clustered_lake`] into `lake`, user `u` of cluster `c` named
+/// `user(c, u)`; books are `b<c>-<n>`.
+pub async fn put_clustered_events(lake: &Lake, user: impl Fn(usize, usize) -> String) {
     let mut events = Vec::new();
     let mut state: u64 = 12345;
     let mut next = || {
@@ -37,7 +44,7 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
     let start = as_of() - Duration::minutes(50);
     for c in 0..CLUSTERS {
         for u in 0..USERS_PER_CLUSTER {
-            let user = format!("u{c}-{u}");
+            let user = user(c, u);
             let mut books: Vec<usize> = (0..BOOKS_PER_CLUSTER).collect();
             for i in (1..books.len()).rev() {
                 books.swap(i, next() % (i + 1));
@@ -88,10 +95,9 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
     )
     .await
     .expect("put");
-    lake
 }
 
-fn training(tolerance: f64) -> Training {
+pub fn training(tolerance: f64) -> Training {
     let cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
     let mut t = Training::from_config(&cfg);
     t.params.factors = 8;
