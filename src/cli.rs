@@ -426,9 +426,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = runtime()?.block_on(async {
                 let cancel = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(cancel.clone()));
+                let observed = crate::land::Observed::new()?;
+                crate::http::spawn_ops(
+                    "land.metrics_listen",
+                    &config.land.metrics_listen,
+                    "bookrec_land",
+                    observed.metrics.registry().clone(),
+                    observed.health.clone(),
+                    &config.serve.http,
+                    cancel.clone(),
+                )
+                .await?;
                 let cfg = config.clone();
                 tokio::task::spawn_blocking(move || {
-                    crate::land::run(&cfg, &lake, &cancel, until_caught_up)
+                    crate::land::run_observed(&cfg, &lake, &cancel, until_caught_up, &observed)
                 })
                 .await
                 .context("lander thread")?
@@ -460,30 +471,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let cancel = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(cancel.clone()));
                 let metrics = std::sync::Arc::new(crate::realtime::StreamMetrics::new()?);
-                if !config.stream.metrics_listen.is_empty() {
-                    let listener = tokio::net::TcpListener::bind(&config.stream.metrics_listen)
-                        .await
-                        .with_context(|| {
-                            format!("stream.metrics_listen {}", config.stream.metrics_listen)
-                        })?;
-                    let m = metrics.clone();
-                    let app = axum::Router::new().route(
-                        "/metrics",
-                        axum::routing::get(move || async move { m.text() }),
-                    );
-                    let http_metrics = std::sync::Arc::new(crate::http::HttpMetrics::register(
-                        metrics.registry(),
-                        "bookrec_stream",
-                    )?);
-                    let (http, stop) = (config.serve.http.clone(), cancel.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) =
-                            crate::http::serve(listener, app, &http, 1024, http_metrics, stop).await
-                        {
-                            tracing::error!(error = %e, "stream.metrics_listen");
-                        }
-                    });
-                }
+                crate::http::spawn_ops(
+                    "stream.metrics_listen",
+                    &config.stream.metrics_listen,
+                    "bookrec_stream",
+                    metrics.registry().clone(),
+                    metrics.health.clone(),
+                    &config.serve.http,
+                    cancel.clone(),
+                )
+                .await?;
                 crate::realtime::run(
                     &config,
                     &lake,
@@ -565,7 +562,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
                     std::process::id()
                 );
-                crate::batch::schedule::run(
+                let observed = crate::batch::schedule::Observed::new()?;
+                crate::http::spawn_ops(
+                    "schedule.metrics_listen",
+                    &config.schedule.metrics_listen,
+                    "bookrec_schedule",
+                    observed.metrics.registry().clone(),
+                    observed.health.clone(),
+                    &config.serve.http,
+                    cancel.clone(),
+                )
+                .await?;
+                crate::batch::schedule::run_observed(
                     &config.schedule,
                     &lake,
                     &store,
@@ -573,6 +581,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(&crate::batch::runner::Training::from_config(&config)),
                     &holder,
                     cancel,
+                    &observed,
                 )
                 .await?;
                 Ok::<(), anyhow::Error>(())

@@ -186,6 +186,9 @@ pub struct PublishConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
+    /// `/metrics`, `/healthz`, `/readyz` of `bookrec schedule` ("" = not served)
+    #[serde(default)]
+    pub metrics_listen: String,
     pub missed_run_policy: MissedRunPolicy,
     pub lease_ttl_secs: u64,
     pub tick_ms: u64,
@@ -374,6 +377,9 @@ pub struct LandConfig {
     pub dedup_window_secs: u64,
     pub dedup_max_entries: usize,
     pub poll_timeout_ms: u64,
+    /// `/metrics`, `/healthz`, `/readyz` of `bookrec land` ("" = not served)
+    #[serde(default)]
+    pub metrics_listen: String,
     /// Debezium topic → lake table (`cdc/<table>/`, queryable as `<table>`)
     pub cdc: BTreeMap<String, String>,
     /// The topics of `cdc` whose records were flattened by Debezium's

@@ -519,3 +519,153 @@ impl ConnTask {
         }
     }
 }
+
+/// Liveness and readiness of a background process (`land`, `stream`, `schedule`), served by
+/// its ops listener ([`spawn_ops`]) as `/readyz`. A check is either a heartbeat (the loop
+/// that must keep turning says so at least every `max_age`) or a dependency that reports
+/// its last failure until it works again; ready = every check fine.
+#[derive(Default)]
+pub struct Health {
+    checks: Mutex<BTreeMap<&'static str, Check>>,
+}
+
+struct Check {
+    /// for a heartbeat: the longest silence that is still fine
+    max_age: Option<Duration>,
+    last_ok: Instant,
+    problem: Option<String>,
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health::default())
+    }
+
+    fn with(&self, name: &'static str, f: impl FnOnce(&mut Check)) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let check = checks.entry(name).or_insert_with(|| Check {
+            max_age: None,
+            last_ok: Instant::now(),
+            problem: None,
+        });
+        f(check);
+    }
+
+    /// Declares the heartbeat `name`: not ready when [`Health::ok`] has not been called for
+    /// `max_age`.
+    pub fn heartbeat(&self, name: &'static str, max_age: Duration) {
+        self.with(name, |c| c.max_age = Some(max_age));
+    }
+
+    /// `name` works (a heartbeat beats; a failing dependency recovered).
+    pub fn ok(&self, name: &'static str) {
+        self.with(name, |c| {
+            c.last_ok = Instant::now();
+            c.problem = None;
+        });
+    }
+
+    /// `name` failed: not ready, with `problem` shown, until [`Health::ok`].
+    pub fn fail(&self, name: &'static str, problem: impl std::fmt::Display) {
+        let problem = problem.to_string();
+        self.with(name, |c| c.problem = Some(problem));
+    }
+
+    /// Whether every check is fine, and each check's state.
+    pub fn report(&self) -> (bool, BTreeMap<&'static str, String>) {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready = true;
+        let mut out = BTreeMap::new();
+        for (name, c) in checks.iter() {
+            let silent = c.last_ok.elapsed();
+            let state = if let Some(p) = &c.problem {
+                format!("failing: {p}")
+            } else if c.max_age.is_some_and(|m| silent > m) {
+                format!("stalled: no progress for {} s", silent.as_secs())
+            } else {
+                "ok".to_string()
+            };
+            ready &= state == "ok";
+            out.insert(*name, state);
+        }
+        (ready, out)
+    }
+}
+
+/// `/metrics`, `/healthz` (the process answers) and `/readyz` (200 when every check of
+/// `health` is fine, else 503; JSON `{"status", "checks"}`) of a background process.
+pub fn ops_router(registry: Registry, health: Arc<Health>) -> Router {
+    use axum::routing::get;
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut buf = Vec::new();
+                    let encoder = prometheus::TextEncoder::new();
+                    match prometheus::Encoder::encode(&encoder, &registry.gather(), &mut buf) {
+                        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
+                            .into_response(),
+                        Err(e) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                        }
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let (ready, checks) = health.report();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    let body = serde_json::json!({
+                        "status": if ready { "ready" } else { "not ready" },
+                        "checks": checks,
+                    });
+                    (status, axum::Json(body)).into_response()
+                }
+            }),
+        )
+}
+
+/// Binds `listen` (the config key `key` names it in errors) and serves [`ops_router`] under
+/// `cfg`'s bounds until `shutdown`, its own HTTP counters registered as `<prefix>_http_*`.
+/// An empty `listen` serves nothing.
+pub async fn spawn_ops(
+    key: &str,
+    listen: &str,
+    prefix: &str,
+    registry: Registry,
+    health: Arc<Health>,
+    cfg: &HttpConfig,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| HttpError::Listener {
+            addr: format!("{key} {listen}"),
+            source,
+        })?;
+    let metrics = Arc::new(HttpMetrics::register(&registry, prefix)?);
+    let app = ops_router(registry, health);
+    let cfg = cfg.clone();
+    let key = key.to_string();
+    tokio::spawn(async move {
+        // a handful of scrapers and probes: a small body limit, the configured bounds
+        if let Err(e) = serve(listener, app, &cfg, 1024, metrics, shutdown).await {
+            tracing::error!(error = %e, key, "ops listener stopped");
+        }
+    });
+    Ok(())
+}

@@ -42,6 +42,7 @@ use crate::lake::layout::{self, DataFile, FileKind};
 use crate::lake::{Lake, LakeError, dead_letters_schema, events_file_schema, write_parquet};
 
 pub mod cdc;
+pub mod metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LandError {
@@ -63,6 +64,8 @@ pub enum LandError {
         landed: i64,
         high: i64,
     },
+    #[error("land metrics: {0}")]
+    Metrics(String),
 }
 
 /// What one run did.
@@ -151,6 +154,25 @@ struct Lander<'a> {
     report: LandReport,
 }
 
+/// What `bookrec land` shows its operator: metrics and the readiness checks (`consumer`: the
+/// loop turns; `kafka`: the broker answered the last lag probe and the last poll).
+pub struct Observed {
+    pub metrics: std::sync::Arc<metrics::LandMetrics>,
+    pub health: std::sync::Arc<crate::http::Health>,
+}
+
+impl Observed {
+    pub fn new() -> Result<Observed, prometheus::Error> {
+        Ok(Observed {
+            metrics: std::sync::Arc::new(metrics::LandMetrics::new()?),
+            health: crate::http::Health::new(),
+        })
+    }
+}
+
+/// How often the lag gauge is measured (one watermark request per assigned partition).
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs the lander until `cancel` (or, with `until_caught_up`, until every assigned
 /// partition is read to its high watermark), writing what is buffered before returning.
 /// Blocking: call it from a blocking thread inside a tokio runtime.
@@ -160,6 +182,21 @@ pub fn run(
     cancel: &CancellationToken,
     until_caught_up: bool,
 ) -> Result<LandReport, LandError> {
+    let observed = Observed::new().map_err(|e| LandError::Metrics(e.to_string()))?;
+    run_observed(cfg, lake, cancel, until_caught_up, &observed)
+}
+
+/// [`run`], reporting to `observed` as it goes.
+pub fn run_observed(
+    cfg: &Config,
+    lake: &Lake,
+    cancel: &CancellationToken,
+    until_caught_up: bool,
+    observed: &Observed,
+) -> Result<LandReport, LandError> {
+    let (metrics, health) = (&observed.metrics, &observed.health);
+    // a poll lasts poll_timeout_ms, a rebalance or a file write a few seconds
+    health.heartbeat("consumer", Duration::from_secs(120));
     let rt = tokio::runtime::Handle::current();
     let events_topic = cfg.kafka.topic.clone();
     let mut topics: Vec<&str> = vec![&events_topic];
@@ -202,6 +239,7 @@ pub fn run(
     };
     let poll_timeout = Duration::from_millis(cfg.land.poll_timeout_ms.max(1));
     let mut last_maintenance = Instant::now();
+    let mut last_lag: Option<Instant> = None;
     // an empty assignment is said every few seconds (`--until-caught-up`: it gives up after
     // kafka.assignment_timeout_secs), so a waiting lander is never silent
     let mut unassigned_since = Some(Instant::now());
@@ -217,24 +255,46 @@ pub fn run(
             break;
         }
         let polled = consumer.poll(poll_timeout);
+        health.ok("consumer");
         for change in consumer.take_rebalances() {
             lander.rebalance(consumer, change)?;
         }
         let idle = match polled {
             Some(Ok(record)) => {
                 lander.record(record)?;
+                health.ok("kafka");
                 false
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "consume error; continuing");
+                metrics.consume_errors.inc();
+                health.fail("kafka", &e);
                 true
             }
             None => true,
         };
         if last_maintenance.elapsed() >= Duration::from_millis(200) || idle {
             last_maintenance = Instant::now();
-            if lander.maintain(false)? {
-                lander.commit(consumer);
+            if lander.maintain(false)? && lander.commit(consumer) {
+                metrics
+                    .last_commit
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1e3);
+            }
+            metrics.publish(&lander.report);
+            metrics.assigned.set(lander.assigned.len() as i64);
+            metrics.buffered_bytes.set(lander.buffered_bytes as i64);
+        }
+        if !lander.assigned.is_empty() && last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+            last_lag = Some(Instant::now());
+            match lander.lag(consumer) {
+                Ok(lag) => {
+                    metrics.lag.set(lag);
+                    health.ok("kafka");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "measuring the lag; will retry");
+                    health.fail("kafka", &e);
+                }
             }
         }
         if lander.assigned.is_empty() {
@@ -273,6 +333,7 @@ pub fn run(
     }
     lander.maintain(true)?;
     lander.commit(consumer);
+    metrics.publish(&lander.report);
     Ok(lander.report)
 }
 
@@ -544,7 +605,8 @@ impl Lander<'_> {
     }
 
     /// Commits, per partition, the first offset that is not yet in the lake.
-    fn commit(&mut self, consumer: &dyn Consumer) {
+    /// Commits the offsets that are safe to commit; whether a commit succeeded.
+    fn commit(&mut self, consumer: &dyn Consumer) -> bool {
         let mut offsets = Vec::new();
         for tp in &self.assigned {
             let Some(next) = self.next_offset.get(tp).copied() else {
@@ -562,17 +624,37 @@ impl Lander<'_> {
             }
         }
         if offsets.is_empty() {
-            return;
+            return false;
         }
         match consumer.commit(&offsets) {
             Ok(()) => {
                 for (t, p, o) in offsets {
                     self.committed.insert((t, p), o);
                 }
+                true
             }
             // not fatal: the lake decides what has landed; a later commit catches up
-            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed");
+                false
+            }
         }
+    }
+
+    /// Records behind the high watermarks of the assigned partitions.
+    fn lag(&self, consumer: &dyn Consumer) -> Result<i64, crate::bus::BusError> {
+        let mut lag = 0;
+        for tp in &self.assigned {
+            let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
+            let at = self
+                .next_offset
+                .get(tp)
+                .or(self.committed.get(tp))
+                .copied()
+                .unwrap_or(low);
+            lag += (high - at).max(0);
+        }
+        Ok(lag)
     }
 
     /// The assigned partitions not read to their high watermark: (topic, partition, next

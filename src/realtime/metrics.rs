@@ -4,6 +4,9 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Registry, TextEn
 
 pub struct StreamMetrics {
     registry: Registry,
+    /// readiness (`/readyz`): `consumer` (the poll loop turns), `kafka` (the last batch's
+    /// polls), `redis` (the last feature-store call)
+    pub health: std::sync::Arc<crate::http::Health>,
     pub events: IntCounter,
     pub malformed: IntCounter,
     pub late: IntCounter,
@@ -112,6 +115,11 @@ impl StreamMetrics {
                 "bookrec_stream_catalogue_refresh_errors_total",
                 "Failed re-reads of the catalogue (the tables read before stay in use)",
             )?,
+            health: {
+                let h = crate::http::Health::new();
+                h.heartbeat("consumer", std::time::Duration::from_secs(120));
+                h
+            },
             registry: r,
         })
     }

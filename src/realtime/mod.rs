@@ -489,6 +489,8 @@ pub async fn run(
                 }
                 last_commit = Instant::now();
             }
+            metrics.health.ok("consumer");
+            let mut poll_error = None;
             let mut batch: Vec<Record> = Vec::new();
             let started = Instant::now();
             let mut cut = false;
@@ -548,10 +550,18 @@ pub async fn run(
                             }
                         }
                     },
-                    Some(Err(e)) => tracing::warn!(error = %e, "stream: poll"),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "stream: poll");
+                        poll_error = Some(e);
+                    }
                     None if batch.is_empty() && started.elapsed() > max_wait / 2 => break,
                     None => {}
                 }
+            }
+            match poll_error {
+                Some(e) => metrics.health.fail("kafka", e),
+                None if !batch.is_empty() => metrics.health.ok("kafka"),
+                None => {}
             }
             if !batch.is_empty() {
                 if tx
@@ -897,6 +907,7 @@ where
     loop {
         match call().await {
             Ok(v) => {
+                metrics.health.ok("redis");
                 if started.elapsed() > Duration::from_secs(1) {
                     tracing::info!(
                         what,
@@ -908,6 +919,7 @@ where
             }
             Err(e) if e.is_transient() && started.elapsed() < limit => {
                 metrics.apply_retries.inc();
+                metrics.health.fail("redis", &e);
                 tracing::warn!(error = %e, what, retry_in_ms = backoff.as_millis() as u64,
                     failing_for_secs = started.elapsed().as_secs(),
                     "stream: the feature store did not answer; retrying the same call");

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, S3Server, brokers, unique};
 
-fn land_config(brokers: &str, lake_url: &str) -> Config {
+pub fn land_config(brokers: &str, lake_url: &str) -> Config {
     let mut c = Config::load_with_env(None, Vec::new()).expect("defaults");
     c.kafka.brokers = brokers.to_string();
     c.kafka.topic = unique("land");
@@ -62,7 +62,7 @@ pub async fn produce(cfg: &Config, records: &[(String, Vec<u8>)]) {
 }
 
 /// `stamped_events(n)` produced to the config's topic; returns them.
-async fn produce_events(cfg: &Config, n: usize) -> Vec<(String, Vec<u8>, String)> {
+pub async fn produce_events(cfg: &Config, n: usize) -> Vec<(String, Vec<u8>, String)> {
     let events = stamped_events(n);
     let records: Vec<(String, Vec<u8>)> = events
         .iter()
@@ -74,13 +74,15 @@ async fn produce_events(cfg: &Config, n: usize) -> Vec<(String, Vec<u8>, String)
 
 /// The environment that points a `bookrec land` process at `cfg`'s broker, topic, lake and
 /// group, plus `extra` settings.
-fn lander_env(cfg: &Config, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+pub fn lander_env(cfg: &Config, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("BOOKREC__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
         ("BOOKREC__KAFKA__TOPIC", cfg.kafka.topic.clone()),
         ("BOOKREC__LAKE__URL", cfg.lake.url.clone()),
         ("BOOKREC__LAND__GROUP_ID", cfg.land.group_id.clone()),
         ("BOOKREC__LOG__FILTER", "warn".to_string()),
+        // several landers run at once in the suite: no ops listener unless asked
+        ("BOOKREC__LAND__METRICS_LISTEN", String::new()),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     env

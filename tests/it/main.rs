@@ -18,6 +18,7 @@ mod fuzz_corpus;
 mod http_limits;
 mod land;
 mod modules;
+mod ops;
 mod publish;
 mod scan;
 mod schedule;

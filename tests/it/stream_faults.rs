@@ -457,6 +457,7 @@ async fn until_caught_up_without_an_assignment_says_so_and_gives_up() {
             .env("BOOKREC__LAKE__URL", &cfg.lake.url)
             .env("BOOKREC__STREAM__GROUP_ID", &cfg.stream.group_id)
             .env("BOOKREC__STREAM__METRICS_LISTEN", "")
+            .env("BOOKREC__LAND__METRICS_LISTEN", "")
             .env("BOOKREC__LAND__GROUP_ID", &cfg.land.group_id)
             .env("BOOKREC__LOG__FILTER", "info")
             .output()
