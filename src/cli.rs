@@ -104,6 +104,14 @@ pub enum Command {
     /// Long-running scheduler of batch runs (cron jobs from config), one run at a time
     /// across machines (a lease in the store).
     Schedule,
+    /// Health probe for containers (the image has no curl): GET the URL, exit 0 on a 2xx
+    /// answer within the timeout, else 1 with the reason on stderr.
+    Probe {
+        /// e.g. http://127.0.0.1:8080/readyz
+        url: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Implicit ALS on a file, outside the pipeline.
     Als {
         #[command(subcommand)]
@@ -550,6 +558,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&record)?);
             Ok(())
         }
+        Command::Probe { url, timeout_ms } => runtime()?.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_millis(timeout_ms))
+                .build()
+                .context("http client")?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("probe {url}"))?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                let body = response.text().await.unwrap_or_default();
+                anyhow::bail!(
+                    "probe {url}: {status}: {}",
+                    body.chars().take(500).collect::<String>()
+                )
+            }
+        }),
         Command::Schedule => {
             init_logging(&config)?;
             let lake = crate::lake::Lake::open(&config.lake)?;

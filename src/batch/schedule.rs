@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
 };
 
 use chrono::{DateTime, Utc};
@@ -71,6 +72,8 @@ pub struct ScheduleMetrics {
     /// the validation NDCG of the last model trained, and whether it was promoted
     pub model_ndcg: Gauge,
     pub models: IntCounterVec,
+    /// 1 for the version this scheduler promoted last (label `version`)
+    pub model_version: IntGaugeVec,
     pub store_errors: IntCounter,
 }
 
@@ -110,6 +113,13 @@ impl ScheduleMetrics {
             ),
             &["outcome"],
         )?;
+        let model_version = IntGaugeVec::new(
+            Opts::new(
+                "bookrec_model_version",
+                "The model version this scheduler promoted last (value 1, label version)",
+            ),
+            &["version"],
+        )?;
         let store_errors = IntCounter::new(
             "bookrec_schedule_store_errors_total",
             "Scheduler ticks that failed on the store (retried with backoff)",
@@ -119,6 +129,7 @@ impl ScheduleMetrics {
         r.register(Box::new(last_success.clone()))?;
         r.register(Box::new(model_ndcg.clone()))?;
         r.register(Box::new(models.clone()))?;
+        r.register(Box::new(model_version.clone()))?;
         r.register(Box::new(store_errors.clone()))?;
         Ok(ScheduleMetrics {
             registry: r,
@@ -127,6 +138,7 @@ impl ScheduleMetrics {
             last_success,
             model_ndcg,
             models,
+            model_version,
             store_errors,
         })
     }
@@ -357,6 +369,13 @@ async fn tick_jobs(
                 "kept_previous"
             };
             metrics.models.with_label_values(&[outcome]).inc();
+            if model.promoted {
+                metrics.model_version.reset();
+                metrics
+                    .model_version
+                    .with_label_values(&[model.version.as_str()])
+                    .set(1);
+            }
         }
         report.runs.push((job.name.clone(), due, status));
         store.release_lease("batch", holder).await?;
