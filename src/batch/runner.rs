@@ -65,6 +65,25 @@ fn reads(
     crate::sql::sources::reads(ctx, q, &q.render(as_of, &HashMap::new()))
 }
 
+/// What each of `queries` reads, in order; every query's error reported at once.
+fn reads_of(
+    ctx: &SessionContext,
+    queries: &[Query],
+    as_of: &DateTime<Utc>,
+) -> Result<Vec<BTreeSet<String>>, RunError> {
+    let (reads, errors): (Vec<_>, Vec<_>) = queries
+        .iter()
+        .map(|q| reads(ctx, q, as_of))
+        .partition(Result::is_ok);
+    if errors.is_empty() {
+        Ok(reads.into_iter().flatten().collect())
+    } else {
+        Err(RunError::Catalog(
+            errors.into_iter().filter_map(Result::err).collect(),
+        ))
+    }
+}
+
 /// The tables each query reads, by query name.
 type Reads = HashMap<String, BTreeSet<String>>;
 
@@ -76,20 +95,7 @@ async fn ordered(
     as_of: &DateTime<Utc>,
 ) -> Result<(Vec<Query>, Reads), RunError> {
     let queries = catalog::load_dir(dir).map_err(RunError::Catalog)?;
-    let mut all_reads = Vec::new();
-    let mut errors = Vec::new();
-    for q in &queries {
-        match reads(ctx, q, as_of) {
-            Ok(r) => all_reads.push(r),
-            Err(e) => {
-                errors.push(e);
-                all_reads.push(BTreeSet::new());
-            }
-        }
-    }
-    if !errors.is_empty() {
-        return Err(RunError::Catalog(errors));
-    }
+    let all_reads = reads_of(ctx, &queries, as_of)?;
     let known = crate::sql::sources::table_names(ctx);
     let order = catalog::order(&queries, &all_reads, &known).map_err(RunError::Catalog)?;
     let reads = queries
@@ -149,19 +155,7 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
     }
     // one graph: the sources' reads, then the features'
     let nodes: Vec<Query> = sources.iter().chain(&features).cloned().collect();
-    let mut all_reads = Vec::new();
-    for q in &nodes {
-        match reads(&ctx, q, &as_of) {
-            Ok(r) => all_reads.push(r),
-            Err(e) => {
-                errors.push(e);
-                all_reads.push(BTreeSet::new());
-            }
-        }
-    }
-    if !errors.is_empty() {
-        return Err(RunError::Catalog(errors));
-    }
+    let all_reads = reads_of(&ctx, &nodes, &as_of)?;
     let known = crate::sql::sources::table_names(&ctx);
     let order = catalog::order(&nodes, &all_reads, &known).map_err(RunError::Catalog)?;
     let queries: Vec<&Query> = order.iter().map(|i| &nodes[*i]).collect();

@@ -641,39 +641,44 @@ impl Lander<'_> {
         }
     }
 
-    /// Records behind the high watermarks of the assigned partitions.
-    fn lag(&self, consumer: &dyn Consumer) -> Result<i64, crate::bus::BusError> {
-        let mut lag = 0;
-        for tp in &self.assigned {
-            let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
-            let at = self
-                .next_offset
-                .get(tp)
-                .or(self.committed.get(tp))
-                .copied()
-                .unwrap_or(low);
-            lag += (high - at).max(0);
-        }
-        Ok(lag)
-    }
-
-    /// The assigned partitions not read to their high watermark: (topic, partition, next
-    /// offset, high watermark), for the catching-up log.
-    fn behind(&self, consumer: &dyn Consumer) -> Vec<(String, i32, i64, i64)> {
+    /// Each assigned partition's next offset to read (else the group's commit, else the
+    /// low watermark) and its high watermark.
+    fn positions(
+        &self,
+        consumer: &dyn Consumer,
+    ) -> Result<Vec<(&Tp, i64, i64)>, crate::bus::BusError> {
         self.assigned
             .iter()
-            .filter_map(|tp| {
-                let (low, high) = consumer
-                    .watermarks(&tp.0, tp.1, Duration::from_secs(10))
-                    .ok()?;
+            .map(|tp| {
+                let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
                 let at = self
                     .next_offset
                     .get(tp)
                     .or(self.committed.get(tp))
                     .copied()
                     .unwrap_or(low);
-                (at < high).then(|| (tp.0.clone(), tp.1, at, high))
+                Ok((tp, at, high))
             })
+            .collect()
+    }
+
+    /// Records behind the high watermarks of the assigned partitions.
+    fn lag(&self, consumer: &dyn Consumer) -> Result<i64, crate::bus::BusError> {
+        Ok(self
+            .positions(consumer)?
+            .iter()
+            .map(|(_, at, high)| (high - at).max(0))
+            .sum())
+    }
+
+    /// The assigned partitions not read to their high watermark: (topic, partition, next
+    /// offset, high watermark), for the catching-up log.
+    fn behind(&self, consumer: &dyn Consumer) -> Vec<(String, i32, i64, i64)> {
+        self.positions(consumer)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, at, high)| at < high)
+            .map(|(tp, at, high)| (tp.0.clone(), tp.1, at, high))
             .collect()
     }
 
@@ -681,19 +686,10 @@ impl Lander<'_> {
         if self.assigned.is_empty() {
             return Ok(false);
         }
-        for tp in &self.assigned {
-            let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
-            let position = self
-                .next_offset
-                .get(tp)
-                .or(self.committed.get(tp))
-                .copied()
-                .unwrap_or(low);
-            if position < high {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self
+            .positions(consumer)?
+            .iter()
+            .all(|(_, at, high)| at >= high))
     }
 
     fn flush(&mut self, key: &Key) -> Result<(), LandError> {
