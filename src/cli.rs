@@ -463,11 +463,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&config)?;
             let lake = crate::lake::Lake::open(&config.lake)?;
             let report = runtime()?.block_on(async {
-                let store = crate::features::RedisStore::connect(
-                    &config.redis.url,
-                    std::time::Duration::from_millis(config.redis.timeout_ms),
-                )
-                .await?
+                // Redis may come up after the stream (or be restarting): connecting is retried
+                // with backoff for up to stream.redis_retry_max_secs, each failure logged
+                let started = std::time::Instant::now();
+                let limit = std::time::Duration::from_secs(config.stream.redis_retry_max_secs);
+                let mut backoff = std::time::Duration::from_millis(200);
+                let store = loop {
+                    match crate::features::RedisStore::connect(
+                        &config.redis.url,
+                        std::time::Duration::from_millis(config.redis.timeout_ms),
+                    )
+                    .await
+                    {
+                        Ok(store) => break store,
+                        Err(e) if started.elapsed() < limit => {
+                            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                                "stream: cannot reach the feature store yet; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 .with_apply_timeout(std::time::Duration::from_millis(
                     config.redis.apply_timeout_ms,
                 ));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bookrec::config::Config;
 
 /// The variables of `.env.example`, as `docker compose` reads them from `.env`.
-fn env_example() -> HashMap<String, String> {
+pub fn env_example() -> HashMap<String, String> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example"))
         .expect(".env.example at the repo root");
     text.lines()
@@ -21,7 +21,7 @@ fn env_example() -> HashMap<String, String> {
 
 /// Compose's interpolation: `${NAME}`, `${NAME:-default}`, `${NAME:?message}` (a missing
 /// NAME is an error), `$$` for a literal `$`.
-fn interpolate(value: &str, vars: &HashMap<String, String>) -> String {
+pub fn interpolate(value: &str, vars: &HashMap<String, String>) -> String {
     let mut out = String::new();
     let mut rest = value;
     while let Some(i) = rest.find('$') {

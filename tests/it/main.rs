@@ -11,6 +11,7 @@ mod cdc_state;
 mod cli;
 mod collect;
 mod compose;
+mod compose_run;
 mod debezium;
 mod demo;
 mod features;

@@ -263,6 +263,11 @@ pub const S3_SECRET: &str = "bookrec-test-secret";
 
 impl S3Server {
     pub fn start(bucket: &str) -> S3Server {
+        S3Server::start_with(bucket, S3_KEY, S3_SECRET)
+    }
+
+    /// A server that accepts `key` / `secret` (e.g. the credentials a compose file gives).
+    pub fn start_with(bucket: &str, key: &str, secret: &str) -> S3Server {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(root.path().join(bucket)).expect("bucket dir");
         let port = free_port();
@@ -284,9 +289,9 @@ impl S3Server {
                 "--port",
                 &port.to_string(),
                 "--access-key",
-                S3_KEY,
+                key,
                 "--secret-key",
-                S3_SECRET,
+                secret,
             ])
             .arg(root.path())
             .stdout(Stdio::null())
@@ -319,6 +324,10 @@ impl S3Server {
         c.lake.s3_access_key_id = S3_KEY.into();
         c.lake.s3_secret_access_key = S3_SECRET.into();
         c.lake.s3_region = "us-east-1".into();
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn bucket_dir(&self) -> PathBuf {
