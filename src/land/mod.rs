@@ -641,55 +641,58 @@ impl Lander<'_> {
         }
     }
 
-    /// Each assigned partition's next offset to read (else the group's commit, else the
-    /// low watermark) and its high watermark.
-    fn positions(
+    /// A partition's next offset to read (else the group's commit, else the low
+    /// watermark) and its high watermark: one request to the broker.
+    fn position(
         &self,
         consumer: &dyn Consumer,
-    ) -> Result<Vec<(&Tp, i64, i64)>, crate::bus::BusError> {
-        self.assigned
-            .iter()
-            .map(|tp| {
-                let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
-                let at = self
-                    .next_offset
-                    .get(tp)
-                    .or(self.committed.get(tp))
-                    .copied()
-                    .unwrap_or(low);
-                Ok((tp, at, high))
-            })
-            .collect()
+        tp: &Tp,
+    ) -> Result<(i64, i64), crate::bus::BusError> {
+        let (low, high) = consumer.watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
+        let at = self
+            .next_offset
+            .get(tp)
+            .or(self.committed.get(tp))
+            .copied()
+            .unwrap_or(low);
+        Ok((at, high))
     }
 
     /// Records behind the high watermarks of the assigned partitions.
     fn lag(&self, consumer: &dyn Consumer) -> Result<i64, crate::bus::BusError> {
-        Ok(self
-            .positions(consumer)?
-            .iter()
-            .map(|(_, at, high)| (high - at).max(0))
-            .sum())
+        let mut lag = 0;
+        for tp in &self.assigned {
+            let (at, high) = self.position(consumer, tp)?;
+            lag += (high - at).max(0);
+        }
+        Ok(lag)
     }
 
     /// The assigned partitions not read to their high watermark: (topic, partition, next
     /// offset, high watermark), for the catching-up log.
     fn behind(&self, consumer: &dyn Consumer) -> Vec<(String, i32, i64, i64)> {
-        self.positions(consumer)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, at, high)| at < high)
-            .map(|(tp, at, high)| (tp.0.clone(), tp.1, at, high))
+        self.assigned
+            .iter()
+            .filter_map(|tp| {
+                let (at, high) = self.position(consumer, tp).ok()?;
+                (at < high).then(|| (tp.0.clone(), tp.1, at, high))
+            })
             .collect()
     }
 
+    /// Whether every assigned partition is read to its high watermark; asks the broker
+    /// only until the first one that is not (this runs at every idle poll).
     fn caught_up(&mut self, consumer: &dyn Consumer) -> Result<bool, LandError> {
         if self.assigned.is_empty() {
             return Ok(false);
         }
-        Ok(self
-            .positions(consumer)?
-            .iter()
-            .all(|(_, at, high)| at >= high))
+        for tp in &self.assigned {
+            let (at, high) = self.position(consumer, tp)?;
+            if at < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn flush(&mut self, key: &Key) -> Result<(), LandError> {

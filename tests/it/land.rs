@@ -22,6 +22,8 @@ pub fn land_config(brokers: &str, lake_url: &str) -> Config {
     c.land.group_id = unique("land-group");
     c.land.max_file_rows = 400;
     c.land.poll_timeout_ms = 50;
+    // no CDC topics unless a test maps its own (the default maps the seed's five)
+    c.land.cdc.clear();
     c
 }
 
@@ -83,6 +85,7 @@ pub fn lander_env(cfg: &Config, extra: &[(&'static str, &str)]) -> Vec<(&'static
         ("BOOKREC__LOG__FILTER", "warn".to_string()),
         // several landers run at once in the suite: no ops listener unless asked
         ("BOOKREC__LAND__METRICS_LISTEN", String::new()),
+        ("BOOKREC__LAND__CDC", "{}".to_string()),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     env
