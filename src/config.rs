@@ -535,10 +535,22 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
-        figment = figment.merge(EnvLayer(env));
-        let config: Config = figment
+        figment = figment.merge(EnvLayer(env.clone()));
+        let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        // `land.cdc` is a mapping an operator states whole: a file's or the environment's
+        // replaces the default one instead of being merged into it (so `{}` means none)
+        let own = |layer: Figment| {
+            layer
+                .extract_inner::<Option<BTreeMap<String, String>>>("land.cdc")
+                .ok()
+                .flatten()
+        };
+        let from_file = file.and_then(|p| own(Figment::from(Toml::file(p))));
+        if let Some(cdc) = own(Figment::from(EnvLayer(env))).or(from_file) {
+            config.land.cdc = cdc;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -992,6 +1004,37 @@ mod tests {
             .expect_err("missing file")
             .to_string();
         assert!(msg.contains("/nonexistent/b.toml"), "{msg}");
+    }
+
+    #[test]
+    fn a_cdc_mapping_of_the_environment_or_a_file_replaces_the_default() {
+        let defaults = Config::load_with_env(None, Vec::new()).expect("defaults");
+        assert_eq!(defaults.land.cdc.len(), 5, "the seed's five topics");
+        let none = Config::load_with_env(None, vec![("BOOKREC__LAND__CDC".into(), "{}".into())])
+            .expect("empty mapping");
+        assert!(none.land.cdc.is_empty(), "{:?}", none.land.cdc);
+        let one = Config::load_with_env(
+            None,
+            vec![("BOOKREC__LAND__CDC".into(), "{\"a.b.c\"=\"t\"}".into())],
+        )
+        .expect("one topic");
+        assert_eq!(one.land.cdc.len(), 1);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bookrec.toml");
+        std::fs::write(&file, "[land]\ncdc = { \"x.y.z\" = \"u\" }\n").expect("write");
+        let from_file = Config::load_with_env(Some(&file), Vec::new()).expect("file");
+        assert_eq!(
+            from_file.land.cdc.keys().collect::<Vec<_>>(),
+            vec!["x.y.z"],
+            "the file's mapping, not merged with the default"
+        );
+        // the environment wins over the file
+        let both = Config::load_with_env(
+            Some(&file),
+            vec![("BOOKREC__LAND__CDC".into(), "{}".into())],
+        )
+        .expect("both");
+        assert!(both.land.cdc.is_empty());
     }
 
     #[test]
