@@ -146,6 +146,15 @@ fn limit_response(status: StatusCode, code: &str, message: String, retry: bool) 
     resp
 }
 
+/// A response after which the connection closes: the request's body was not read to its
+/// end, so the connection cannot carry another request (a client that reused it would
+/// write into a closed socket).
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Sheds requests beyond `max_in_flight` and reads the body whole, within its deadline and
 /// size, before the handler runs.
 async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
@@ -167,7 +176,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     if let Some(n) = declared.filter(|n| *n > g.max_body_bytes as u64) {
         // refused before a byte of it is read
         g.metrics.shed.with_label_values(&["body_too_large"]).inc();
-        return limit_response(
+        return closing(limit_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
@@ -175,7 +184,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
                 g.max_body_bytes
             ),
             false,
-        );
+        ));
     }
     let read = axum::body::to_bytes(body, g.max_body_bytes);
     let bytes = match tokio::time::timeout(g.body_timeout, read).await {
@@ -185,12 +194,12 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
                 g.metrics.shed.with_label_values(&["body_too_large"]).inc();
-                return limit_response(
+                return closing(limit_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     format!("the body exceeds {} bytes", g.max_body_bytes),
                     false,
-                );
+                ));
             }
             return limit_response(
                 StatusCode::BAD_REQUEST,
@@ -201,7 +210,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         }
         Err(_) => {
             g.metrics.shed.with_label_values(&["body_timeout"]).inc();
-            let mut resp = limit_response(
+            return closing(limit_response(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
@@ -209,10 +218,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
                     g.body_timeout.as_millis()
                 ),
                 false,
-            );
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return resp;
+            ));
         }
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))

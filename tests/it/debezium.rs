@@ -124,7 +124,12 @@ async fn lake_rows(cfg: &Config, sql: &str) -> Result<Rows, String> {
     let ctx = bookrec::sql::session(&lake)
         .await
         .map_err(|e| e.to_string())?;
-    let batches = bookrec::sql::query(&ctx, sql)
+    rows_in(&ctx, sql).await
+}
+
+/// A query's rows as sorted text, in an open session.
+async fn rows_in(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Rows, String> {
+    let batches = bookrec::sql::query(ctx, sql)
         .await
         .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
@@ -409,6 +414,9 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
                     my_rows(&my, MY_CANONICAL_USERS).await,
                     pg_rows(&pg, PG_ENGAGEMENT).await,
                 ];
+                // one session (the CDC fold and the source views) for the five queries
+                let lake = Lake::open(&cfg.lake).expect("lake");
+                let ctx = bookrec::sql::session(&lake).await;
                 let mut got = Vec::new();
                 for sql in [
                     LAKE_BOOKS,
@@ -417,7 +425,10 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
                     LAKE_CANONICAL_USERS,
                     LAKE_ENGAGEMENT,
                 ] {
-                    got.push(lake_rows(&cfg, sql).await);
+                    got.push(match &ctx {
+                        Ok(ctx) => rows_in(ctx, sql).await,
+                        Err(e) => Err(e.to_string()),
+                    });
                 }
                 let matches = got
                     .iter()
