@@ -5,6 +5,18 @@ use std::collections::HashMap;
 
 use bookrec::config::Config;
 
+/// A YAML scalar as compose passes it to a process: a string as it is, anything else (a
+/// number, a boolean) as its YAML text.
+pub fn yaml_text(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .expect("yaml")
+            .trim()
+            .to_string(),
+    }
+}
+
 /// The variables of `.env.example`, as `docker compose` reads them from `.env`.
 pub fn env_example() -> HashMap<String, String> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example"))
@@ -74,16 +86,7 @@ fn compose_env_keys_are_real_config_keys() {
         let pairs: Vec<(String, String)> = match env {
             serde_yaml::Value::Mapping(m) => m
                 .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        serde_yaml::Value::String(s) => s.clone(),
-                        other => serde_yaml::to_string(other)
-                            .expect("yaml")
-                            .trim()
-                            .to_string(),
-                    };
-                    (k.as_str().expect("string key").to_string(), v)
-                })
+                .map(|(k, v)| (k.as_str().expect("string key").to_string(), yaml_text(v)))
                 .collect(),
             serde_yaml::Value::Sequence(s) => s
                 .iter()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::compose::{env_example, interpolate};
+use crate::compose::{env_example, interpolate, yaml_text};
 use crate::support::{Broker, PrivateRedis, S3Server, free_port};
 
 struct Service {
@@ -228,16 +228,7 @@ async fn the_compose_files_bookrec_services_run_the_seed_flow_as_processes() {
             .as_mapping()
             .expect("environment")
             .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    serde_yaml::Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .expect("yaml")
-                        .trim()
-                        .to_string(),
-                };
-                (k.as_str().expect("key").to_string(), map(&v))
-            })
+            .map(|(k, v)| (k.as_str().expect("key").to_string(), map(&yaml_text(v))))
             .collect();
         let command = strings(&s["command"]).iter().map(|c| map(c)).collect();
         let health = strings(&s["healthcheck"]["test"])
