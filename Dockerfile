@@ -9,7 +9,9 @@ COPY src ./src
 COPY config ./config
 COPY benches ./benches
 COPY examples ./examples
-RUN cargo build --release --locked --bin bookrec \
+# optional cargo features, e.g. --build-arg FEATURES=hdfs for hdfs:// lakes
+ARG FEATURES=""
+RUN cargo build --release --locked --bin bookrec --features "$FEATURES" \
     && strip target/release/bookrec
 
 FROM debian:bookworm-slim

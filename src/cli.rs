@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -111,6 +112,15 @@ pub enum Command {
         url: String,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+    },
+    /// One-shot setup of a deployment (the compose file's `init` service; idempotent): creates
+    /// the pipeline's topics (events and dead letters with kafka.partitions, the land.cdc
+    /// topics compacted with kafka.cdc_partitions) and the lake's S3 bucket when missing.
+    /// Retries with backoff while the broker or the S3 server is not up yet.
+    Init {
+        /// Give up (exit 1, naming what failed) after this long
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
     },
     /// Implicit ALS on a file, outside the pipeline.
     Als {
@@ -465,26 +475,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = runtime()?.block_on(async {
                 // Redis may come up after the stream (or be restarting): connecting is retried
                 // with backoff for up to stream.redis_retry_max_secs, each failure logged
-                let started = std::time::Instant::now();
-                let limit = std::time::Duration::from_secs(config.stream.redis_retry_max_secs);
-                let mut backoff = std::time::Duration::from_millis(200);
-                let store = loop {
-                    match crate::features::RedisStore::connect(
-                        &config.redis.url,
-                        std::time::Duration::from_millis(config.redis.timeout_ms),
-                    )
-                    .await
-                    {
-                        Ok(store) => break store,
-                        Err(e) if started.elapsed() < limit => {
-                            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                                "stream: cannot reach the feature store yet; retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                let deadline = std::time::Instant::now()
+                    + Duration::from_secs(config.stream.redis_retry_max_secs);
+                let store = retry_until(
+                    deadline,
+                    "stream: cannot reach the feature store yet",
+                    || {
+                        crate::features::RedisStore::connect(
+                            &config.redis.url,
+                            Duration::from_millis(config.redis.timeout_ms),
+                        )
+                    },
+                )
+                .await?
                 .with_apply_timeout(std::time::Duration::from_millis(
                     config.redis.apply_timeout_ms,
                 ));
@@ -596,6 +599,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             }
         }),
+        Command::Init { wait_secs } => {
+            init_logging(&config)?;
+            runtime()?.block_on(init_deployment(&config, Duration::from_secs(wait_secs)))
+        }
         Command::Schedule => {
             init_logging(&config)?;
             let lake = crate::lake::Lake::open(&config.lake)?;
@@ -904,6 +911,62 @@ fn iteration_bar(iterations: usize) -> impl FnMut(crate::als::Progress) {
 /// The async runtime. Worker threads get 8 MiB of stack rather than tokio's 2: planning and
 /// (for a Ballista cluster) serializing an analyst's query recurse over its plan, and a query
 /// of a few CTEs, joins and unions is deep enough to overflow 2 MiB in a debug build.
+/// `bookrec init`: the topics, then the bucket, each retried with backoff (0.2 s doubling
+/// to 10 s) until `wait` has passed; prints one line per thing made or found.
+async fn init_deployment(config: &Config, wait: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    let bus = crate::bus::Bus::connect(&config.kafka);
+    let specs =
+        crate::bus::pipeline_topics(&config.kafka, config.land.cdc.keys().map(String::as_str));
+    let created = retry_until(deadline, "creating topics", || bus.create_topics(&specs)).await?;
+    for spec in &specs {
+        let verb = if created.contains(&spec.name) {
+            "created"
+        } else {
+            "exists"
+        };
+        println!(
+            "topic {} {verb} ({} partitions wanted)",
+            spec.name, spec.partitions
+        );
+    }
+    let bucket = retry_until(deadline, "creating the lake bucket", || {
+        crate::lake::ensure_bucket(&config.lake, Duration::from_secs(10))
+    })
+    .await?;
+    let lake = crate::config::redact_url(&config.lake.url);
+    match bucket {
+        crate::lake::BucketState::NotS3 => println!("lake {lake}: not on S3, nothing to create"),
+        crate::lake::BucketState::Existed => println!("lake {lake}: bucket exists"),
+        crate::lake::BucketState::Created => println!("lake {lake}: bucket created"),
+    }
+    Ok(())
+}
+
+async fn retry_until<T, E, F, Fut>(
+    deadline: std::time::Instant,
+    what: &str,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("{what}: gave up"))),
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(8 << 20)

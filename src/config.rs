@@ -364,6 +364,10 @@ pub struct LakeConfig {
     /// the canonical `books`, `users`, `engagement`; empty = none
     #[serde(default)]
     pub sources_dir: String,
+    /// HDFS client settings (`dfs.*`, `fs.*`) for `hdfs://` lakes, over the Hadoop
+    /// configuration files of `$HADOOP_CONF_DIR`
+    #[serde(default)]
+    pub hdfs_config: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -411,6 +415,9 @@ pub struct KafkaConfig {
     pub client_id: String,
     pub create_topics: bool,
     pub partitions: i32,
+    /// partitions of the Debezium topics `bookrec init` / `land` create (1 keeps each
+    /// table's changes in one order)
+    pub cdc_partitions: i32,
     pub replication_factor: i32,
     pub compression: Compression,
     pub linger_ms: u64,
@@ -559,7 +566,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
         let l = &self.land;
-        let positive: [(&'static str, u64); 23] = [
+        let positive: [(&'static str, u64); 24] = [
             ("land.max_file_rows", l.max_file_rows as u64),
             ("land.max_file_bytes", l.max_file_bytes as u64),
             ("land.max_buffer_bytes", l.max_buffer_bytes as u64),
@@ -577,6 +584,10 @@ impl Config {
             ("collect.spool.segment_bytes", c.spool.segment_bytes),
             ("collect.spool.max_in_flight", c.spool.max_in_flight as u64),
             ("kafka.partitions", self.kafka.partitions.max(0) as u64),
+            (
+                "kafka.cdc_partitions",
+                self.kafka.cdc_partitions.max(0) as u64,
+            ),
             ("redis.timeout_ms", self.redis.timeout_ms),
             ("redis.apply_timeout_ms", self.redis.apply_timeout_ms),
             (

@@ -83,14 +83,20 @@ impl MemoryBus {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates the topics that do not exist yet.
-    pub fn ensure_topics(&self, topics: &[&str]) {
+    /// Creates the topics that do not exist yet; returns the names it created.
+    pub fn ensure_topics(&self, topics: &[&str]) -> Vec<String> {
         let mut st = self.lock();
+        let mut created = Vec::new();
         for t in topics {
-            st.topics
-                .entry((*t).to_owned())
-                .or_insert_with(|| (0..self.partitions).map(|_| Vec::new()).collect());
+            if !st.topics.contains_key(*t) {
+                st.topics.insert(
+                    (*t).to_owned(),
+                    (0..self.partitions).map(|_| Vec::new()).collect(),
+                );
+                created.push((*t).to_owned());
+            }
         }
+        created
     }
 
     /// Appends one record; the partition is the key's hash, or round robin without a key.

@@ -132,6 +132,17 @@ impl Bus {
         }
     }
 
+    /// Creates the topics of `specs` that do not exist yet; returns the names it created.
+    pub async fn create_topics(&self, specs: &[TopicSpec]) -> Result<Vec<String>, BusError> {
+        match self {
+            Bus::Kafka(cfg) => create_topics(cfg, specs).await,
+            Bus::Memory(b) => {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                Ok(b.ensure_topics(&names))
+            }
+        }
+    }
+
     /// The offsets `group` has committed on `topic`, per partition, without joining it.
     pub fn group_offsets(
         &self,
@@ -316,36 +327,98 @@ impl Producer for KafkaProducer {
     }
 }
 
-/// Creates the topics that do not exist yet (the broker may not auto-create on produce).
+/// A topic as bookrec creates it: name, partitions and topic-level configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub config: Vec<(&'static str, &'static str)>,
+}
+
+/// Every topic of the pipeline, as `bookrec init` and the services create them: the events
+/// topic and its dead letters with `kafka.partitions`, and each Debezium topic `land.cdc`
+/// maps with `kafka.cdc_partitions` (1 keeps a table's changes in one order) and
+/// `cleanup.policy=compact` (the latest change of a row is all a re-read needs).
+pub fn pipeline_topics<'a>(
+    cfg: &KafkaConfig,
+    cdc_topics: impl IntoIterator<Item = &'a str>,
+) -> Vec<TopicSpec> {
+    let mut specs: Vec<TopicSpec> = [&cfg.topic, &cfg.dlq_topic]
+        .into_iter()
+        .map(|t| TopicSpec {
+            name: t.clone(),
+            partitions: cfg.partitions,
+            config: Vec::new(),
+        })
+        .collect();
+    specs.extend(cdc_topics.into_iter().map(|t| TopicSpec {
+        name: t.to_string(),
+        partitions: cfg.cdc_partitions,
+        config: vec![("cleanup.policy", "compact")],
+    }));
+    specs
+}
+
+/// Creates the topics that do not exist yet (the broker may not auto-create on produce),
+/// each with `kafka.partitions`.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), BusError> {
+    let specs: Vec<TopicSpec> = topics
+        .iter()
+        .map(|t| TopicSpec {
+            name: (*t).to_string(),
+            partitions: cfg.partitions,
+            config: Vec::new(),
+        })
+        .collect();
+    create_topics(cfg, &specs).await.map(|_| ())
+}
+
+/// Creates the topics of `specs` that do not exist yet; returns the names it created (a
+/// topic that exists is left as it is, whatever its partitions).
+pub async fn create_topics(
+    cfg: &KafkaConfig,
+    specs: &[TopicSpec],
+) -> Result<Vec<String>, BusError> {
     let admin: AdminClient<QuietContext> = client_config(cfg)
         .create_with_context(QuietContext::default())
         .map_err(|source| BusError::Client {
             brokers: cfg.brokers.clone(),
             source,
         })?;
-    let new: Vec<NewTopic> = topics
+    let new: Vec<NewTopic> = specs
         .iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                cfg.partitions,
-                TopicReplication::Fixed(cfg.replication_factor),
+        .map(|s| {
+            s.config.iter().fold(
+                NewTopic::new(
+                    &s.name,
+                    s.partitions,
+                    TopicReplication::Fixed(cfg.replication_factor),
+                ),
+                |t, (k, v)| t.set(k, v),
             )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let names = || {
+        specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let results =
         admin
             .create_topics(new.iter(), &opts)
             .await
             .map_err(|e| BusError::CreateTopic {
-                topic: topics.join(","),
+                topic: names(),
                 reason: e.to_string(),
             })?;
+    let mut created = Vec::new();
     for r in results {
         match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(BusError::CreateTopic {
                     topic,
@@ -354,5 +427,5 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Bus
             }
         }
     }
-    Ok(())
+    Ok(created)
 }

@@ -54,6 +54,151 @@ pub enum LakeError {
     },
     #[error("lake object {path}: {reason}")]
     Data { path: String, reason: String },
+    #[error("lake bucket {url}: {reason}")]
+    Bucket { url: String, reason: String },
+}
+
+/// `hdfs://authority/path` → (`hdfs://authority`, `path`): the store is the file system
+/// (a namenode `host:port` or an HA name service), the lake a folder in it.
+fn hdfs_url(url: &str) -> Result<(String, String), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() {
+        return Err(format!(
+            "{scheme}:// needs a namenode or name service (hdfs://namenode:8020/path); \
+             the default file system of core-site.xml is not read"
+        ));
+    }
+    if path.trim_matches('/').is_empty() {
+        return Err(
+            "name the lake's folder (hdfs://namenode:8020/bookrec/lake), not the \
+             file system's root"
+                .into(),
+        );
+    }
+    let parsed = Url::parse(url).map_err(|e| e.to_string())?;
+    if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+        return Err("no user, query or fragment: the HDFS user is $HADOOP_USER_NAME".into());
+    }
+    Ok((format!("{scheme}://{authority}"), path.to_string()))
+}
+
+#[cfg(feature = "hdfs")]
+fn open_hdfs(authority: &str, cfg: &LakeConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    let store = hdfs_native_object_store::HdfsObjectStoreBuilder::new()
+        .with_url(authority)
+        .with_config(cfg.hdfs_config.clone())
+        .build()
+        .map_err(|e| format!("opening the HDFS client: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "hdfs"))]
+fn open_hdfs(_authority: &str, cfg: &LakeConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    let _ = &cfg.hdfs_config;
+    Err(
+        "this bookrec was built without HDFS support: build it with \
+         `cargo build --release --features hdfs`"
+            .into(),
+    )
+}
+
+/// What [`ensure_bucket`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketState {
+    /// the lake is not on S3 (a folder is created when the lake opens)
+    NotS3,
+    Existed,
+    Created,
+}
+
+/// Creates the S3 bucket of `lake.url` when it is missing (`bookrec init`; MinIO and other
+/// S3 servers start without buckets). object_store has no bucket API, so this sends the two
+/// S3 requests itself — `HEAD /bucket`, then `PUT /bucket` on a 404 — signed with
+/// object_store's SigV4 signer and the lake's credentials, each within `timeout`.
+pub async fn ensure_bucket(
+    cfg: &LakeConfig,
+    timeout: std::time::Duration,
+) -> Result<BucketState, LakeError> {
+    use object_store::aws::{AwsAuthorizer, AwsCredential};
+    use object_store::client::{HttpRequest, HttpRequestBody};
+
+    let Some(rest) = cfg.url.trim().strip_prefix("s3://") else {
+        return Ok(BucketState::NotS3);
+    };
+    let bucket = rest.split('/').next().unwrap_or_default();
+    let fail = |reason: String| LakeError::Bucket {
+        url: format!("s3://{bucket}"),
+        reason,
+    };
+    if bucket.is_empty() {
+        return Err(fail("s3:// needs a bucket".into()));
+    }
+    let endpoint = if cfg.s3_endpoint.is_empty() {
+        format!("https://s3.{}.amazonaws.com", cfg.s3_region)
+    } else {
+        cfg.s3_endpoint.trim_end_matches('/').to_string()
+    };
+    let url = if cfg.s3_path_style {
+        format!("{endpoint}/{bucket}")
+    } else {
+        let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", &endpoint));
+        format!("{scheme}://{bucket}.{host}")
+    };
+    if url.starts_with("http://") && !cfg.s3_allow_http {
+        return Err(fail(format!(
+            "{url} is plain HTTP and lake.s3_allow_http is false"
+        )));
+    }
+    let credential = AwsCredential {
+        key_id: cfg.s3_access_key_id.clone(),
+        secret_key: cfg.s3_secret_access_key.clone(),
+        token: None,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| fail(format!("HTTP client: {e}")))?;
+    let send = |method: reqwest::Method| {
+        let mut request = HttpRequest::new(HttpRequestBody::empty());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = url
+            .parse()
+            .map_err(|e| fail(format!("{url} is not a URL: {e}")))?;
+        if !credential.key_id.is_empty() {
+            AwsAuthorizer::new(&credential, "s3", &cfg.s3_region).authorize(&mut request, None);
+        }
+        Ok::<_, LakeError>(
+            client
+                .request(method, &url)
+                .headers(request.headers().clone())
+                .send(),
+        )
+    };
+    let head = send(reqwest::Method::HEAD)?
+        .await
+        .map_err(|e| fail(format!("HEAD {url}: {e}")))?;
+    match head.status().as_u16() {
+        200 => return Ok(BucketState::Existed),
+        404 => {}
+        code => return Err(fail(format!("HEAD {url} answered {code}"))),
+    }
+    let put = send(reqwest::Method::PUT)?
+        .await
+        .map_err(|e| fail(format!("PUT {url}: {e}")))?;
+    let code = put.status().as_u16();
+    if put.status().is_success() {
+        return Ok(BucketState::Created);
+    }
+    let body = put.text().await.unwrap_or_default();
+    // another `init` won the race: the bucket is there, and ours
+    if body.contains("BucketAlreadyOwnedByYou") {
+        return Ok(BucketState::Existed);
+    }
+    Err(fail(format!(
+        "PUT {url} answered {code}: {}",
+        body.chars().take(300).collect::<String>()
+    )))
 }
 
 /// An opened lake: the store and where the lake starts inside it.
@@ -139,10 +284,21 @@ impl Lake {
                 Path::from(prefix.trim_matches('/')),
                 url.to_string(),
             ))
+        } else if url.starts_with("hdfs://") || url.starts_with("viewfs://") {
+            let (authority, prefix) = hdfs_url(url).map_err(|reason| bad(&reason))?;
+            let store = open_hdfs(&authority, cfg).map_err(|reason| bad(&reason))?;
+            Ok(Lake::with_store(
+                store,
+                Url::parse(&authority).map_err(|e| bad(&e.to_string()))?,
+                Path::from(prefix.trim_matches('/')),
+                url.to_string(),
+            ))
         } else if url.starts_with("memory://") {
             Lake::in_memory()
         } else {
-            Err(bad("use file://PATH, s3://BUCKET[/PREFIX] or memory://"))
+            Err(bad(
+                "use file://PATH, s3://BUCKET[/PREFIX], hdfs://NAMENODE[:PORT]/PATH or memory://",
+            ))
         }
     }
 
@@ -194,7 +350,8 @@ impl Lake {
     /// The URL of a folder of the lake, as DataFusion's listing tables want it.
     pub fn folder_url(&self, folder: &str) -> String {
         let root = self.root.as_ref().trim_matches('/');
-        let host = self.store_url.host_str().unwrap_or("");
+        // the authority: a bucket, or an HDFS namenode with its port
+        let host = self.store_url.authority();
         let scheme = self.store_url.scheme();
         let folder = folder.trim_matches('/');
         if root.is_empty() {
@@ -210,7 +367,7 @@ impl Lake {
         let Ok(u) = Url::parse(url) else {
             return false;
         };
-        if u.scheme() != self.store_url.scheme() || u.host_str() != self.store_url.host_str() {
+        if u.scheme() != self.store_url.scheme() || u.authority() != self.store_url.authority() {
             return false;
         }
         let root = self.root.as_ref().trim_matches('/');
@@ -454,4 +611,90 @@ pub fn write_parquet(batch: &RecordBatch) -> Result<Bytes, String> {
     w.write(batch).map_err(|e| e.to_string())?;
     w.close().map_err(|e| e.to_string())?;
     Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hdfs_urls_name_a_file_system_and_a_folder_in_it() {
+        assert_eq!(
+            hdfs_url("hdfs://namenode:8020/bookrec/lake").expect("url"),
+            ("hdfs://namenode:8020".into(), "bookrec/lake".into())
+        );
+        // an HA name service has no port
+        assert_eq!(
+            hdfs_url("hdfs://ns1/lake/").expect("url"),
+            ("hdfs://ns1".into(), "lake/".into())
+        );
+        assert_eq!(
+            hdfs_url("viewfs://cluster/data/lake").expect("url").0,
+            "viewfs://cluster"
+        );
+        for (bad, says) in [
+            ("hdfs:///lake", "needs a namenode"),
+            ("hdfs://namenode:8020", "name the lake's folder"),
+            ("hdfs://namenode:8020/", "name the lake's folder"),
+            ("hdfs://alice@namenode:8020/lake", "HADOOP_USER_NAME"),
+            ("hdfs://namenode:8020/lake?x=1", "no user, query"),
+            ("hdfs://namenode:notaport/lake", "invalid port"),
+        ] {
+            let e = hdfs_url(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    fn config(env: &[(&str, &str)]) -> crate::config::Config {
+        crate::config::Config::load_with_env(
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn the_hdfs_client_settings_come_from_config() {
+        let c = config(&[
+            ("BOOKREC__LAKE__URL", "hdfs://ns1/bookrec/lake"),
+            (
+                "BOOKREC__LAKE__HDFS_CONFIG",
+                r#"{"dfs.ha.namenodes.ns1"="nn1,nn2","dfs.namenode.rpc-address.ns1.nn1"="nn1:8020"}"#,
+            ),
+        ]);
+        assert_eq!(c.lake.hdfs_config.len(), 2);
+        assert_eq!(c.lake.hdfs_config["dfs.ha.namenodes.ns1"], "nn1,nn2");
+        // a bad URL is an error naming lake.url, with or without HDFS support
+        let bad = config(&[("BOOKREC__LAKE__URL", "hdfs://ns1")]);
+        let e = Lake::open(&bad.lake).expect_err("no folder").to_string();
+        assert!(e.contains("lake.url") && e.contains("folder"), "{e}");
+    }
+
+    /// Without the `hdfs` feature an hdfs:// lake is refused with the way to get one.
+    #[cfg(not(feature = "hdfs"))]
+    #[test]
+    fn without_the_feature_an_hdfs_lake_says_how_to_build_one() {
+        let c = config(&[("BOOKREC__LAKE__URL", "hdfs://namenode:8020/bookrec/lake")]);
+        let e = Lake::open(&c.lake)
+            .expect_err("no HDFS support")
+            .to_string();
+        assert!(e.contains("--features hdfs"), "{e}");
+    }
+
+    /// With it, the lake opens without talking to the namenode (the client connects on
+    /// first use), and its SQL locations carry the namenode's port.
+    #[cfg(feature = "hdfs")]
+    #[test]
+    fn with_the_feature_an_hdfs_lake_opens_and_names_its_folders() {
+        let c = config(&[("BOOKREC__LAKE__URL", "hdfs://127.0.0.1:1/bookrec/lake")]);
+        let lake = Lake::open(&c.lake).expect("HDFS lake");
+        assert_eq!(lake.store_url().as_str(), "hdfs://127.0.0.1:1");
+        assert_eq!(
+            lake.folder_url("events"),
+            "hdfs://127.0.0.1:1/bookrec/lake/events/"
+        );
+        assert!(lake.contains_url("hdfs://127.0.0.1:1/bookrec/lake/features/x/"));
+        assert!(!lake.contains_url("hdfs://127.0.0.1:2/bookrec/lake/features/x/"));
+        assert!(!lake.contains_url("hdfs://127.0.0.1:1/elsewhere/"));
+    }
 }

@@ -203,7 +203,9 @@ pub fn run_observed(
     topics.extend(cfg.land.cdc.keys().map(String::as_str));
     let bus = Bus::connect(&cfg.kafka);
     if cfg.kafka.create_topics {
-        rt.block_on(bus.ensure_topics(&topics))?;
+        let specs =
+            crate::bus::pipeline_topics(&cfg.kafka, cfg.land.cdc.keys().map(String::as_str));
+        rt.block_on(bus.create_topics(&specs))?;
     }
     let consumer = bus.consumer(&cfg.land.group_id, &topics, &[])?;
     let consumer = consumer.as_ref();
@@ -284,7 +286,18 @@ pub fn run_observed(
             metrics.assigned.set(lander.assigned.len() as i64);
             metrics.buffered_bytes.set(lander.buffered_bytes as i64);
         }
-        if !lander.assigned.is_empty() && last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+        if lander.assigned.is_empty() && last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+            // no partition to measure: still ask the broker, so that /readyz reports a broker
+            // that is gone (librdkafka reports transport errors to its log, not to poll)
+            last_lag = Some(Instant::now());
+            match consumer.watermarks(&events_topic, 0, Duration::from_secs(5)) {
+                Ok(_) => health.ok("kafka"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "land: the broker does not answer; will retry");
+                    health.fail("kafka", &e);
+                }
+            }
+        } else if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
             last_lag = Some(Instant::now());
             match lander.lag(consumer) {
                 Ok(lag) => {

@@ -26,14 +26,14 @@ fn lab() -> PathBuf {
 }
 
 /// The private databases; stopped on drop.
-struct Databases {
+pub struct Databases {
     dir: PathBuf,
-    pg_port: u16,
-    my_port: u16,
+    pub pg_port: u16,
+    pub my_port: u16,
 }
 
 impl Databases {
-    fn start(dir: &Path) -> Databases {
+    pub fn start(dir: &Path) -> Databases {
         let out = Command::new(lab())
             .arg("databases")
             .arg(dir)
@@ -66,15 +66,28 @@ impl Drop for Databases {
 }
 
 /// The Connect worker; killed on drop.
-struct Worker(Child);
+pub struct Worker(Child);
 
 impl Worker {
     fn start(dir: &Path, bootstrap: &str, connectors: &[PathBuf]) -> Worker {
+        Worker::start_with(dir, bootstrap, connectors, &[])
+    }
+
+    /// A worker with more environment (e.g. `CONNECT_REST_PORT`, the secrets that
+    /// connector configs name as `${env:NAME}`).
+    pub fn start_with(
+        dir: &Path,
+        bootstrap: &str,
+        connectors: &[PathBuf],
+        env: &[(String, String)],
+    ) -> Worker {
+        std::fs::create_dir_all(dir).expect("worker dir");
         let mut child = Command::new(lab())
             .arg("worker")
             .arg(dir)
             .arg(bootstrap)
             .args(connectors)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("worker.log")).expect("log"))
             .spawn()

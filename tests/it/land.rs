@@ -175,6 +175,23 @@ async fn lands_every_event_once_on_a_local_lake() {
     lands_exactly_once_on(&format!("file://{}", dir.path().display())).await;
 }
 
+/// The same suite on a real HDFS cluster (none runs on these machines):
+/// `BOOKREC_TEST_HDFS=hdfs://namenode:8020/tmp/bookrec cargo test --features hdfs --test it \
+/// -- --ignored on_hdfs` (README, "HDFS").
+#[cfg(feature = "hdfs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an HDFS cluster: BOOKREC_TEST_HDFS=hdfs://namenode:8020/some/folder"]
+async fn lands_every_event_once_on_hdfs() {
+    let base = std::env::var("BOOKREC_TEST_HDFS")
+        .expect("BOOKREC_TEST_HDFS=hdfs://namenode:port/folder names the cluster to test on");
+    lands_exactly_once_on(&format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        unique("lake")
+    ))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lands_every_event_once_on_s3() {
     let s3 = S3Server::start("lake");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::land::{land_config, lander_env, produce_events};
-use crate::support::{self, PrivateRedis, brokers, free_port, unique};
+use crate::support::{self, Broker, PrivateRedis, brokers, free_port, unique};
 
 struct Killed(Child);
 
@@ -172,6 +172,57 @@ async fn land_and_stream_report_health_readiness_and_metrics() {
     })
     .await;
     metric_until(&stream_base, "bookrec_stream_events_total", 60.0).await;
+}
+
+/// A lander that starts while the broker is down has no partition to measure a lag on; it
+/// still asks the broker every 10 s, so `/readyz` names Kafka as failing (it once said
+/// "ready" here, librdkafka reporting its transport errors only to its log), and it lands
+/// once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lander_without_a_broker_is_not_ready_and_lands_once_it_is_back() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = land_config(
+        &broker.brokers(),
+        &format!("file://{}", dir.path().display()),
+    );
+    produce_events(&cfg, 20).await;
+    broker.stop();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _land = spawn(
+        "land",
+        &lander_env(
+            &cfg,
+            &[
+                (
+                    "BOOKREC__LAND__METRICS_LISTEN",
+                    &format!("127.0.0.1:{port}"),
+                ),
+                // the topic is there; creating it would wait for the broker first
+                ("BOOKREC__KAFKA__CREATE_TOPICS", "false"),
+                ("BOOKREC__LAND__MAX_FILE_AGE_MS", "500"),
+            ],
+        ),
+    );
+    let v = ready_until(&base, 503, "land not ready without a broker", |v| {
+        v["checks"]["kafka"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("failing"))
+    })
+    .await;
+    assert_eq!(v["checks"]["consumer"], "ok", "the loop turns: {v}");
+    assert_eq!(
+        get(&format!("{base}/healthz")).await,
+        Some((200, "ok".to_string())),
+        "alive: an orchestrator must not kill it for a broker outage"
+    );
+    broker.resume();
+    ready_until(&base, 200, "land ready with the broker back", |v| {
+        v["checks"]["kafka"] == "ok"
+    })
+    .await;
+    metric_until(&base, "bookrec_land_events_total", 20.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

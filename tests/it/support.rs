@@ -268,8 +268,14 @@ impl S3Server {
 
     /// A server that accepts `key` / `secret` (e.g. the credentials a compose file gives).
     pub fn start_with(bucket: &str, key: &str, secret: &str) -> S3Server {
+        let server = S3Server::start_empty(bucket, key, secret);
+        std::fs::create_dir_all(server.root.path().join(bucket)).expect("bucket dir");
+        server
+    }
+
+    /// A server without any bucket yet (`bucket` is the one [`S3Server::configure`] names).
+    pub fn start_empty(bucket: &str, key: &str, secret: &str) -> S3Server {
         let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(root.path().join(bucket)).expect("bucket dir");
         let port = free_port();
         let bin = std::env::var("S3S_FS_BIN")
             .map(PathBuf::from)
