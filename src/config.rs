@@ -708,14 +708,17 @@ impl Config {
             });
         }
         Engine::parse(&self.batch.engine)?;
-        let scheme_ok = ["file://", "s3://", "memory://"]
+        // hdfs:// is accepted here whether or not the binary has the `hdfs` feature: opening
+        // the lake says how to build one that has it
+        let scheme_ok = ["file://", "s3://", "hdfs://", "viewfs://", "memory://"]
             .iter()
             .any(|s| self.lake.url.starts_with(s));
         if !scheme_ok {
             return Err(ConfigError::Value {
                 key: "lake.url",
                 reason: format!(
-                    "{:?}: use file://PATH, s3://BUCKET[/PREFIX] or memory://",
+                    "{:?}: use file://PATH, s3://BUCKET[/PREFIX], hdfs://NAMENODE[:PORT]/PATH \
+                     or memory://",
                     redact_url(&self.lake.url)
                 ),
             });
