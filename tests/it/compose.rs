@@ -239,3 +239,89 @@ fn the_dashboard_and_prometheus_watch_what_the_services_expose() {
         );
     }
 }
+
+/// The file's services and, per service, its `depends_on` as (service, condition).
+pub fn dependencies(doc: &serde_yaml::Value) -> HashMap<String, Vec<(String, String)>> {
+    let services = doc["services"].as_mapping().expect("services");
+    services
+        .iter()
+        .map(|(name, s)| {
+            let name = name.as_str().expect("name").to_string();
+            let deps = match &s["depends_on"] {
+                serde_yaml::Value::Mapping(m) => m
+                    .iter()
+                    .map(|(d, c)| {
+                        let cond = c["condition"].as_str().unwrap_or("service_started");
+                        (d.as_str().expect("name").to_string(), cond.to_string())
+                    })
+                    .collect(),
+                serde_yaml::Value::Sequence(seq) => seq
+                    .iter()
+                    .map(|d| {
+                        let d = d.as_str().expect("name").to_string();
+                        (d, "service_started".to_string())
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (name, deps)
+        })
+        .collect()
+}
+
+/// Every `depends_on` names a service of the file, with a condition that service can meet:
+/// `service_healthy` needs a health check, `service_completed_successfully` a one-shot
+/// service (`restart: "no"`), and the graph has no cycle (compose would refuse it).
+#[test]
+fn every_dependency_is_one_its_target_can_meet() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+        .expect("compose file");
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    doc.apply_merge().expect("merge keys");
+    let deps = dependencies(&doc);
+    let mut checked = 0;
+    for (name, list) in &deps {
+        for (target, condition) in list {
+            let t = &doc["services"][target.as_str()];
+            assert!(
+                !t.is_null(),
+                "{name} depends on {target}, which is not a service"
+            );
+            match condition.as_str() {
+                "service_healthy" => assert!(
+                    !t["healthcheck"]["test"].is_null(),
+                    "{name} waits for {target} to be healthy, but {target} has no health check"
+                ),
+                "service_completed_successfully" => assert_eq!(
+                    t["restart"].as_str(),
+                    Some("no"),
+                    "{name} waits for {target} to complete, but {target} is restarted"
+                ),
+                "service_started" => {}
+                other => panic!("{name} → {target}: unknown condition {other}"),
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 15,
+        "the file's services wait for what they need: {checked}"
+    );
+    // no cycle: repeatedly remove services whose dependencies are all removed
+    let mut left: Vec<&String> = deps.keys().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        let done: Vec<String> = deps.keys().filter(|n| !left.contains(n)).cloned().collect();
+        left.retain(|n| !deps[*n].iter().all(|(d, _)| done.contains(d)));
+        assert!(left.len() < before, "a depends_on cycle among {left:?}");
+    }
+    // the long-running bookrec services wait for the one-shot init
+    for s in ["collect", "land", "stream", "schedule", "serve"] {
+        assert!(
+            deps[s]
+                .iter()
+                .any(|(d, c)| d == "init" && c == "service_completed_successfully"),
+            "{s} starts after init"
+        );
+    }
+}

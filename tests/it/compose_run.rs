@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::compose::{env_example, interpolate, yaml_text};
+use crate::compose::{dependencies, env_example, interpolate, yaml_text};
 use crate::debezium::{Databases, Worker};
 use crate::support::{Broker, PrivateRedis, S3Server, free_port};
 
@@ -461,6 +461,20 @@ async fn the_compose_files_bookrec_services_run_the_seed_flow_as_processes() {
         ["collect", "init", "land", "schedule", "serve", "stream"],
         "the bookrec services of the file"
     );
+    // started in the file's depends_on order: a bookrec service starts only once the bookrec
+    // services it depends on are up (healthy, or for init completed); the rest of the file
+    // is the stand-ins, already up
+    let deps = dependencies(&doc);
+    let bookrec_names: Vec<String> = bookrec.keys().cloned().collect();
+    let mut up: Vec<String> = Vec::new();
+    let may_start = |name: &str, up: &mut Vec<String>| {
+        for (d, _) in &deps[name] {
+            if bookrec_names.contains(d) {
+                assert!(up.contains(d), "{name} depends on {d}, which is not up yet");
+            }
+        }
+        up.push(name.to_string());
+    };
     let local = |port: u16| format!("http://127.0.0.1:{}", ports[&port.to_string()]);
     let (collector, api) = (local(5006), local(8080));
     let (land_metrics, schedule_metrics) = (local(9467), local(9468));
@@ -468,6 +482,7 @@ async fn the_compose_files_bookrec_services_run_the_seed_flow_as_processes() {
     // --- up, in depends_on order: init (topics, bucket), connect + its registration, then
     // the long-running services
     {
+        may_start("init", &mut up);
         let init = bookrec.get_mut("init").expect("init");
         init.start(work.path());
         init.wait_completed(Duration::from_secs(120));
@@ -492,6 +507,7 @@ async fn the_compose_files_bookrec_services_run_the_seed_flow_as_processes() {
     let _connect =
         connect_and_register(root, work.path(), &doc, &vars, &dbs, &broker.brokers()).await;
     for name in ["collect", "land", "stream", "serve"] {
+        may_start(name, &mut up);
         let s = bookrec.get_mut(name).expect("service");
         s.start(work.path());
         s.wait_healthy(Duration::from_secs(90));
@@ -596,6 +612,7 @@ async fn the_compose_files_bookrec_services_run_the_seed_flow_as_processes() {
 
     // --- the scheduler: both jobs missed their last time, so each runs once now
     {
+        may_start("schedule", &mut up);
         let s = bookrec.get_mut("schedule").expect("schedule");
         s.start(work.path());
         s.wait_healthy(Duration::from_secs(90));
