@@ -78,9 +78,28 @@ pub struct ServeConfig {
     pub recommendations_need_key: bool,
     /// the per-model-version list cache is kept under this many bytes (estimated)
     pub cache_max_bytes: usize,
+    /// fold-in for users the model does not know: the weight of a recently viewed book and
+    /// of an owned (bought) one in the user's least-squares step (as `w_view` and
+    /// `w_purchase` of queries/batch/interactions.sql); 0 turns the source off
+    #[serde(default = "default_fold_in_view")]
+    pub fold_in_view_weight: f64,
+    #[serde(default = "default_fold_in_owned")]
+    pub fold_in_owned_weight: f64,
     pub weights: BlendWeights,
     /// the API's connection limits and timeouts (also used by `stream.metrics_listen`)
     pub http: HttpConfig,
+}
+
+fn default_fold_in_view() -> f64 {
+    1.0
+}
+
+fn default_fold_in_owned() -> f64 {
+    10.0
+}
+
+fn default_fold_in_weight() -> f64 {
+    1.0
 }
 
 /// Limits and timeouts of one HTTP server (`collect.http`, `serve.http`); see [`crate::http`].
@@ -110,6 +129,9 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct BlendWeights {
     pub als: f64,
+    /// the fold-in list of a user the model does not know (reason `fold_in`)
+    #[serde(default = "default_fold_in_weight")]
+    pub fold_in: f64,
     pub similar: f64,
     pub trending: f64,
     pub category: f64,

@@ -354,6 +354,56 @@ pub fn factors_batch(
     })
 }
 
+/// Reads a factors table as [`factors_batch`] writes it (an id column, then `factors` as a
+/// fixed-size list of f32) from Parquet bytes: the ids as text, the factors row-major, and
+/// the number of factors. `what` names the source in errors.
+pub fn read_factors(
+    what: &str,
+    bytes: bytes::Bytes,
+) -> Result<(Vec<String>, Vec<f32>, usize), AlsError> {
+    let bad = |reason: String| AlsError::File {
+        path: what.to_string(),
+        reason,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(e.to_string()))?;
+    let (mut ids, mut factors, mut f) = (Vec::new(), Vec::new(), None);
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if batch.num_columns() != 2 {
+            return Err(bad(format!(
+                "{} columns, not (id, factors)",
+                batch.num_columns()
+            )));
+        }
+        let id = cast(batch.column(0), &DataType::Utf8).map_err(|e| bad(e.to_string()))?;
+        let id = id.as_string::<i32>();
+        let list = batch
+            .column(1)
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| bad("factors is not a fixed-size list".into()))?;
+        let width = list.value_length() as usize;
+        if *f.get_or_insert(width) != width {
+            return Err(bad("the factor width changes between batches".into()));
+        }
+        let values = list
+            .values()
+            .as_primitive_opt::<arrow::datatypes::Float32Type>()
+            .ok_or_else(|| bad("factors are not f32".into()))?;
+        if id.null_count() > 0 || list.null_count() > 0 || values.null_count() > 0 {
+            return Err(bad("null ids or factors".into()));
+        }
+        let start = list.value_offset(0) as usize;
+        ids.extend((0..batch.num_rows()).map(|r| id.value(r).to_string()));
+        factors.extend_from_slice(&values.values()[start..start + batch.num_rows() * width]);
+    }
+    Ok((ids, factors, f.unwrap_or(0)))
+}
+
 /// Writes one batch as a Parquet file (the lake's writer settings: zstd, page statistics).
 pub fn write_parquet_file(path: &Path, batch: &RecordBatch) -> Result<(), AlsError> {
     let bytes = crate::lake::write_parquet(batch).map_err(|e| file_err(path, e))?;

@@ -5,11 +5,13 @@
 
 pub mod eval;
 pub mod files;
+pub mod foldin;
 pub mod kernel;
 pub mod matrix;
 pub mod recommend;
 pub mod train;
 
+pub use foldin::FoldIn;
 pub use matrix::{Csr, IdMap, Interactions, Triple};
 pub use train::{Model, Params, Progress, Solver, fit};
 

@@ -200,6 +200,37 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
     }
 }
 
+/// Solves one row exactly (Cholesky): `x = (YᵀY + λI + Σᵢ α·wᵢ yᵢyᵢᵀ)⁻¹ Σᵢ (1 + α·wᵢ) yᵢ`
+/// over the observed `cols` with weights `vals`; `yty` already holds `YᵀY + λI`. Fold-in
+/// ([`super::foldin`]) uses it for a user the model has not seen. `x` keeps its values when
+/// the system is not positive definite.
+pub(crate) fn solve_row_exact(
+    yty: &[f32],
+    y: &[f32],
+    f: usize,
+    cols: &[u32],
+    vals: &[f32],
+    alpha: f32,
+    x: &mut [f32],
+) {
+    let row = Row {
+        yty,
+        y,
+        f,
+        cols,
+        vals,
+        alpha,
+    };
+    let (mut a, mut b) = (vec![0f32; f * f], vec![0f32; f]);
+    #[cfg(target_arch = "x86_64")]
+    if kernel::fast() {
+        // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
+        unsafe { cholesky_row_fma(&row, &mut a, &mut b, x) };
+        return;
+    }
+    cholesky_row::<false>(&row, &mut a, &mut b, x);
+}
+
 /// One row's problem: the Gram matrix (with λI), the other side's factors, the row's
 /// observed columns and weights, and α.
 struct Row<'a> {

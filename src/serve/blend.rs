@@ -4,6 +4,8 @@
 //! by [`BlendWeights`]:
 //!
 //! - `als`: the user's offline list (reason `als`);
+//! - `fold_in`: for a user the model does not know, the list folded in from their recent
+//!   events against the model's item factors (reason `fold_in`);
 //! - `similar`: books similar to a seed — the context book, then the user's recent views,
 //!   newest first, the i-th seed counting 1/(1+i) — the best seed counts (reason
 //!   `similar_to:<seed>` for each seed that proposes the book);
@@ -28,6 +30,8 @@ use crate::store::Ranked;
 #[derive(Debug, Default, Clone)]
 pub struct Signals {
     pub als: Arc<Vec<Ranked>>,
+    /// the fold-in list of a user without an offline list
+    pub fold_in: Vec<Ranked>,
     /// (seed book, its similar books), most important seed first
     pub similar: Vec<(String, Arc<Vec<Ranked>>)>,
     pub trending: Vec<(String, f64)>,
@@ -54,6 +58,7 @@ pub struct Item {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Why<'a> {
     Als,
+    FoldIn,
     /// index of the seed in `Signals::similar`
     Similar(usize),
     Trending,
@@ -65,6 +70,7 @@ impl Why<'_> {
     fn text(self, s: &Signals) -> String {
         match self {
             Why::Als => "als".into(),
+            Why::FoldIn => "fold_in".into(),
             Why::Similar(i) => format!("similar_to:{}", s.similar[i].0),
             Why::Trending => "trending".into(),
             Why::Category(c) => format!("category:{c}"),
@@ -107,6 +113,10 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
     let als = scaled(s.als.iter().map(|r| &r.score));
     for r in s.als.iter() {
         put(&mut c, &r.item, Why::Als, w.als * als(r.score));
+    }
+    let fold_in = scaled(s.fold_in.iter().map(|r| &r.score));
+    for r in &s.fold_in {
+        put(&mut c, &r.item, Why::FoldIn, w.fold_in * fold_in(r.score));
     }
     // seed i counts 1/(1+i); each seed that proposes a book is a reason, the best counts
     for (i, (_, list)) in s.similar.iter().enumerate() {
@@ -217,11 +227,27 @@ mod tests {
     fn weights() -> BlendWeights {
         BlendWeights {
             als: 1.0,
+            fold_in: 1.0,
             similar: 0.8,
             trending: 0.3,
             category: 0.4,
             popular: 0.5,
         }
+    }
+
+    #[test]
+    fn a_fold_in_list_ranks_with_its_own_reason_and_keeps_out_the_seen() {
+        let s = Signals {
+            fold_in: ranked(&[("x", 0.9), ("y", 0.3), ("seen", 2.0)]).to_vec(),
+            exclude: ["seen".to_string()].into_iter().collect(),
+            ..Signals::default()
+        };
+        let got = blend(&s, &weights(), 10);
+        let books: Vec<&str> = got.iter().map(|i| i.book_id.as_str()).collect();
+        assert_eq!(books, ["x", "y"]);
+        assert_eq!(got[0].reasons, ["fold_in"]);
+        // scaled by the list's best (the excluded one too): 0.9 / 2.0
+        assert!((got[0].score - 0.45).abs() < 1e-9, "{got:?}");
     }
 
     #[test]

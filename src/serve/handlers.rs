@@ -226,8 +226,16 @@ pub(super) async fn recommendations(
         }
     }
     let mut recent: Vec<(String, f64)> = Vec::new();
+    // every recent view and owned book: what fold-in solves a new user's factor from
+    let mut fold_events: Vec<(String, f32)> = Vec::new();
     match realtime {
         Some(Ok((r, owned, cats))) => {
+            let (wv, wo) = (
+                shared.cfg.serve.fold_in_view_weight as f32,
+                shared.cfg.serve.fold_in_owned_weight as f32,
+            );
+            fold_events.extend(r.iter().map(|(b, _)| (b.clone(), wv)));
+            fold_events.extend(owned.iter().map(|(b, _)| (b.clone(), wo)));
             // only views after the model's data cut-off
             recent = r
                 .into_iter()
@@ -270,6 +278,9 @@ pub(super) async fn recommendations(
         cats.push(c.clone());
     }
     let cold = signals.als.is_empty();
+    if cold && !fold_events.is_empty() {
+        signals.fold_in = fold_in(&shared, &snap, &fold_events, pool);
+    }
     if let Some(db) = &db {
         let similar = join_all(
             seeds
@@ -368,6 +379,33 @@ pub(super) async fn recommendations(
         offline: SourceState::from_errors(db.is_some(), &db_errors),
     })
     .into_response()
+}
+
+/// The fold-in list of a user the model does not know, from their recent views and owned
+/// books, against the current model version's item factors (empty when those are not loaded
+/// yet, belong to another version, or know none of the user's books).
+fn fold_in(
+    shared: &Shared,
+    snap: &Snapshot,
+    events: &[(String, f32)],
+    k: usize,
+) -> Vec<crate::store::Ranked> {
+    let Some(fm) = read(&shared.fold_in) else {
+        return Vec::new();
+    };
+    if snap.model.as_ref().map(|m| m.version.as_str()) != Some(fm.version.as_str()) {
+        return Vec::new();
+    }
+    let pairs: Vec<(&str, f32)> = events.iter().map(|(b, w)| (b.as_str(), *w)).collect();
+    let started = std::time::Instant::now();
+    let list = fm.model.recommend(&pairs, k);
+    shared.metrics.fold_in(started.elapsed(), !list.is_empty());
+    list.into_iter()
+        .map(|(item, score)| crate::store::Ranked {
+            item,
+            score: f64::from(score),
+        })
+        .collect()
 }
 
 /// One recommended book in a response.

@@ -16,6 +16,7 @@ pub struct ServeMetrics {
     requests: HistogramVec,
     backend: HistogramVec,
     backend_errors: IntCounterVec,
+    fold_in: HistogramVec,
 }
 
 const LATENCY: [f64; 14] = [
@@ -53,6 +54,16 @@ impl ServeMetrics {
             ),
             &["backend"],
         )?;
+        let fold_in = HistogramVec::new(
+            HistogramOpts::new(
+                "bookrec_serve_fold_in_seconds",
+                "Fold-in of a user the model does not know: solve and rank, by whether it \
+                 gave a list (a user none of whose books the model knows gets none)",
+            )
+            .buckets(LATENCY.to_vec()),
+            &["listed"],
+        )?;
+        registry.register(Box::new(fold_in.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(backend.clone()))?;
         registry.register(Box::new(backend_errors.clone()))?;
@@ -61,7 +72,14 @@ impl ServeMetrics {
             requests,
             backend,
             backend_errors,
+            fold_in,
         })
+    }
+
+    pub fn fold_in(&self, took: Duration, listed: bool) {
+        self.fold_in
+            .with_label_values(&[if listed { "yes" } else { "no" }])
+            .observe(took.as_secs_f64());
     }
 
     pub fn backend(&self, name: &str, took: Duration) {

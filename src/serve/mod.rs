@@ -44,7 +44,7 @@ use handlers::{
     similar, tracker,
 };
 pub use metrics::ServeMetrics;
-use refresh::{catalogue_loop, connect_loop, refresh_loop};
+use refresh::{catalogue_loop, connect_loop, fold_in_loop, refresh_loop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -105,6 +105,14 @@ struct Shared {
     metrics: Arc<ServeMetrics>,
     /// similar and popular lists of the current model version (immutable per version)
     cache: std::sync::Mutex<ListCache>,
+    /// the current model version's item factors, for fold-in (loaded from the lake)
+    fold_in: RwLock<Option<Arc<FoldInModel>>>,
+}
+
+/// A model version's item side, ready to fold in users it was not trained on.
+struct FoldInModel {
+    version: String,
+    model: crate::als::FoldIn,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -170,7 +178,13 @@ fn app(
         snapshot: RwLock::new(Arc::new(Snapshot::default())),
         metrics: Arc::new(ServeMetrics::new()?),
         cache: std::sync::Mutex::new(ListCache::default()),
+        fold_in: RwLock::new(None),
     });
+    tokio::spawn(fold_in_loop(
+        shared.clone(),
+        sources.lake.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(catalogue_loop(shared.clone(), sources.lake, stop.clone()));
     let router = Router::new()
         .route("/api/recommendations/{user_id}", get(recommendations))

@@ -58,6 +58,73 @@ pub(super) async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Keeps the current model version's item factors loaded for fold-in: when the version the
+/// snapshot names changes, its `models/als/<version>/item_factors.parquet` and `model.json`
+/// (α, λ) are read from the lake; a failed load is logged and retried every 30 s, and the
+/// API goes on without fold-in meanwhile (the previous version's factors are dropped: they
+/// do not match the new lists).
+pub(super) async fn fold_in_loop(shared: Arc<Shared>, lake: Lake, stop: CancellationToken) {
+    let every = Duration::from_millis(shared.cfg.serve.refresh_ms);
+    let mut failed: Option<(String, std::time::Instant)> = None;
+    loop {
+        let want = read(&shared.snapshot)
+            .model
+            .as_ref()
+            .map(|m| m.version.clone());
+        let have = read(&shared.fold_in).map(|m| m.version.clone());
+        let retry_later = failed.as_ref().is_some_and(|(v, at)| {
+            Some(v) == want.as_ref() && at.elapsed() < Duration::from_secs(30)
+        });
+        if let Some(version) = want.filter(|w| Some(w) != have.as_ref() && !retry_later) {
+            match load_fold_in(&lake, &version).await {
+                Ok(model) => {
+                    tracing::info!(%version, books = model.len(), factors = model.factors(),
+                        "serve: fold-in ready for the model version");
+                    write(
+                        &shared.fold_in,
+                        Some(Arc::new(FoldInModel { version, model })),
+                    );
+                    failed = None;
+                }
+                Err(e) => {
+                    shared.metrics.backend_error("lake");
+                    tracing::warn!(%version, error = %e,
+                        "serve: no fold-in for this model version yet; retrying in 30 s");
+                    write(&shared.fold_in, None);
+                    failed = Some((version, std::time::Instant::now()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn load_fold_in(lake: &Lake, version: &str) -> Result<crate::als::FoldIn, String> {
+    let folder = format!("models/als/{version}");
+    let meta_path = format!("{folder}/model.json");
+    let meta = lake.get(&meta_path).await.map_err(|e| e.to_string())?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&meta).map_err(|e| format!("{meta_path}: {e}"))?;
+    let param = |name: &str| {
+        meta.pointer(&format!("/params/{name}"))
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| format!("{meta_path}: no params.{name}"))
+    };
+    let (alpha, lambda) = (param("alpha")? as f32, param("regularization")? as f32);
+    let path = format!("{folder}/item_factors.parquet");
+    let bytes = lake.get(&path).await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        let (ids, factors, f) =
+            crate::als::files::read_factors(&path, bytes).map_err(|e| e.to_string())?;
+        crate::als::FoldIn::new(ids, factors, f, alpha, lambda).map_err(|e| format!("{path}: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 /// Reads the book catalogue from the lake now and then.
 pub(super) async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: CancellationToken) {
     loop {
