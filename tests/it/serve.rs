@@ -254,6 +254,21 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     })
     .await;
     assert!(f.contains(&reasons(&body)[0].0), "{body}");
+    // … and, folded in from that one view against the model's item factors (the user is
+    // not in the model), the books the model gives such a reader: fantasy, reason fold_in
+    let fold = "fold_in".to_string();
+    let body = until(&http, &cold, |b| {
+        reasons(b).iter().any(|(_, r)| r.contains(&fold))
+    })
+    .await;
+    let folded: Vec<String> = reasons(&body)
+        .into_iter()
+        .filter(|(_, r)| r.contains(&fold))
+        .map(|(b, _)| b)
+        .collect();
+    assert!(f.contains(&folded[0]), "a fantasy book first: {body}");
+    assert!(!folded.contains(&f[1]), "the viewed book itself: {body}");
+    assert_eq!(body["cold_start"], true, "{body}");
 
     // the other reads
     let (s, body) = get(&http, &format!("{api}/api/similar/{}?k=3", f[0])).await;
