@@ -166,6 +166,14 @@ pub enum Command {
         grid_factors: Vec<usize>,
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.05,0.5")]
         grid_regularization: Vec<f32>,
+        /// λ's scaling per row: none, frequency (ALS-WR), or both
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_enum,
+            default_value = "none,frequency"
+        )]
+        grid_scaling: Vec<crate::als::RegularizationScaling>,
         #[arg(long, value_delimiter = ',', default_value = "1,2,5,10")]
         grid_alpha: Vec<f32>,
         /// Print JSON instead of a table
@@ -250,6 +258,9 @@ pub struct AlsArgs {
     iterations: Option<usize>,
     #[arg(long, value_name = "X")]
     regularization: Option<f32>,
+    /// none: λ for every row; frequency: λ × the row's interaction count (ALS-WR)
+    #[arg(long, value_enum)]
+    regularization_scaling: Option<crate::als::RegularizationScaling>,
     #[arg(long, value_name = "X")]
     alpha: Option<f32>,
     #[arg(long, value_name = "N")]
@@ -272,6 +283,7 @@ impl AlsArgs {
             factors,
             iterations,
             regularization,
+            regularization_scaling,
             alpha,
             cg_steps,
             solver,
@@ -679,6 +691,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             search,
             grid_factors,
             grid_regularization,
+            grid_scaling,
             grid_alpha,
             json,
             params,
@@ -710,6 +723,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let grid = eval::Grid {
                     factors: grid_factors,
                     regularization: grid_regularization,
+                    scaling: grid_scaling,
                     alpha: grid_alpha,
                 };
                 let trials = eval::search(&parts[0].train, &params, &grid, k, params.seed)?;

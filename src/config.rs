@@ -255,6 +255,17 @@ pub struct BatchConfig {
     pub engine: String,
 }
 
+/// How λ scales per row of the ALS least-squares steps (`als.regularization_scaling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RegularizationScaling {
+    /// λ for every row
+    #[default]
+    None,
+    /// λ × the row's number of observed interactions (ALS-WR)
+    Frequency,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Solver {
@@ -271,6 +282,10 @@ pub enum Solver {
 pub struct AlsParams {
     pub factors: usize,
     pub regularization: f32,
+    /// `none`: every row's least-squares step has λ; `frequency`: λ times the row's number
+    /// of observed interactions (ALS-WR, Zhou et al. 2008, as Spark MLlib does)
+    #[serde(default)]
+    pub regularization_scaling: RegularizationScaling,
     pub alpha: f32,
     pub iterations: usize,
     pub cg_steps: usize,
@@ -285,6 +300,7 @@ impl Default for AlsParams {
         AlsParams {
             factors: 64,
             regularization: 50.0,
+            regularization_scaling: RegularizationScaling::None,
             alpha: 5.0,
             iterations: 15,
             cg_steps: 3,

@@ -392,6 +392,8 @@ pub fn evaluate(
 pub struct Grid {
     pub factors: Vec<usize>,
     pub regularization: Vec<f32>,
+    /// λ's scaling per row (none, frequency = ALS-WR); each λ of the grid is tried with each
+    pub scaling: Vec<super::RegularizationScaling>,
     pub alpha: Vec<f32>,
 }
 
@@ -426,20 +428,28 @@ pub fn search(
     }
     valid.iter_mut().for_each(|v| v.sort_unstable());
     let mut trials = Vec::new();
+    let scalings = if grid.scaling.is_empty() {
+        vec![base.regularization_scaling]
+    } else {
+        grid.scaling.clone()
+    };
     for &factors in &grid.factors {
-        for &regularization in &grid.regularization {
-            for &alpha in &grid.alpha {
-                let params = Params {
-                    factors,
-                    regularization,
-                    alpha,
-                    ..base.clone()
-                };
-                let recs = Algorithm::Als(params.clone()).recommend(&inner, k)?;
-                trials.push(Trial {
-                    params,
-                    metrics: metrics(&recs, &valid, k, train.cols),
-                });
+        for &regularization_scaling in &scalings {
+            for &regularization in &grid.regularization {
+                for &alpha in &grid.alpha {
+                    let params = Params {
+                        factors,
+                        regularization,
+                        regularization_scaling,
+                        alpha,
+                        ..base.clone()
+                    };
+                    let recs = Algorithm::Als(params.clone()).recommend(&inner, k)?;
+                    trials.push(Trial {
+                        params,
+                        metrics: metrics(&recs, &valid, k, train.cols),
+                    });
+                }
             }
         }
     }
@@ -478,9 +488,11 @@ impl std::fmt::Display for Report {
             for t in trials.iter().take(5) {
                 writeln!(
                     f,
-                    "  factors={:<4} regularization={:<6} alpha={:<6} ndcg={:.4} precision={:.4}",
+                    "  factors={:<4} regularization={:<6} scaling={:<9} alpha={:<6} ndcg={:.4} \
+                     precision={:.4}",
                     t.params.factors,
                     t.params.regularization,
+                    format!("{:?}", t.params.regularization_scaling).to_lowercase(),
                     t.params.alpha,
                     t.metrics.ndcg,
                     t.metrics.precision

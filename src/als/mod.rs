@@ -13,7 +13,7 @@ pub mod train;
 
 pub use foldin::FoldIn;
 pub use matrix::{Csr, IdMap, Interactions, Triple};
-pub use train::{Model, Params, Progress, Solver, fit};
+pub use train::{Model, Params, Progress, RegularizationScaling, Solver, fit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlsError {

@@ -22,7 +22,7 @@ use super::matrix::Csr;
 
 // The parameters are configuration (`[als]`), so their type lives in `config` (a leaf of the
 // module graph); training gives them their meaning and checks them.
-pub use crate::config::{AlsParams as Params, Solver};
+pub use crate::config::{AlsParams as Params, RegularizationScaling, Solver};
 
 impl Params {
     /// The parameters' ranges (see [`Params::out_of_range`]), as an ALS error.
@@ -154,8 +154,12 @@ pub(crate) fn gram(y: &[f32], f: usize) -> Vec<f32> {
 fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
     let f = params.factors;
     let mut yty = gram(y, f);
-    for d in 0..f {
-        yty[d * f + d] += params.regularization;
+    // λI in the shared Gram matrix, or per row λ·nᵣ (ALS-WR) beside it
+    let frequency = params.regularization_scaling == RegularizationScaling::Frequency;
+    if !frequency {
+        for d in 0..f {
+            yty[d * f + d] += params.regularization;
+        }
     }
     let fast = kernel::fast();
     let row_of = |r: usize| {
@@ -167,6 +171,11 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
             cols,
             vals,
             alpha: params.alpha,
+            lambda: if frequency {
+                params.regularization * cols.len() as f32
+            } else {
+                0.0
+            },
         }
     };
     match params.solver {
@@ -201,9 +210,11 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
 }
 
 /// Solves one row exactly (Cholesky): `x = (YᵀY + λI + Σᵢ α·wᵢ yᵢyᵢᵀ)⁻¹ Σᵢ (1 + α·wᵢ) yᵢ`
-/// over the observed `cols` with weights `vals`; `yty` already holds `YᵀY + λI`. Fold-in
+/// over the observed `cols` with weights `vals`; `yty` already holds `YᵀY + λI`, and
+/// `lambda` is added to its diagonal for this row (ALS-WR's `λ·nᵤ`, else 0). Fold-in
 /// ([`super::foldin`]) uses it for a user the model has not seen. `x` keeps its values when
 /// the system is not positive definite.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn solve_row_exact(
     yty: &[f32],
     y: &[f32],
@@ -211,6 +222,7 @@ pub(crate) fn solve_row_exact(
     cols: &[u32],
     vals: &[f32],
     alpha: f32,
+    lambda: f32,
     x: &mut [f32],
 ) {
     let row = Row {
@@ -220,6 +232,7 @@ pub(crate) fn solve_row_exact(
         cols,
         vals,
         alpha,
+        lambda,
     };
     let (mut a, mut b) = (vec![0f32; f * f], vec![0f32; f]);
     #[cfg(target_arch = "x86_64")]
@@ -231,8 +244,9 @@ pub(crate) fn solve_row_exact(
     cholesky_row::<false>(&row, &mut a, &mut b, x);
 }
 
-/// One row's problem: the Gram matrix (with λI), the other side's factors, the row's
-/// observed columns and weights, and α.
+/// One row's problem: the Gram matrix (with λI unless λ scales per row), the other side's
+/// factors, the row's observed columns and weights, α, and the row's own extra diagonal
+/// (`λ·nᵣ` under ALS-WR, else 0).
 struct Row<'a> {
     yty: &'a [f32],
     y: &'a [f32],
@@ -240,6 +254,7 @@ struct Row<'a> {
     cols: &'a [u32],
     vals: &'a [f32],
     alpha: f32,
+    lambda: f32,
 }
 
 impl Row<'_> {
@@ -266,7 +281,7 @@ fn cholesky_row_fma(row: &Row, a: &mut [f32], b: &mut [f32], x: &mut [f32]) {
 fn apply_a<const FMA: bool>(row: &Row, v: &[f32], out: &mut [f32]) {
     let f = row.f;
     for (a, o) in out.iter_mut().enumerate() {
-        *o = kdot::<FMA>(&row.yty[a * f..(a + 1) * f], v);
+        *o = kdot::<FMA>(&row.yty[a * f..(a + 1) * f], v) + row.lambda * v[a];
     }
     for (&i, &w) in row.cols.iter().zip(row.vals) {
         let yi = row.y(i);
@@ -282,7 +297,7 @@ fn cg_row<const FMA: bool>(row: &Row, steps: usize, x: &mut [f32], scratch: &mut
     // r = b − A·x with b = Σ cᵢ yᵢ, in one pass over the row:
     // r = −(YᵀY + λI)x + Σᵢ (cᵢ − (cᵢ − 1)(yᵢ·x)) yᵢ
     for (a, ri) in r.iter_mut().enumerate() {
-        *ri = -kdot::<FMA>(&row.yty[a * f..(a + 1) * f], x);
+        *ri = -kdot::<FMA>(&row.yty[a * f..(a + 1) * f], x) - row.lambda * x[a];
     }
     for (&i, &w) in row.cols.iter().zip(row.vals) {
         let yi = row.y(i);
@@ -319,6 +334,9 @@ fn cg_row<const FMA: bool>(row: &Row, steps: usize, x: &mut [f32], scratch: &mut
 fn cholesky_row<const FMA: bool>(row: &Row, a: &mut [f32], b: &mut [f32], x: &mut [f32]) {
     let f = row.f;
     a.copy_from_slice(row.yty);
+    for d in 0..f {
+        a[d * f + d] += row.lambda;
+    }
     b.iter_mut().for_each(|v| *v = 0.0);
     for (&i, &w) in row.cols.iter().zip(row.vals) {
         let yi = row.y(i);
@@ -362,6 +380,7 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
     let f = params.factors;
     let yty = gram(items, f);
     let alpha = params.alpha;
+    let frequency = params.regularization_scaling == RegularizationScaling::Frequency;
     let (sum, reg_users): (f64, f64) = users
         .par_chunks(f)
         .enumerate()
@@ -376,17 +395,32 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
                     cols,
                     vals,
                     alpha,
+                    lambda: 0.0,
                 };
+                let weight = if frequency { cols.len() as f64 } else { 1.0 };
                 #[cfg(target_arch = "x86_64")]
                 if kernel::fast() {
                     // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
-                    return unsafe { loss_row_fma(&row, xu, tmp) };
+                    let (s, r) = unsafe { loss_row_fma(&row, xu, tmp) };
+                    return (s, r * weight);
                 }
-                loss_row::<false>(&row, xu, tmp)
+                let (s, r) = loss_row::<false>(&row, xu, tmp);
+                (s, r * weight)
             },
         )
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let reg_items: f64 = items.chunks_exact(f).map(|y| dot(y, y) as f64).sum();
+    // ALS-WR weighs each item's norm by its interaction count
+    let mut item_counts = vec![0f64; m.cols];
+    if frequency {
+        for &i in &m.idx {
+            item_counts[i as usize] += 1.0;
+        }
+    }
+    let reg_items: f64 = items
+        .chunks_exact(f)
+        .enumerate()
+        .map(|(i, y)| dot(y, y) as f64 * if frequency { item_counts[i] } else { 1.0 })
+        .sum();
     let total_conf =
         (m.rows as f64) * (m.cols as f64) + m.vals.iter().map(|w| (alpha * w) as f64).sum::<f64>();
     (sum + params.regularization as f64 * (reg_users + reg_items)) / total_conf
