@@ -252,31 +252,17 @@ async fn source_databases(
     .await
     .expect("auth_db");
     // what the postgres image does with POSTGRES_DB and /docker-entrypoint-initdb.d/10-init.sql
-    let pg_url = |db: &str| format!("postgres://postgres@127.0.0.1:{}/{db}", dbs.pg_port);
-    let pg_admin = sqlx::PgPool::connect(&pg_url("postgres"))
-        .await
-        .expect("postgres");
-    sqlx::query("CREATE DATABASE user_engagement_db")
-        .execute(&pg_admin)
-        .await
-        .expect("create database");
-    drop(pg_admin);
+    let pg = dbs.new_pg_database("user_engagement_db").await;
+    let pg_url = format!(
+        "postgres://postgres@127.0.0.1:{}/user_engagement_db",
+        dbs.pg_port
+    );
     let sql = root.join("deploy/postgres/init.sql").display().to_string();
     run_ok(
         "psql",
-        &[
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-f",
-            &sql,
-            &pg_url("user_engagement_db"),
-        ],
+        &["-v", "ON_ERROR_STOP=1", "-q", "-f", &sql, &pg_url],
         &[],
     );
-    let pg = sqlx::PgPool::connect(&pg_url("user_engagement_db"))
-        .await
-        .expect("user_engagement_db");
     (dbs, my, pg)
 }
 

@@ -39,11 +39,26 @@ impl Databases {
             .arg(dir)
             .output()
             .expect("run scripts/cdc-lab");
-        assert!(
-            out.status.success(),
-            "cdc-lab databases: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            // the servers' own logs say why (the script sends their output there)
+            let logs: String = ["pg/initdb.log", "pg/log", "my/install.log", "my/log"]
+                .iter()
+                .map(|f| {
+                    let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                    format!(
+                        "--- {f}:\n{}\n",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "cdc-lab databases ({}): {}{}\n{logs}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let port = |name: &str| {
             text.lines()
@@ -56,6 +71,22 @@ impl Databases {
             pg_port: port("PG_PORT"),
             my_port: port("MY_PORT"),
         }
+    }
+}
+
+impl Databases {
+    /// Creates database `db` on the private PostgreSQL and connects to it.
+    pub async fn new_pg_database(&self, db: &str) -> sqlx::PgPool {
+        let url = |db: &str| format!("postgres://postgres@127.0.0.1:{}/{db}", self.pg_port);
+        let admin = sqlx::PgPool::connect(&url("postgres"))
+            .await
+            .expect("postgres");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        sqlx::PgPool::connect(&url(db)).await.expect("postgres db")
     }
 }
 
@@ -250,22 +281,7 @@ async fn real_debezium_postgres_and_mysql_connectors_land_the_current_state() {
     let dbs = Databases::start(&dir.path().join("db"));
 
     // --- the sources: user_engagement_db on PostgreSQL, auth_db on MariaDB
-    let pg_admin = sqlx::PgPool::connect(&format!(
-        "postgres://postgres@127.0.0.1:{}/postgres",
-        dbs.pg_port
-    ))
-    .await
-    .expect("postgres");
-    sqlx::query("CREATE DATABASE user_engagement_db")
-        .execute(&pg_admin)
-        .await
-        .expect("create database");
-    let pg = sqlx::PgPool::connect(&format!(
-        "postgres://postgres@127.0.0.1:{}/user_engagement_db",
-        dbs.pg_port
-    ))
-    .await
-    .expect("postgres db");
+    let pg = dbs.new_pg_database("user_engagement_db").await;
     for ddl in [
         "CREATE TABLE books (id int PRIMARY KEY, title text NOT NULL, author text, \
          category text, price numeric(8,2), published date, updated_at timestamptz, blurb text)",
