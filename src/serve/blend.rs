@@ -17,8 +17,10 @@
 //! - `popular`: only when there is no offline list (cold start), popular books (reason
 //!   `popular`).
 //!
-//! Excluded books (owned, the seeds themselves) never appear; with `only_category` only that
-//! category's books do. Ties break by book id, so the same signals give the same list.
+//! Excluded books (owned, the seeds themselves) never appear, nor does another edition of
+//! one (`book_work`: the catalogue's `work_id`); a list holds one edition per work, the
+//! best-scored. With `only_category` only that category's books appear. Ties break by book
+//! id, so the same signals give the same list.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct Signals {
     pub exclude: HashSet<String>,
     /// book → category (the catalogue's, shared by every request)
     pub book_category: Arc<HashMap<String, String>>,
+    /// book → work, for books whose work has several editions (absent: its own work)
+    pub book_work: Arc<HashMap<String, String>>,
     pub only_category: Option<String>,
 }
 
@@ -161,9 +165,17 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
             put(&mut c, &r.item, Why::Popular, w.popular * pop(r.score));
         }
     }
+    let work = |book: &'_ str| -> String {
+        s.book_work
+            .get(book)
+            .cloned()
+            .unwrap_or_else(|| book.to_owned())
+    };
+    // another edition of a seen book is seen
+    let seen_works: HashSet<String> = s.exclude.iter().map(|b| work(b)).collect();
     let mut scored: Vec<(&str, f64, Candidate)> = c
         .into_iter()
-        .filter(|(book, _)| !s.exclude.contains(*book))
+        .filter(|(book, _)| !s.exclude.contains(*book) && !seen_works.contains(&work(book)))
         .filter_map(|(book, mut cand)| {
             let cat = s.book_category.get(book);
             if let Some(want) = &s.only_category
@@ -185,11 +197,13 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
     let order = |a: &(&str, f64, Candidate), b: &(&str, f64, Candidate)| {
         b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0))
     };
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k, order);
-        scored.truncate(k);
-    }
     scored.sort_by(order);
+    // one edition per work: the best-scored
+    if !s.book_work.is_empty() {
+        let mut works = HashSet::new();
+        scored.retain(|(book, _, _)| works.insert(work(book)));
+    }
+    scored.truncate(k);
     scored
         .into_iter()
         .map(|(book, score, cand)| {
@@ -248,6 +262,35 @@ mod tests {
         assert_eq!(got[0].reasons, ["fold_in"]);
         // scaled by the list's best (the excluded one too): 0.9 / 2.0
         assert!((got[0].score - 0.45).abs() < 1e-9, "{got:?}");
+    }
+
+    /// Two editions of one work: only the better-scored one, and none at all when the user
+    /// has another edition.
+    #[test]
+    fn one_edition_per_work_and_other_editions_of_seen_books_are_seen() {
+        let works: HashMap<String, String> = [
+            ("hp2-a", "hp2|rowling"),
+            ("hp2-b", "hp2|rowling"),
+            ("hp3-a", "hp3|rowling"),
+            ("hp3-b", "hp3|rowling"),
+        ]
+        .iter()
+        .map(|(b, w)| (b.to_string(), w.to_string()))
+        .collect();
+        let s = Signals {
+            als: ranked(&[
+                ("hp3-b", 4.0),
+                ("hp3-a", 3.5),
+                ("hp2-b", 3.0),
+                ("dune", 2.0),
+            ]),
+            exclude: ["hp2-a".to_string()].into_iter().collect(),
+            book_work: Arc::new(works),
+            ..Signals::default()
+        };
+        let got = blend(&s, &weights(), 10);
+        let books: Vec<&str> = got.iter().map(|i| i.book_id.as_str()).collect();
+        assert_eq!(books, ["hp3-b", "dune"]);
     }
 
     #[test]

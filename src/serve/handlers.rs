@@ -337,6 +337,7 @@ pub(super) async fn recommendations(
     }
     signals.only_category = params.category.clone();
     signals.book_category = read(&shared.categories);
+    signals.book_work = read(&shared.works);
     let db_ok = db.is_some() && db_errors.is_empty();
     let fs_ok = fs.is_some() && fs_errors.is_empty() && snap.realtime_error.is_none();
     if !db_ok && !fs_ok {

@@ -69,6 +69,8 @@ pub struct Book {
     pub title: Option<String>,
     pub author: Option<String>,
     pub category: Option<String>,
+    /// the work this edition belongs to (`books.work_id`, queries/sources/books.sql)
+    pub work_id: Option<String>,
 }
 
 /// Signals shared by every request, re-read in the background.
@@ -101,6 +103,8 @@ struct Shared {
     catalogue: RwLock<Arc<HashMap<String, Book>>>,
     /// book → category, from the catalogue
     categories: RwLock<Arc<HashMap<String, String>>>,
+    /// book → work, for the books whose work has other editions in the catalogue
+    works: RwLock<Arc<HashMap<String, String>>>,
     snapshot: RwLock<Arc<Snapshot>>,
     metrics: Arc<ServeMetrics>,
     /// similar and popular lists of the current model version (immutable per version)
@@ -175,6 +179,7 @@ fn app(
         features: RwLock::new(sources.features),
         catalogue: RwLock::new(Arc::new(HashMap::new())),
         categories: RwLock::new(Arc::new(HashMap::new())),
+        works: RwLock::new(Arc::new(HashMap::new())),
         snapshot: RwLock::new(Arc::new(Snapshot::default())),
         metrics: Arc::new(ServeMetrics::new()?),
         cache: std::sync::Mutex::new(ListCache::default()),

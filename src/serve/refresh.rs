@@ -144,6 +144,7 @@ pub(super) async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: Cancel
                     .filter_map(|b| Some((b.book_id.clone(), b.category.clone()?)))
                     .collect();
                 write(&shared.categories, Arc::new(categories));
+                write(&shared.works, Arc::new(editions(&c)));
                 write(&shared.catalogue, Arc::new(c));
             }
             Err(e) => tracing::warn!(error = %e, "serve: reading the book catalogue"),
@@ -156,16 +157,43 @@ pub(super) async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: Cancel
     }
 }
 
+/// book → work for every book whose work has more than one edition in the catalogue (a
+/// book alone in its work needs no entry: it is its own work).
+fn editions(catalogue: &HashMap<String, Book>) -> HashMap<String, String> {
+    let mut size: HashMap<&str, usize> = HashMap::new();
+    for b in catalogue.values() {
+        if let Some(w) = &b.work_id {
+            *size.entry(w.as_str()).or_default() += 1;
+        }
+    }
+    catalogue
+        .values()
+        .filter_map(|b| {
+            let w = b.work_id.as_ref()?;
+            (size[w.as_str()] > 1).then(|| (b.book_id.clone(), w.clone()))
+        })
+        .collect()
+}
+
 async fn load_catalogue(lake: &Lake) -> Result<HashMap<String, Book>, crate::sql::SqlError> {
     let ctx = crate::sql::session(lake).await?;
-    let batches = crate::sql::query(
-        &ctx,
-        "SELECT book_id, title, author, category FROM books WHERE book_id IS NOT NULL",
-    )
-    .await?;
+    // an analysts' books view without work_id (older ones) still gives a catalogue
+    let has_work = ctx
+        .table("books")
+        .await
+        .is_ok_and(|t| t.schema().has_column_with_unqualified_name("work_id"));
+    let sql = format!(
+        "SELECT book_id, title, author, category, {} FROM books WHERE book_id IS NOT NULL",
+        if has_work {
+            "work_id"
+        } else {
+            "CAST(NULL AS VARCHAR)"
+        }
+    );
+    let batches = crate::sql::query(&ctx, &sql).await?;
     let mut out = HashMap::new();
     for b in &batches {
-        let cols: Vec<_> = (0..4)
+        let cols: Vec<_> = (0..5)
             .map(|i| cast(b.column(i), &DataType::Utf8))
             .collect::<Result<_, _>>()
             .map_err(|e| {
@@ -187,6 +215,7 @@ async fn load_catalogue(lake: &Lake) -> Result<HashMap<String, Book>, crate::sql
                     title: text(1, r),
                     author: text(2, r),
                     category: text(3, r),
+                    work_id: text(4, r),
                 },
             );
         }

@@ -308,6 +308,57 @@ mod tests {
         assert_eq!(users.count().await.expect("count"), 0);
     }
 
+    /// The shipped books view groups editions into works: a bracketed suffix, case,
+    /// punctuation and the author's initials do not matter; a book without a title is a
+    /// work of its own.
+    #[tokio::test]
+    async fn the_shipped_books_view_groups_editions_into_works() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/sources/books.sql");
+        let text = std::fs::read_to_string(&path).expect("books.sql");
+        let books = catalog::parse_kind(&path, &text, Kind::Source).expect("parses");
+        let ctx = SessionContext::new();
+        let tables = Tables {
+            lake: crate::lake::Lake::in_memory().expect("lake"),
+            staging: None,
+        };
+        ctx.sql(
+            "CREATE TABLE book_db_mongo_books AS SELECT * FROM (VALUES \
+             ('0439064872', 'Harry Potter and the Chamber of Secrets (Book 2)', 'J. K. Rowling'), \
+             ('0439064864', 'Harry Potter and the Chamber of Secrets', 'J.K. Rowling'), \
+             ('043965548X', 'Harry Potter and the Prisoner of Azkaban (Book 3)', 'J. K. Rowling'), \
+             ('0441172717', 'Dune', 'Frank Herbert'), \
+             ('x1', NULL, 'Anon'), ('x2', NULL, 'Anon')) AS v(_id, title, author)",
+        )
+        .await
+        .expect("create")
+        .collect()
+        .await
+        .expect("run");
+        register(&ctx, &tables, &[books], &[])
+            .await
+            .expect("registered");
+        let rows = ctx
+            .sql("SELECT book_id, work_id FROM books ORDER BY book_id")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let text = arrow::util::pretty::pretty_format_batches(&rows)
+            .expect("fmt")
+            .to_string();
+        for line in [
+            "| 0439064864 | harry potter and the chamber of secrets|rowling  |",
+            "| 0439064872 | harry potter and the chamber of secrets|rowling  |",
+            "| 043965548X | harry potter and the prisoner of azkaban|rowling |",
+            "| 0441172717 | dune|herbert                                     |",
+            "| x1         | x1                                               |",
+            "| x2         | x2                                               |",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+
     #[tokio::test]
     async fn undeclared_reads_and_cycles_name_the_file() {
         let ctx = SessionContext::new();
