@@ -177,7 +177,7 @@ async fn lands_every_event_once_on_a_local_lake() {
 
 /// The same suite on a real HDFS cluster (none runs on these machines):
 /// `BOOKREC_TEST_HDFS=hdfs://namenode:8020/tmp/bookrec cargo test --features hdfs --test it \
-/// -- --ignored on_hdfs` (README, "HDFS").
+/// -- --ignored on_hdfs` (README, "The lake").
 #[cfg(feature = "hdfs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs an HDFS cluster: BOOKREC_TEST_HDFS=hdfs://namenode:8020/some/folder"]
