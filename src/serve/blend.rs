@@ -109,7 +109,7 @@ where
 }
 
 /// The top `k` books with scores and reasons.
-pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
+pub fn blend<'a>(s: &'a Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
     let mut c: HashMap<&str, Candidate> = HashMap::with_capacity(256);
     fn put<'a>(c: &mut HashMap<&'a str, Candidate<'a>>, book: &'a str, why: Why<'a>, v: f64) {
         c.entry(book).or_default().add(why, v);
@@ -165,17 +165,12 @@ pub fn blend(s: &Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
             put(&mut c, &r.item, Why::Popular, w.popular * pop(r.score));
         }
     }
-    let work = |book: &'_ str| -> String {
-        s.book_work
-            .get(book)
-            .cloned()
-            .unwrap_or_else(|| book.to_owned())
-    };
+    let work = |book: &'a str| -> &'a str { s.book_work.get(book).map_or(book, String::as_str) };
     // another edition of a seen book is seen
-    let seen_works: HashSet<String> = s.exclude.iter().map(|b| work(b)).collect();
+    let seen_works: HashSet<&str> = s.exclude.iter().map(|b| work(b)).collect();
     let mut scored: Vec<(&str, f64, Candidate)> = c
         .into_iter()
-        .filter(|(book, _)| !s.exclude.contains(*book) && !seen_works.contains(&work(book)))
+        .filter(|(book, _)| !s.exclude.contains(*book) && !seen_works.contains(work(book)))
         .filter_map(|(book, mut cand)| {
             let cat = s.book_category.get(book);
             if let Some(want) = &s.only_category

@@ -234,8 +234,11 @@ pub(super) async fn recommendations(
                 shared.cfg.serve.fold_in_view_weight as f32,
                 shared.cfg.serve.fold_in_owned_weight as f32,
             );
-            fold_events.extend(r.iter().map(|(b, _)| (b.clone(), wv)));
-            fold_events.extend(owned.iter().map(|(b, _)| (b.clone(), wo)));
+            // only a user without an offline list is folded in
+            if signals.als.is_empty() {
+                fold_events.extend(r.iter().map(|(b, _)| (b.clone(), wv)));
+                fold_events.extend(owned.iter().map(|(b, _)| (b.clone(), wo)));
+            }
             // only views after the model's data cut-off
             recent = r
                 .into_iter()

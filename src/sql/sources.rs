@@ -257,6 +257,20 @@ mod tests {
         .expect("parses")
     }
 
+    /// A query's result as a printed table.
+    async fn table_text(ctx: &SessionContext, sql: &str) -> String {
+        let rows = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        arrow::util::pretty::pretty_format_batches(&rows)
+            .expect("fmt")
+            .to_string()
+    }
+
     #[tokio::test]
     async fn absent_inputs_and_missing_columns_plan_as_empty_and_null() {
         let lake = crate::lake::Lake::in_memory().expect("lake");
@@ -286,16 +300,11 @@ mod tests {
             .await
             .expect("registered");
         assert_eq!(names, vec!["books", "users"]);
-        let rows = ctx
-            .sql("SELECT book_id, title, category IS NULL AS c FROM books")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let text = arrow::util::pretty::pretty_format_batches(&rows)
-            .expect("fmt")
-            .to_string();
+        let text = table_text(
+            &ctx,
+            "SELECT book_id, title, category IS NULL AS c FROM books",
+        )
+        .await;
         assert!(text.contains("| b1      | Dune  | true |"), "{text}");
         let users = ctx.table("users").await.expect("users");
         let fields: Vec<String> = users
@@ -337,16 +346,7 @@ mod tests {
         register(&ctx, &tables, &[books], &[])
             .await
             .expect("registered");
-        let rows = ctx
-            .sql("SELECT book_id, work_id FROM books ORDER BY book_id")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let text = arrow::util::pretty::pretty_format_batches(&rows)
-            .expect("fmt")
-            .to_string();
+        let text = table_text(&ctx, "SELECT book_id, work_id FROM books ORDER BY book_id").await;
         for line in [
             "| 0439064864 | harry potter and the chamber of secrets|rowling  |",
             "| 0439064872 | harry potter and the chamber of secrets|rowling  |",
