@@ -771,6 +771,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 ModelCommand::Rollback { to } => {
                     let (from, to) = store.rollback(to.as_deref()).await?;
+                    // the lake's pointer follows, for the stream's `similar_books`
+                    let lake = crate::lake::Lake::open(&config.lake)?;
+                    crate::batch::publish::point_lake_at(&lake, &to).await?;
                     println!("{}", serde_json::json!({ "from": from, "to": to }));
                 }
             }

@@ -85,6 +85,10 @@ pub struct ServeConfig {
     pub fold_in_view_weight: f64,
     #[serde(default = "default_fold_in_owned")]
     pub fold_in_owned_weight: f64,
+    /// read the current model version's similar and popular lists whole from the lake when
+    /// it is promoted (no DB read for them afterwards); off: read per key and cache
+    #[serde(default = "default_true")]
+    pub preload_lists: bool,
     pub weights: BlendWeights,
     /// the API's connection limits and timeouts (also used by `stream.metrics_listen`)
     pub http: HttpConfig,
@@ -96,6 +100,14 @@ fn default_fold_in_view() -> f64 {
 
 fn default_fold_in_owned() -> f64 {
     10.0
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_realtime_weight() -> f64 {
+    0.6
 }
 
 fn default_fold_in_weight() -> f64 {
@@ -133,6 +145,9 @@ pub struct BlendWeights {
     #[serde(default = "default_fold_in_weight")]
     pub fold_in: f64,
     pub similar: f64,
+    /// the user's realtime list `rec:rt:<user>` (the stream's ranked queries)
+    #[serde(default = "default_realtime_weight")]
+    pub realtime: f64,
     pub trending: f64,
     pub category: f64,
     pub popular: f64,
@@ -681,6 +696,29 @@ impl Config {
                     reason: format!(
                         "{minutes}: between 1 and 60 (the realtime buckets live an hour)"
                     ),
+                });
+            }
+        }
+        let w = &self.serve.weights;
+        for (key, value) in [
+            ("serve.weights.als", w.als),
+            ("serve.weights.fold_in", w.fold_in),
+            ("serve.weights.similar", w.similar),
+            ("serve.weights.realtime", w.realtime),
+            ("serve.weights.trending", w.trending),
+            ("serve.weights.category", w.category),
+            ("serve.weights.popular", w.popular),
+            ("serve.fold_in_view_weight", self.serve.fold_in_view_weight),
+            (
+                "serve.fold_in_owned_weight",
+                self.serve.fold_in_owned_weight,
+            ),
+        ] {
+            // a weight is a share of a score: a negative, huge or NaN one ranks nonsense
+            if !(0.0..=1000.0).contains(&value) {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!("{value}: a number from 0 to 1000 (0 turns the source off)"),
                 });
             }
         }

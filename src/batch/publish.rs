@@ -200,7 +200,7 @@ pub async fn train_and_publish(
         "books": data.items.len(),
         "interactions": data.triples.len(),
     });
-    let folder = format!("models/als/{version}");
+    let folder = crate::lake::layout::model_folder(&version);
     let lake_err = |path: String| move |reason: String| PublishError::Lake { path, reason };
     for (name, batch) in [
         (
@@ -238,6 +238,24 @@ pub async fn train_and_publish(
     let user_rows = ranked_rows(&data.users, &data.items, &recs);
     let similar_rows = ranked_rows(&data.items, &data.items, &similar);
     let popular_rows = popular(ctx, cfg.popular_k).await?;
+    // the lists beside the factors: what the stream joins (`similar_books`, `popular_books`)
+    for (name, batch) in [
+        (
+            crate::lake::layout::SIMILAR_BOOKS,
+            rows_batch(&similar_rows, "book_id", "similar_book_id"),
+        ),
+        (
+            crate::lake::layout::POPULAR_BOOKS,
+            rows_batch(&popular_rows, "category", "book_id"),
+        ),
+    ] {
+        let path = format!("{folder}/{name}");
+        let batch = batch.map_err(lake_err(path.clone()))?;
+        let bytes = crate::lake::write_parquet(&batch).map_err(lake_err(path.clone()))?;
+        lake.put(&path, bytes)
+            .await
+            .map_err(|e| lake_err(path.clone())(e.to_string()))?;
+    }
     let mut rows = HashMap::new();
     rows.insert(
         RecTable::UserBooks.table().to_owned(),
@@ -303,6 +321,7 @@ pub async fn train_and_publish(
     };
     if promoted {
         store.promote(&version, Some(&reason)).await?;
+        point_lake_at(lake, &version).await?;
     } else {
         store.reject(&version, &reason).await?;
     }
@@ -324,6 +343,34 @@ pub async fn train_and_publish(
         pruned,
         train_seconds,
     })
+}
+
+/// Writes the lake's pointer to the current model version ([`crate::lake::layout::CURRENT_MODEL`]),
+/// after the store promoted it (or rolled back to it): readers of the lake alone — the
+/// stream's `similar_books` — follow it.
+pub async fn point_lake_at(lake: &Lake, version: &str) -> Result<(), PublishError> {
+    let path = crate::lake::layout::CURRENT_MODEL;
+    lake.put(path, bytes::Bytes::from(version.to_owned()))
+        .await
+        .map_err(|e| PublishError::Lake {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// A published list as a lake batch: `<key>, pos, <item>, score`.
+fn rows_batch(rows: &[RecRow], key: &str, item: &str) -> Result<RecordBatch, String> {
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    RecordBatch::try_new(
+        crate::lake::ranked_list_schema(key, item),
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
+            std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.pos))),
+            std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.item))),
+            std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.score))),
+        ],
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// One row per ranked item: `lists[k]` ranks items for key `k` (a user or a book).

@@ -8,6 +8,8 @@ use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Span, offsets_key}
 #[derive(Debug, Clone)]
 enum Value {
     Hash(BTreeMap<String, f64>),
+    /// a hash of text values (a ranked list's reasons)
+    Text(BTreeMap<String, String>),
     Zset(BTreeMap<String, f64>),
 }
 
@@ -15,6 +17,7 @@ impl Value {
     fn kind(&self) -> &'static str {
         match self {
             Value::Hash(_) => "hash",
+            Value::Text(_) => "hash of text",
             Value::Zset(_) => "sorted set",
         }
     }
@@ -134,8 +137,7 @@ impl FeatureStore for MemoryStore {
         }
         // all or nothing: apply to the touched keys' copies, then swap them in
         let mut scratch = State::default();
-        for op in ops {
-            let key = op.key();
+        for key in ops.iter().flat_map(Op::keys) {
             if !scratch.values.contains_key(key)
                 && let Some(v) = guard.live(key, now).cloned()
             {
@@ -198,6 +200,65 @@ impl FeatureStore for MemoryStore {
                     }
                     scratch.expire(key, *expiry, now);
                 }
+                Op::Best {
+                    key,
+                    member,
+                    score,
+                    max_len,
+                    reason,
+                    expiry,
+                } => {
+                    let old_reason = match reason {
+                        Some((rk, _)) => {
+                            match scratch.entry(rk, now, Value::Text(BTreeMap::new()))? {
+                                Value::Text(t) => t.get(member).cloned(),
+                                _ => None,
+                            }
+                        }
+                        None => None,
+                    };
+                    let mut take = false;
+                    let mut trimmed = Vec::new();
+                    if let Value::Zset(z) = scratch.entry(key, now, Value::Zset(BTreeMap::new()))? {
+                        take = match z.get(member) {
+                            None => true,
+                            Some(&c) if *score > c => true,
+                            // equal scores: the smaller reason text wins
+                            Some(&c) if *score == c => match (reason, &old_reason) {
+                                (Some((_, why)), Some(old)) => why < old,
+                                (Some(_), None) => true,
+                                _ => false,
+                            },
+                            _ => false,
+                        };
+                        if take {
+                            z.insert(member.clone(), *score);
+                        }
+                        if z.len() > *max_len {
+                            let mut ranked: Vec<(f64, String)> =
+                                z.iter().map(|(m, s)| (*s, m.clone())).collect();
+                            ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+                            for (_, m) in ranked.drain(..ranked.len() - max_len) {
+                                z.remove(&m);
+                                trimmed.push(m);
+                            }
+                        }
+                    }
+                    if let Some((rk, why)) = reason {
+                        if let Value::Text(t) =
+                            scratch.entry(rk, now, Value::Text(BTreeMap::new()))?
+                        {
+                            if take {
+                                t.insert(member.clone(), why.clone());
+                            }
+                            for m in &trimmed {
+                                t.remove(m);
+                            }
+                        }
+                        scratch.expire(rk, *expiry, now);
+                    }
+                    scratch.expire(key, *expiry, now);
+                }
             }
         }
         for (k, v) in scratch.values {
@@ -231,6 +292,18 @@ impl FeatureStore for MemoryStore {
                 key: key.to_owned(),
                 found: other.kind(),
                 wanted: "hash",
+            }),
+        }
+    }
+
+    async fn texts(&self, key: &str) -> Result<Vec<(String, String)>, FeaturesError> {
+        match self.lock().live(key, now_ms()) {
+            None => Ok(Vec::new()),
+            Some(Value::Text(t)) => Ok(t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Some(other) => Err(FeaturesError::WrongType {
+                key: key.to_owned(),
+                found: other.kind(),
+                wanted: "hash of text",
             }),
         }
     }

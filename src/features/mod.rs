@@ -106,6 +106,23 @@ pub enum Op {
         delta: f64,
         expiry: Expiry,
     },
+    /// Offers `member` with `score` to the ranked list (a sorted set) at `key`: the member
+    /// keeps its best score (the greater of stored and offered), and with `reason` its
+    /// reason is the best offer's (on equal scores the smaller reason text), kept in the
+    /// text hash `reason.0` under the member; the list keeps its `max_len` best members
+    /// (the lowest scores go, ties: the smaller member first, as ZREMRANGEBYRANK) and a
+    /// trimmed member's reason goes with it. Order-independent and idempotent for a given
+    /// set of offers, and trimming loses nothing a later offer could need: a member trimmed
+    /// once ranks below `max_len` members whose scores can only rise.
+    Best {
+        key: String,
+        member: String,
+        score: f64,
+        max_len: usize,
+        /// (the reasons' hash key, this offer's reason)
+        reason: Option<(String, String)>,
+        expiry: Expiry,
+    },
 }
 
 impl FeaturesError {
@@ -140,8 +157,21 @@ impl Op {
             Op::PushRecent { key, .. }
             | Op::HashIncr { key, .. }
             | Op::ZsetIncr { key, .. }
-            | Op::HashMax { key, .. } => key,
+            | Op::HashMax { key, .. }
+            | Op::Best { key, .. } => key,
         }
+    }
+
+    /// Every key the op writes: its own and, for [`Op::Best`] with reasons, the reasons' hash.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        let extra = match self {
+            Op::Best {
+                reason: Some((rk, _)),
+                ..
+            } => Some(rk.as_str()),
+            _ => None,
+        };
+        std::iter::once(self.key()).chain(extra)
     }
 }
 
@@ -194,16 +224,19 @@ pub trait FeatureStore: Send + Sync {
     /// member first, as Redis's ZREVRANGE); for `PushRecent` sets, the newest first with
     /// their times.
     async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError>;
+    /// A text hash's fields and values (the reasons of an [`Op::Best`] list), sorted by field.
+    async fn texts(&self, key: &str) -> Result<Vec<(String, String)>, FeaturesError>;
     /// Several reads at once, answers in order (Redis: one pipelined round trip).
-    async fn read_many(
-        &self,
-        reads: &[Read<'_>],
-    ) -> Result<Vec<Vec<(String, f64)>>, FeaturesError> {
+    async fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Reply>, FeaturesError> {
         let mut out = Vec::with_capacity(reads.len());
         for r in reads {
             out.push(match r {
-                Read::Top(key, n) => self.top(key, *n).await?,
-                Read::Hash(key) => self.hash(key).await?,
+                Read::Top(key, n) => Reply::scores(self.top(key, *n).await?),
+                Read::Hash(key) => Reply::scores(self.hash(key).await?),
+                Read::Texts(key) => Reply {
+                    scores: Vec::new(),
+                    texts: self.texts(key).await?,
+                },
             });
         }
         Ok(out)
@@ -217,6 +250,24 @@ pub enum Read<'a> {
     Top(&'a str, usize),
     /// as [`FeatureStore::hash`]
     Hash(&'a str),
+    /// as [`FeatureStore::texts`]
+    Texts(&'a str),
+}
+
+/// The answer to one [`Read`]: `scores` for `Top` and `Hash`, `texts` for `Texts`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reply {
+    pub scores: Vec<(String, f64)>,
+    pub texts: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn scores(scores: Vec<(String, f64)>) -> Reply {
+        Reply {
+            scores,
+            texts: Vec::new(),
+        }
+    }
 }
 
 /// The key under which a group's offsets live.

@@ -9,12 +9,13 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Read, Span, offsets_key};
+use super::{Applied, Expiry, FeatureStore, FeaturesError, Op, Read, Reply, Span, offsets_key};
 
 const APPLY: &str = r#"
 -- KEYS[1] = offsets hash; KEYS[2..] = the ops' keys
 -- ARGV: nexpect, (partition, offset) * nexpect, nspans, (partition, from, to) * nspans,
---       then per op: code, key index, a, b, c, expiry kind, expiry
+--       then per op: code, key index, a, b, c, expiry kind, expiry, reasons key index
+--       (0: none), reason
 local i = 1
 local nexpect = tonumber(ARGV[i]); i = i + 1
 for e = 1, nexpect do
@@ -35,18 +36,34 @@ for s = 1, nspans do
   spans[#spans + 1] = {part, to}
 end
 local first_op = i
-local want = {R = 'zset', H = 'hash', M = 'hash', Z = 'zset'}
+local want = {R = 'zset', H = 'hash', M = 'hash', Z = 'zset', B = 'zset'}
 while i <= #ARGV do
   local k = KEYS[tonumber(ARGV[i + 1])]
   local t = redis.call('TYPE', k).ok
   if t ~= 'none' and t ~= want[ARGV[i]] then return {3, k, t} end
-  i = i + 7
+  local r = tonumber(ARGV[i + 7])
+  if r > 0 then
+    t = redis.call('TYPE', KEYS[r]).ok
+    if t ~= 'none' and t ~= 'hash' then return {3, KEYS[r], t} end
+  end
+  i = i + 9
+end
+-- byte order, as Rust compares strings (Lua's < follows the server's locale)
+local function less(x, y)
+  for j = 1, math.min(#x, #y) do
+    local p, q = string.byte(x, j), string.byte(y, j)
+    if p ~= q then return p < q end
+  end
+  return #x < #y
 end
 i = first_op
 while i <= #ARGV do
   local code, k, a, b, c = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ek, ev = ARGV[i + 5], ARGV[i + 6]
-  i = i + 7
+  local r, why = tonumber(ARGV[i + 7]), ARGV[i + 8]
+  local rk = nil
+  if r > 0 then rk = KEYS[r] end
+  i = i + 9
   if code == 'R' then
     redis.call('ZADD', k, 'GT', b, a)
     redis.call('ZREMRANGEBYRANK', k, 0, -(tonumber(c) + 1))
@@ -55,13 +72,32 @@ while i <= #ARGV do
   elseif code == 'M' then
     local cur = redis.call('HGET', k, a)
     if (not cur) or tonumber(cur) < tonumber(b) then redis.call('HSET', k, a, b) end
+  elseif code == 'B' then
+    local cur = redis.call('ZSCORE', k, a)
+    local take = (not cur) or tonumber(cur) < tonumber(b)
+    if (not take) and tonumber(cur) == tonumber(b) and rk then
+      local old = redis.call('HGET', rk, a)
+      take = (not old) or less(why, old)
+    end
+    if take then
+      redis.call('ZADD', k, b, a)
+      if rk then redis.call('HSET', rk, a, why) end
+    end
+    local over = redis.call('ZCARD', k) - tonumber(c)
+    if over > 0 then
+      local gone = redis.call('ZRANGE', k, 0, over - 1)
+      redis.call('ZREMRANGEBYRANK', k, 0, over - 1)
+      if rk then redis.call('HDEL', rk, unpack(gone)) end
+    end
   else
     redis.call('ZINCRBY', k, b, a)
   end
   if ek == 'I' then
     redis.call('EXPIRE', k, ev)
+    if rk then redis.call('EXPIRE', rk, ev) end
   elseif ek == 'A' then
     redis.call('EXPIREAT', k, ev)
+    if rk then redis.call('EXPIREAT', rk, ev) end
   end
 end
 for _, s in ipairs(spans) do
@@ -174,13 +210,28 @@ impl FeatureStore for RedisStore {
         for s in spans {
             inv.arg(s.partition).arg(s.from).arg(s.to);
         }
-        let mut key_index: std::collections::HashMap<&str, usize> = Default::default();
-        for op in ops {
-            let next = key_index.len() + 2;
-            let idx = *key_index.entry(op.key()).or_insert_with(|| {
-                inv.key(op.key());
+        // each key once in KEYS; ops name theirs by index
+        fn index_of<'a>(
+            keys: &mut std::collections::HashMap<&'a str, usize>,
+            key: &'a str,
+            inv: &mut redis::ScriptInvocation,
+        ) -> usize {
+            let next = keys.len() + 2;
+            *keys.entry(key).or_insert_with(|| {
+                inv.key(key);
                 next
-            });
+            })
+        }
+        let mut keys: std::collections::HashMap<&str, usize> = Default::default();
+        for op in ops {
+            let idx = index_of(&mut keys, op.key(), &mut inv);
+            let (reason_idx, why) = match op {
+                Op::Best {
+                    reason: Some((rk, why)),
+                    ..
+                } => (index_of(&mut keys, rk, &mut inv), why.as_str()),
+                _ => (0, ""),
+            };
             let (code, a, b, c, expiry) = match op {
                 Op::PushRecent {
                     member,
@@ -208,9 +259,23 @@ impl FeatureStore for RedisStore {
                     expiry,
                     ..
                 } => ("Z", member.clone(), num(*delta), String::new(), *expiry),
+                Op::Best {
+                    member,
+                    score,
+                    max_len,
+                    expiry,
+                    ..
+                } => (
+                    "B",
+                    member.clone(),
+                    num(*score),
+                    max_len.to_string(),
+                    *expiry,
+                ),
             };
             let (ek, ev) = expiry_args(expiry);
             inv.arg(code).arg(idx).arg(a).arg(b).arg(c).arg(ek).arg(ev);
+            inv.arg(reason_idx).arg(why);
         }
         let mut conn = self.conn.clone();
         let (status, what, stored): (i64, String, String) = self
@@ -256,7 +321,8 @@ impl FeatureStore for RedisStore {
                 };
                 let wanted = match ops.iter().find(|o| o.key() == what) {
                     Some(Op::HashIncr { .. } | Op::HashMax { .. }) => "hash",
-                    _ => "sorted set",
+                    Some(_) => "sorted set",
+                    None => "hash", // a ranked list's reasons
                 };
                 Err(FeaturesError::WrongType {
                     found: kind(&stored),
@@ -281,6 +347,12 @@ impl FeatureStore for RedisStore {
         Ok(raw.into_iter().collect())
     }
 
+    async fn texts(&self, key: &str) -> Result<Vec<(String, String)>, FeaturesError> {
+        let mut conn = self.conn.clone();
+        let raw: BTreeMap<String, String> = self.timed("texts", conn.hgetall(key)).await?;
+        Ok(raw.into_iter().collect())
+    }
+
     async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError> {
         if n == 0 {
             return Ok(Vec::new());
@@ -290,10 +362,7 @@ impl FeatureStore for RedisStore {
             .await
     }
 
-    async fn read_many(
-        &self,
-        reads: &[Read<'_>],
-    ) -> Result<Vec<Vec<(String, f64)>>, FeaturesError> {
+    async fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Reply>, FeaturesError> {
         if reads.is_empty() {
             return Ok(Vec::new());
         }
@@ -303,20 +372,40 @@ impl FeatureStore for RedisStore {
                 Read::Top(key, n) => {
                     pipe.zrevrange_withscores(*key, 0, (*n as isize).max(1) - 1);
                 }
-                Read::Hash(key) => {
+                Read::Hash(key) | Read::Texts(key) => {
                     pipe.hgetall(*key);
                 }
             }
         }
         let mut conn = self.conn.clone();
-        let mut out: Vec<Vec<(String, f64)>> =
+        // every answer is a list of (text, text) pairs; scores are parsed per read
+        let raw: Vec<Vec<(String, String)>> =
             self.timed("read_many", pipe.query_async(&mut conn)).await?;
-        for (r, v) in reads.iter().zip(out.iter_mut()) {
-            match r {
-                Read::Top(_, 0) => v.clear(),
-                Read::Top(..) => {}
-                Read::Hash(_) => v.sort_by(|a, b| a.0.cmp(&b.0)),
-            }
+        let mut out = Vec::with_capacity(raw.len());
+        for (r, mut v) in reads.iter().zip(raw) {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(match r {
+                Read::Top(_, 0) => Reply::default(),
+                Read::Top(key, _) | Read::Hash(key) => {
+                    let mut scores = Vec::with_capacity(v.len());
+                    for (m, x) in v {
+                        let x = x.parse::<f64>().map_err(|_| FeaturesError::WrongType {
+                            key: (*key).to_owned(),
+                            found: "text value",
+                            wanted: "number",
+                        })?;
+                        scores.push((m, x));
+                    }
+                    if matches!(r, Read::Top(..)) {
+                        scores.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+                    }
+                    Reply::scores(scores)
+                }
+                Read::Texts(_) => Reply {
+                    scores: Vec::new(),
+                    texts: v,
+                },
+            });
         }
         Ok(out)
     }

@@ -26,6 +26,24 @@ pub struct DataFile {
 pub const EVENTS: &str = "events";
 pub const DEAD_LETTERS: &str = "dlq/land";
 pub const CDC: &str = "cdc";
+/// Model versions: `models/als/<version>/` holds the factors (`user_factors.parquet`,
+/// `item_factors.parquet`), the published lists ([`SIMILAR_BOOKS`], [`POPULAR_BOOKS`]) and
+/// `model.json`.
+pub const MODELS: &str = "models/als";
+/// The promoted version's name (text), written when a version is promoted or rolled back
+/// to: what readers of the lake alone (the stream's `similar_books`) take as current.
+pub const CURRENT_MODEL: &str = "models/als/_current";
+/// A version's similar books: `book_id, pos, similar_book_id, score` (as the store's
+/// `rec_similar_books`).
+pub const SIMILAR_BOOKS: &str = "similar_books.parquet";
+/// A version's popular books per category: `category, pos, book_id, score` (as the store's
+/// `rec_popular_books`; category `''` is the whole catalogue).
+pub const POPULAR_BOOKS: &str = "popular_books.parquet";
+
+/// A model version's folder.
+pub fn model_folder(version: &str) -> String {
+    format!("{MODELS}/{version}")
+}
 
 /// `(dt, hour)` of a timestamp, UTC.
 pub fn hour_bucket(ts: &DateTime<Utc>) -> (String, u32) {

@@ -443,6 +443,18 @@ impl Lake {
             .map_err(err)
     }
 
+    /// [`Lake::get`], with `None` for an object that does not exist.
+    pub async fn get_opt(&self, relative: &str) -> Result<Option<Bytes>, LakeError> {
+        match self.get(relative).await {
+            Ok(b) => Ok(Some(b)),
+            Err(LakeError::Object {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn delete(&self, relative: &str) -> Result<(), LakeError> {
         let path = self.path(relative);
         match self.store.delete(&path).await {
@@ -592,6 +604,26 @@ pub fn dead_letters_schema() -> SchemaRef {
             false,
         ),
     ]))
+}
+
+/// The schema of a published list in the lake ([`layout::SIMILAR_BOOKS`],
+/// [`layout::POPULAR_BOOKS`]): `<key>, pos, <item>, score`.
+pub fn ranked_list_schema(key: &str, item: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(key, DataType::Utf8, false),
+        Field::new("pos", DataType::Int64, false),
+        Field::new(item, DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+    ]))
+}
+
+/// The batches of one Parquet file held in memory.
+pub fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?
+        .map(|b| b.map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// One Parquet file in memory: Snappy, page statistics.

@@ -393,15 +393,25 @@ pub async fn run(
                 }
                 // a re-read that outlasts its interval (at least a minute) is given up
                 let limit = every.max(Duration::from_secs(60));
-                let reread = crate::sql::refresh_cdc_tables(&ctx, &lake);
+                // the catalogue, then the current model's lists (a promotion or rollback
+                // is followed within one interval)
+                let reread = async {
+                    let tables = crate::sql::refresh_cdc_tables(&ctx, &lake).await?;
+                    let version = crate::sql::refresh_model_lists(&ctx, &lake).await?;
+                    Ok::<_, crate::sql::SqlError>((tables, version))
+                };
                 let result = tokio::select! {
                     r = tokio::time::timeout(limit, reread) => r,
                     _ = stop.cancelled() => return,
                 };
                 match result {
-                    Ok(Ok(tables)) => {
+                    Ok(Ok((tables, version))) => {
                         metrics.catalogue_refreshes.inc();
-                        tracing::debug!(?tables, "stream: catalogue re-read");
+                        tracing::debug!(
+                            ?tables,
+                            ?version,
+                            "stream: catalogue and model lists re-read"
+                        );
                     }
                     Ok(Err(e)) => {
                         metrics.catalogue_refresh_errors.inc();

@@ -2,14 +2,20 @@
 //!
 //! Header keys (besides `name` and `description`):
 //!
-//! - `sink: recent | hash | zset` — the latest members with their times (a sorted set scored
-//!   by time: newest first, de-duplicated, trimmed), a hash of counters, a sorted set of
-//!   scores;
+//! - `sink: recent | hash | zset | ranked` — the latest members with their times (a sorted
+//!   set scored by time: newest first, de-duplicated, trimmed), a hash of counters, a sorted
+//!   set of scores, or a ranked list (a sorted set keeping each member's best score and the
+//!   `max_len` best members — [`Op::Best`] — with each member's reason in a text hash);
 //! - `key: rt:recent:{user_id}` — the key pattern, `{column}` taken from each row;
 //! - `member: book_id` — the column holding the list member, hash field or set member;
 //! - `value: n` — (hash, zset) the column added to the field's or member's value; (recent)
 //!   the column with the member's time in epoch milliseconds (the later time wins);
-//! - `max_len: 50` — (recent) the list keeps this many members;
+//! - `max_len: 50` — (recent, ranked) the list keeps this many members;
+//! - `reason: reason` — (ranked) the column with each row's reason (free text, at most
+//!   200 characters), kept for the member's best row in the hash named by
+//! - `reason_key: rec:why:{user_id}` — (ranked, with `reason`) the reasons' key pattern;
+//!   its text before the first `{column}` must not begin the list key's (or the other way
+//!   round), so no id can make one user's reasons collide with another's list;
 //! - `ttl_secs: 2592000` — the key expires this long after its last write, or
 //! - `expire_at: expire_at` — the column with the epoch second the key expires at (time
 //!   buckets of a window: deterministic under replay);
@@ -27,7 +33,12 @@ pub enum SinkKind {
     Recent { max_len: usize },
     Hash,
     Zset,
+    Ranked { max_len: usize },
 }
+
+/// The longest reason text a ranked sink keeps (a longer one is cut at a character
+/// boundary): reasons travel in every API response.
+pub const MAX_REASON_CHARS: usize = 200;
 
 #[derive(Debug, Clone, PartialEq)]
 enum KeyPart {
@@ -50,6 +61,8 @@ pub struct Sink {
     pub value: Option<String>,
     pub expiry: ExpirySpec,
     pub window: Option<String>,
+    /// (ranked) the reason column and the reasons' key pattern
+    reason: Option<(String, Vec<KeyPart>)>,
 }
 
 fn err(q: &Query, line: usize, message: impl Into<String>) -> CatalogError {
@@ -82,11 +95,14 @@ impl Sink {
             },
             "hash" => SinkKind::Hash,
             "zset" => SinkKind::Zset,
+            "ranked" => SinkKind::Ranked {
+                max_len: number("max_len")?.unwrap_or(50) as usize,
+            },
             other => {
                 return Err(err(
                     q,
                     kind_line,
-                    format!("sink {other:?}: use recent, hash or zset"),
+                    format!("sink {other:?}: use recent, hash, zset or ranked"),
                 ));
             }
         };
@@ -97,6 +113,7 @@ impl Sink {
         if value.is_none() {
             let what = match kind {
                 SinkKind::Recent { .. } => "the column with each member's time, epoch ms",
+                SinkKind::Ranked { .. } => "the column with each member's score",
                 _ => "the column added",
             };
             return Err(err(
@@ -113,6 +130,43 @@ impl Sink {
             (None, Some((c, _))) => ExpirySpec::AtColumn(c),
             (None, None) => ExpirySpec::Never,
         };
+        let reason = match (get("reason"), get("reason_key")) {
+            (None, None) => None,
+            (Some((_, line)), _) | (None, Some((_, line)))
+                if !matches!(kind, SinkKind::Ranked { .. }) =>
+            {
+                return Err(err(
+                    q,
+                    line,
+                    "reason and reason_key belong to a ranked sink",
+                ));
+            }
+            (Some((column, _)), Some((pattern, line))) => {
+                let parts = parse_pattern(&pattern).map_err(|m| err(q, line, m))?;
+                let (a, b) = (lead(&key), lead(&parts));
+                if a.starts_with(b) || b.starts_with(a) {
+                    return Err(err(
+                        q,
+                        line,
+                        format!(
+                            "reason_key {pattern:?} and key {:?} begin alike ({b:?}, {a:?}):                              an id could make one's key the other's; give them distinct                              prefixes such as rec:rt: and rec:why:",
+                            pattern_text(&key)
+                        ),
+                    ));
+                }
+                Some((column, parts))
+            }
+            (Some((_, line)), None) => {
+                return Err(err(
+                    q,
+                    line,
+                    "reason needs `-- reason_key:` (the reasons' hash key pattern)",
+                ));
+            }
+            (None, Some((_, line))) => {
+                return Err(err(q, line, "reason_key needs `-- reason:` (the column)"));
+            }
+        };
         Ok(Sink {
             kind,
             key,
@@ -120,6 +174,7 @@ impl Sink {
             value,
             expiry,
             window: get("window").map(|w| w.0),
+            reason,
         })
     }
 
@@ -140,6 +195,13 @@ impl Sink {
         if let ExpirySpec::AtColumn(e) = &self.expiry {
             c.push(e);
         }
+        if let Some((r, parts)) = &self.reason {
+            c.push(r);
+            c.extend(parts.iter().filter_map(|p| match p {
+                KeyPart::Column(c) => Some(c.as_str()),
+                KeyPart::Text(_) => None,
+            }));
+        }
         c
     }
 
@@ -147,12 +209,19 @@ impl Sink {
     pub fn check(&self, q: &Query, schema: &Schema) -> Result<(), CatalogError> {
         for c in self.columns() {
             if schema.field_with_name(c).is_err() {
-                let line = ["key", "member", "value", "expire_at"]
-                    .iter()
-                    .filter_map(|k| q.sink.get(*k))
-                    .find(|(v, _)| v.contains(c))
-                    .map(|(_, l)| *l)
-                    .unwrap_or(1);
+                let line = [
+                    "key",
+                    "member",
+                    "value",
+                    "expire_at",
+                    "reason",
+                    "reason_key",
+                ]
+                .iter()
+                .filter_map(|k| q.sink.get(*k))
+                .find(|(v, _)| v.contains(c))
+                .map(|(_, l)| *l)
+                .unwrap_or(1);
                 let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 return Err(err(
                     q,
@@ -185,20 +254,24 @@ impl Sink {
                     .ok_or_else(|| format!("column {c} missing"))?;
                 cast(a, t).map_err(|e| format!("column {c}: {e}"))
             };
-            let parts: Vec<Result<arrow::array::ArrayRef, String>> = self
-                .key
-                .iter()
-                .map(|p| match p {
-                    KeyPart::Column(c) => text(c),
-                    KeyPart::Text(t) => {
-                        Ok(std::sync::Arc::new(arrow::array::StringArray::from(vec![
-                            t.as_str();
-                            b.num_rows()
-                        ])) as arrow::array::ArrayRef)
-                    }
-                })
-                .collect();
-            let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let columns =
+                |pattern: &[KeyPart]| -> Result<Vec<arrow::array::ArrayRef>, String> {
+                    pattern
+                        .iter()
+                        .map(|p| match p {
+                            KeyPart::Column(c) => text(c),
+                            KeyPart::Text(t) => Ok(std::sync::Arc::new(
+                                arrow::array::StringArray::from(vec![t.as_str(); b.num_rows()]),
+                            )
+                                as arrow::array::ArrayRef),
+                        })
+                        .collect()
+                };
+            let parts = columns(&self.key)?;
+            let reason = match &self.reason {
+                Some((column, pattern)) => Some((text(column)?, columns(pattern)?)),
+                None => None,
+            };
             let member = text(&self.member)?;
             let value = match &self.value {
                 Some(v) => Some(number(v, &DataType::Float64)?),
@@ -208,16 +281,11 @@ impl Sink {
                 ExpirySpec::AtColumn(c) => Some(number(c, &DataType::Int64)?),
                 _ => None,
             };
-            'rows: for r in 0..b.num_rows() {
-                let mut key = String::new();
-                for p in &parts {
-                    let p = p.as_string::<i32>();
-                    if p.is_null(r) {
-                        skipped += 1;
-                        continue 'rows;
-                    }
-                    key.push_str(p.value(r));
-                }
+            for r in 0..b.num_rows() {
+                let Some(key) = row_key(&parts, r) else {
+                    skipped += 1;
+                    continue;
+                };
                 let m = member.as_string::<i32>();
                 if m.is_null(r) {
                     skipped += 1;
@@ -230,11 +298,11 @@ impl Sink {
                     }
                     _ => Expiry::Never,
                 };
-                let delta = value
+                let number = value
                     .as_ref()
                     .filter(|v| !v.is_null(r))
-                    .map(|v| v.as_primitive::<Float64Type>().value(r))
-                    .unwrap_or(0.0);
+                    .map(|v| v.as_primitive::<Float64Type>().value(r));
+                let delta = number.unwrap_or(0.0);
                 let member = m.value(r).to_owned();
                 ops.push(match self.kind {
                     SinkKind::Recent { max_len } => Op::PushRecent {
@@ -256,11 +324,126 @@ impl Sink {
                         delta,
                         expiry,
                     },
+                    SinkKind::Ranked { max_len } => {
+                        // a row without a finite score offers nothing
+                        let Some(score) = number.filter(|x| x.is_finite()) else {
+                            skipped += 1;
+                            continue;
+                        };
+                        let reason = match &reason {
+                            None => None,
+                            Some((why, pattern)) => {
+                                let Some(rk) = row_key(pattern, r) else {
+                                    skipped += 1;
+                                    continue;
+                                };
+                                let why = why.as_string::<i32>();
+                                let text = if why.is_null(r) { "" } else { why.value(r) };
+                                Some((rk, cut(text, MAX_REASON_CHARS).to_owned()))
+                            }
+                        };
+                        Op::Best {
+                            key,
+                            member,
+                            score,
+                            max_len,
+                            reason,
+                            expiry,
+                        }
+                    }
                 });
             }
         }
+        if matches!(self.kind, SinkKind::Ranked { .. }) {
+            ops = best_offers(ops);
+        }
         Ok((ops, skipped))
     }
+}
+
+/// Row `r`'s key from its parts (each a text column), `None` when a part is null.
+fn row_key(parts: &[arrow::array::ArrayRef], r: usize) -> Option<String> {
+    let mut key = String::new();
+    for p in parts {
+        let p = p.as_string::<i32>();
+        if p.is_null(r) {
+            return None;
+        }
+        key.push_str(p.value(r));
+    }
+    Some(key)
+}
+
+/// At most `n` characters of `s`.
+fn cut(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
+/// One [`Op::Best`] per (key, member): the best offer (greatest score; equal scores, the
+/// smaller reason), in the order members first appear. What the store would keep anyway:
+/// fewer ops, the same result.
+fn best_offers(ops: Vec<Op>) -> Vec<Op> {
+    let mut at: std::collections::HashMap<(String, String), usize> = Default::default();
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let Op::Best {
+            key, member, score, ..
+        } = &op
+        else {
+            out.push(op);
+            continue;
+        };
+        match at.get(&(key.clone(), member.clone())) {
+            None => {
+                at.insert((key.clone(), member.clone()), out.len());
+                out.push(op);
+            }
+            Some(&i) => {
+                if let Op::Best {
+                    score: kept,
+                    reason: kept_reason,
+                    ..
+                } = &out[i]
+                {
+                    let better = *score > *kept
+                        || (*score == *kept
+                            && match (&op, kept_reason) {
+                                (
+                                    Op::Best {
+                                        reason: Some((_, why)),
+                                        ..
+                                    },
+                                    Some((_, old)),
+                                ) => why < old,
+                                _ => false,
+                            });
+                    if better {
+                        out[i] = op;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The fixed text before a pattern's first column.
+fn lead(parts: &[KeyPart]) -> &str {
+    match parts.first() {
+        Some(KeyPart::Text(t)) => t,
+        _ => "",
+    }
+}
+
+/// A pattern written back as text.
+fn pattern_text(parts: &[KeyPart]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            KeyPart::Text(t) => t.clone(),
+            KeyPart::Column(c) => format!("{{{c}}}"),
+        })
+        .collect()
 }
 
 /// `rt:cat:{user_id}:{bucket}` → text and column parts.
@@ -346,6 +529,73 @@ mod tests {
     }
 
     #[test]
+    fn a_ranked_sink_offers_each_member_once_with_its_best_row_and_reason() {
+        let q = query(
+            "-- sink: ranked\n-- key: rec:rt:{user_id}\n-- member: book_id\n-- value: score\n-- reason: why\n-- reason_key: rec:why:{user_id}\n-- max_len: 2\n-- ttl_secs: 60",
+        );
+        let sink = Sink::from_query(&q).expect("sink");
+        let long = "x".repeat(MAX_REASON_CHARS + 5);
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                arrow::datatypes::Field::new("user_id", DataType::Utf8, true),
+                arrow::datatypes::Field::new("book_id", DataType::Utf8, true),
+                arrow::datatypes::Field::new("score", DataType::Float64, true),
+                arrow::datatypes::Field::new("why", DataType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("u1"),
+                    Some("u1"),
+                    Some("u1"),
+                    Some("u1"),
+                    Some("u2"),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("b1"),
+                    Some("b1"),
+                    Some("b1"),
+                    Some("b2"),
+                    Some("b9"),
+                ])),
+                Arc::new(arrow::array::Float64Array::from(vec![
+                    Some(1.0),
+                    Some(3.0),
+                    Some(3.0),
+                    Some(f64::NAN),
+                    Some(2.0),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("similar_to:b7"),
+                    Some("similar_to:b8"),
+                    Some("popular_in:fantasy"),
+                    Some("x"),
+                    Some(long.as_str()),
+                ])),
+            ],
+        )
+        .expect("batch");
+        sink.check(&q, &batch.schema()).expect("columns present");
+        let (ops, skipped) = sink.ops(&[batch]).expect("ops");
+        assert_eq!(skipped, 1, "the NaN score offers nothing");
+        let best = |user: &str, book: &str, score: f64, why: &str| Op::Best {
+            key: format!("rec:rt:{user}"),
+            member: book.into(),
+            score,
+            max_len: 2,
+            reason: Some((format!("rec:why:{user}"), why.into())),
+            expiry: Expiry::AfterSecs(60),
+        };
+        assert_eq!(
+            ops,
+            vec![
+                // the best score, and on the tie the smaller reason
+                best("u1", "b1", 3.0, "popular_in:fantasy"),
+                best("u2", "b9", 2.0, &long[..MAX_REASON_CHARS]),
+            ]
+        );
+    }
+
+    #[test]
     fn header_mistakes_name_the_line() {
         let bad = |h: &str| {
             let q = query(h);
@@ -353,6 +603,16 @@ mod tests {
         };
         assert!(
             bad("-- sink: list\n-- key: k:{a}\n-- member: a").contains("x.sql:2: sink \"list\"")
+        );
+        let ranked = "-- sink: ranked\n-- key: rec:rt:{u}\n-- member: b\n-- value: s\n-- reason: r";
+        assert!(bad(ranked).contains("x.sql:6: reason needs `-- reason_key:`"));
+        assert!(
+            bad(&format!("{ranked}\n-- reason_key: rec:rt:why:{{u}}")).contains("x.sql:7"),
+            "a reasons key the list key's prefix begins is refused"
+        );
+        assert!(
+            bad("-- sink: zset\n-- key: k:{a}\n-- member: a\n-- value: v\n-- reason: r")
+                .contains("belong to a ranked sink")
         );
         assert!(bad("-- sink: zset\n-- key: k:{a}\n-- member: a").contains("needs `-- value:`"));
         assert!(bad("-- sink: recent\n-- key: constant\n-- member: a").contains("x.sql:3"));

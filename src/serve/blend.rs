@@ -9,6 +9,9 @@
 //! - `similar`: books similar to a seed — the context book, then the user's recent views,
 //!   newest first, the i-th seed counting 1/(1+i) — the best seed counts (reason
 //!   `similar_to:<seed>` for each seed that proposes the book);
+//! - `realtime`: the user's realtime list (`rec:rt:<user>`, written by the stream's ranked
+//!   queries; scores are log2 evidence), each book counting `2^(score − best)` — 1 for the
+//!   list's best — with the list's reason for it (`similar_to:<book>`, `popular_in:<c>`);
 //! - `trending`: book heat over the trending window (reason `trending`);
 //! - `category`: the user's short-term category interest, as a share of their recent
 //!   events; any candidate in such a category gets `weight × share`, and the category's
@@ -36,6 +39,8 @@ pub struct Signals {
     pub fold_in: Vec<Ranked>,
     /// (seed book, its similar books), most important seed first
     pub similar: Vec<(String, Arc<Vec<Ranked>>)>,
+    /// the realtime list: (book, log2 score, reason), best first
+    pub realtime: Vec<(String, f64, String)>,
     pub trending: Vec<(String, f64)>,
     /// short-term interest per category (events in the window)
     pub categories: Vec<(String, f64)>,
@@ -65,6 +70,8 @@ enum Why<'a> {
     FoldIn,
     /// index of the seed in `Signals::similar`
     Similar(usize),
+    /// index in `Signals::realtime`
+    Realtime(usize),
     Trending,
     Category(&'a str),
     Popular,
@@ -76,6 +83,10 @@ impl Why<'_> {
             Why::Als => "als".into(),
             Why::FoldIn => "fold_in".into(),
             Why::Similar(i) => format!("similar_to:{}", s.similar[i].0),
+            Why::Realtime(i) => match s.realtime[i].2.as_str() {
+                "" => "realtime".into(),
+                why => why.into(),
+            },
             Why::Trending => "trending".into(),
             Why::Category(c) => format!("category:{c}"),
             Why::Popular => "popular".into(),
@@ -130,6 +141,23 @@ pub fn blend<'a>(s: &'a Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
                 &r.item,
                 Why::Similar(i),
                 w.similar * r.score.max(0.0) / (1 + i) as f64,
+            );
+        }
+    }
+    // log2 scores: each relative to the list's best
+    let best = s
+        .realtime
+        .iter()
+        .map(|r| r.1)
+        .filter(|x| x.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    for (i, (book, score, _)) in s.realtime.iter().enumerate() {
+        if score.is_finite() {
+            put(
+                &mut c,
+                book,
+                Why::Realtime(i),
+                w.realtime * (score - best).exp2(),
             );
         }
     }
@@ -208,6 +236,10 @@ pub fn blend<'a>(s: &'a Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
                 .map(|(w, v)| (w.text(s), v))
                 .collect();
             parts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            // two sources may give one reason (the realtime list's similar_to:<b> and the
+            // seed's): it is named once, at its strongest
+            let mut named = HashSet::new();
+            parts.retain(|p| named.insert(p.0.clone()));
             Item {
                 book_id: book.to_owned(),
                 score,
@@ -238,10 +270,35 @@ mod tests {
             als: 1.0,
             fold_in: 1.0,
             similar: 0.8,
+            realtime: 0.6,
             trending: 0.3,
             category: 0.4,
             popular: 0.5,
         }
+    }
+
+    #[test]
+    fn the_realtime_list_counts_relative_to_its_best_with_its_reasons() {
+        let s = Signals {
+            realtime: vec![
+                ("x".into(), 20001.0, "similar_to:a".into()),
+                ("y".into(), 20000.0, "popular_in:fantasy".into()),
+                ("owned".into(), 20002.0, "similar_to:a".into()),
+                ("z".into(), f64::NAN, "broken".into()),
+            ],
+            similar: vec![("a".into(), ranked(&[("x", 0.5)]))],
+            exclude: ["owned".to_string()].into_iter().collect(),
+            ..Signals::default()
+        };
+        let got = blend(&s, &weights(), 10);
+        let books: Vec<&str> = got.iter().map(|i| i.book_id.as_str()).collect();
+        assert_eq!(books, ["x", "y"]);
+        // x: 0.6 × 2^(20001 − 20002) from the list + 0.8 × 0.5 as a seed's similar book,
+        // one reason named once
+        assert!((got[0].score - (0.3 + 0.4)).abs() < 1e-9, "{got:?}");
+        assert_eq!(got[0].reasons, ["similar_to:a"]);
+        assert!((got[1].score - 0.15).abs() < 1e-9, "{got:?}");
+        assert_eq!(got[1].reasons, ["popular_in:fantasy"]);
     }
 
     #[test]

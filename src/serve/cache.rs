@@ -80,6 +80,24 @@ pub(super) async fn listed(
         .as_ref()
         .map(|m| m.version.clone())
         .unwrap_or_default();
+    // the version's similar and popular lists, when preloaded: no DB read at all
+    if list != List::User
+        && let Some(pre) = read(&shared.preloaded).filter(|p| p.version == version)
+    {
+        let lists = if list == List::Similar {
+            &pre.similar
+        } else {
+            &pre.popular
+        };
+        return Ok(lists.get(key).map(|items| {
+            let items = if items.len() <= k {
+                items.clone()
+            } else {
+                Arc::new(items[..k].to_vec())
+            };
+            (version, items)
+        }));
+    }
     {
         let mut c = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
         if c.version != version {

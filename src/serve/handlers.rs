@@ -20,29 +20,69 @@ use crate::store::Ranked;
 
 type Scored = Vec<(String, f64)>;
 
+/// A user's realtime state, read in one round trip.
+#[derive(Debug, Default)]
+struct UserState {
+    /// the latest views (book, epoch ms), newest first
+    recent: Scored,
+    /// owned books (book, epoch ms)
+    owned: Scored,
+    /// the category-interest hash of each bucket asked for
+    cats: Vec<Scored>,
+    /// the realtime list `rec:rt:<user>`: (book, log2 score, reason), best first
+    list: Vec<(String, f64, String)>,
+}
+
+/// The key of a user's realtime list and of its reasons (queries/realtime/similar_to_recent.sql).
+pub(super) fn realtime_list_keys(user_id: &str) -> (String, String) {
+    (format!("rec:rt:{user_id}"), format!("rec:why:{user_id}"))
+}
+
 /// A user's realtime state in one round trip: the latest `n.0` views and `n.1` owned books
-/// (with their times), and the category-interest hashes of `cat_buckets`.
+/// (with their times), the category-interest hashes of `cat_buckets`, and the `n.2` best
+/// books of the realtime list with their reasons.
 async fn user_state(
     shared: &Shared,
     fs: &dyn FeatureStore,
     user_id: &str,
-    n: (usize, usize),
+    n: (usize, usize, usize),
     cat_buckets: &[i64],
-) -> Result<(Scored, Scored, Vec<Scored>), String> {
+) -> Result<UserState, String> {
     let (recent_key, owned_key) = (
         format!("rt:recent:{user_id}"),
         format!("rt:owned:{user_id}"),
     );
+    let (list_key, why_key) = realtime_list_keys(user_id);
     let cat_keys: Vec<String> = cat_buckets
         .iter()
         .map(|b| format!("rt:cat:{user_id}:{b}"))
         .collect();
-    let mut reads = vec![Read::Top(&recent_key, n.0), Read::Top(&owned_key, n.1)];
+    let mut reads = vec![
+        Read::Top(&recent_key, n.0),
+        Read::Top(&owned_key, n.1),
+        Read::Top(&list_key, n.2),
+        Read::Texts(&why_key),
+    ];
     reads.extend(cat_keys.iter().map(|k| Read::Hash(k)));
     let mut got = fs_call(shared, fs.read_many(&reads)).await?.into_iter();
-    let recent = got.next().unwrap_or_default();
-    let owned = got.next().unwrap_or_default();
-    Ok((recent, owned, got.collect()))
+    let mut next = || got.next().unwrap_or_default();
+    let (recent, owned) = (next().scores, next().scores);
+    let (list, why) = (next().scores, next().texts);
+    let why: HashMap<String, String> = why.into_iter().collect();
+    let list = list
+        .into_iter()
+        .map(|(b, score)| {
+            let reason = why.get(&b).cloned().unwrap_or_default();
+            (b, score, reason)
+        })
+        .collect();
+    let cats = got.map(|r| r.scores).collect();
+    Ok(UserState {
+        recent,
+        owned,
+        cats,
+        list,
+    })
 }
 
 /// `None` when the request carries one of `serve.api_keys` as a bearer token (compared in
@@ -210,7 +250,8 @@ pub(super) async fn recommendations(
     let realtime = async {
         let fs = fs.as_ref()?;
         let cat_buckets = buckets(now_ms(), window, 0, cutoff);
-        Some(user_state(&shared, fs.as_ref(), &user_id, (50, 500), &cat_buckets).await)
+        let n = (50, 500, shared.cfg.publish.k.max(k));
+        Some(user_state(&shared, fs.as_ref(), &user_id, n, &cat_buckets).await)
     };
     let (offline, realtime) = tokio::join!(offline, realtime);
     let mut signals = blend::Signals::default();
@@ -229,7 +270,13 @@ pub(super) async fn recommendations(
     // every recent view and owned book: what fold-in solves a new user's factor from
     let mut fold_events: Vec<(String, f32)> = Vec::new();
     match realtime {
-        Some(Ok((r, owned, cats))) => {
+        Some(Ok(UserState {
+            recent: r,
+            owned,
+            cats,
+            list,
+        })) => {
+            signals.realtime = list;
             let (wv, wo) = (
                 shared.cfg.serve.fold_in_view_weight as f32,
                 shared.cfg.serve.fold_in_owned_weight as f32,
@@ -632,7 +679,7 @@ pub(super) async fn profile(
     let hour = buckets(now_ms(), 60, 0, 0);
     let realtime = async {
         let fs = fs.as_ref()?;
-        Some(user_state(&shared, fs.as_ref(), &user_id, (20, 100), &hour).await)
+        Some(user_state(&shared, fs.as_ref(), &user_id, (20, 100, 0), &hour).await)
     };
     let (batch, realtime) = tokio::join!(batch, realtime);
     let profile = match batch {
@@ -651,7 +698,12 @@ pub(super) async fn profile(
     match realtime {
         Some(Err(e)) => fs_errors.push(e),
         None => {}
-        Some(Ok((recent, owned, cats))) => {
+        Some(Ok(UserState {
+            recent,
+            owned,
+            cats,
+            ..
+        })) => {
             let times = |v: Scored| {
                 v.into_iter()
                     .map(|(b, at)| {

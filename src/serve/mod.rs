@@ -111,6 +111,18 @@ struct Shared {
     cache: std::sync::Mutex<ListCache>,
     /// the current model version's item factors, for fold-in (loaded from the lake)
     fold_in: RwLock<Option<Arc<FoldInModel>>>,
+    /// the current model version's similar and popular lists, whole (loaded from the lake
+    /// when the version is promoted: a cold API reads no list of them from the DB)
+    preloaded: RwLock<Option<Arc<PreloadedLists>>>,
+}
+
+/// A model version's similar and popular lists, read from the lake when it is promoted.
+struct PreloadedLists {
+    version: String,
+    /// book → its similar books, best first
+    similar: HashMap<String, Arc<Vec<crate::store::Ranked>>>,
+    /// category (`""`: the whole catalogue) → its popular books, best first
+    popular: HashMap<String, Arc<Vec<crate::store::Ranked>>>,
 }
 
 /// A model version's item side, ready to fold in users it was not trained on.
@@ -184,6 +196,7 @@ fn app(
         metrics: Arc::new(ServeMetrics::new()?),
         cache: std::sync::Mutex::new(ListCache::default()),
         fold_in: RwLock::new(None),
+        preloaded: RwLock::new(None),
     });
     tokio::spawn(fold_in_loop(
         shared.clone(),

@@ -76,6 +76,24 @@ pub(super) async fn fold_in_loop(shared: Arc<Shared>, lake: Lake, stop: Cancella
             Some(v) == want.as_ref() && at.elapsed() < Duration::from_secs(30)
         });
         if let Some(version) = want.filter(|w| Some(w) != have.as_ref() && !retry_later) {
+            // the similar and popular lists first: a cold API then reads only user lists
+            if shared.cfg.serve.preload_lists {
+                match load_lists(&lake, &version).await {
+                    Ok(lists) => {
+                        tracing::info!(%version, similar = lists.similar.len(),
+                            popular = lists.popular.len(),
+                            "serve: similar and popular lists preloaded");
+                        write(&shared.preloaded, Some(Arc::new(lists)));
+                    }
+                    Err(e) => {
+                        // the lists come from the DB meanwhile (cached per version)
+                        shared.metrics.backend_error("lake");
+                        tracing::warn!(%version, error = %e,
+                            "serve: could not preload the lists; reading them from the DB");
+                        write(&shared.preloaded, None);
+                    }
+                }
+            }
             match load_fold_in(&lake, &version).await {
                 Ok(model) => {
                     tracing::info!(%version, books = model.len(), factors = model.factors(),
@@ -100,6 +118,67 @@ pub(super) async fn fold_in_loop(shared: Arc<Shared>, lake: Lake, stop: Cancella
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// A version's similar and popular lists from its lake folder.
+async fn load_lists(lake: &Lake, version: &str) -> Result<PreloadedLists, String> {
+    use crate::lake::layout;
+    let folder = layout::model_folder(version);
+    let mut maps = Vec::new();
+    for file in [layout::SIMILAR_BOOKS, layout::POPULAR_BOOKS] {
+        let path = format!("{folder}/{file}");
+        let bytes = lake.get(&path).await.map_err(|e| e.to_string())?;
+        let map = tokio::task::spawn_blocking(move || ranked_lists(&path, bytes))
+            .await
+            .map_err(|e| e.to_string())??;
+        maps.push(map);
+    }
+    let popular = maps.pop().unwrap_or_default();
+    let similar = maps.pop().unwrap_or_default();
+    Ok(PreloadedLists {
+        version: version.to_owned(),
+        similar,
+        popular,
+    })
+}
+
+/// A published list file (`<key>, pos, <item>, score`) → key → items in `pos` order.
+fn ranked_lists(
+    path: &str,
+    bytes: bytes::Bytes,
+) -> Result<HashMap<String, Arc<Vec<crate::store::Ranked>>>, String> {
+    let batches = crate::lake::read_parquet(bytes).map_err(|e| format!("{path}: {e}"))?;
+    let mut rows: HashMap<String, Vec<(i64, crate::store::Ranked)>> = HashMap::new();
+    for b in &batches {
+        if b.num_columns() != 4 {
+            return Err(format!("{path}: {} columns, want 4", b.num_columns()));
+        }
+        let col = |i: usize, t: &DataType| cast(b.column(i), t).map_err(|e| format!("{path}: {e}"));
+        let (key, pos) = (col(0, &DataType::Utf8)?, col(1, &DataType::Int64)?);
+        let (item, score) = (col(2, &DataType::Utf8)?, col(3, &DataType::Float64)?);
+        let (key, item) = (key.as_string::<i32>(), item.as_string::<i32>());
+        let pos = pos.as_primitive::<arrow::datatypes::Int64Type>();
+        let score = score.as_primitive::<arrow::datatypes::Float64Type>();
+        for r in 0..b.num_rows() {
+            if key.is_null(r) || item.is_null(r) {
+                continue;
+            }
+            rows.entry(key.value(r).to_owned()).or_default().push((
+                pos.value(r),
+                crate::store::Ranked {
+                    item: item.value(r).to_owned(),
+                    score: score.value(r),
+                },
+            ));
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|(p, _)| *p);
+            (k, Arc::new(v.into_iter().map(|(_, r)| r).collect()))
+        })
+        .collect())
 }
 
 async fn load_fold_in(lake: &Lake, version: &str) -> Result<crate::als::FoldIn, String> {

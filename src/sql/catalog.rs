@@ -52,6 +52,8 @@ pub const SINK_KEYS: &[&str] = &[
     "ttl_secs",
     "expire_at",
     "window",
+    "reason",
+    "reason_key",
 ];
 
 /// One feature query.

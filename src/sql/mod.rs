@@ -386,6 +386,7 @@ pub async fn session_on(
     let sources = sources::load(lake)?;
     let cdc_tables = register_cdc_changes(&ctx, lake).await?;
     register_features(&ctx, lake).await?;
+    register_model_lists(&ctx, &tables, lake).await?;
     for table in &cdc_tables {
         let (schema, batches) = current_state(&ctx, lake, table).await?;
         tables.register(&ctx, table, schema, batches).await?;
@@ -425,6 +426,74 @@ pub async fn refresh_cdc_tables(
     }
     sources::register(ctx, &own, &sources, &tables).await?;
     Ok(tables)
+}
+
+/// Registers the current model version's published lists ([`crate::lake::layout::CURRENT_MODEL`])
+/// as `similar_books` (`book_id, pos, similar_book_id, score`) and `popular_books`
+/// (`category, pos, book_id, score`; category `''` is the whole catalogue), each empty
+/// before a model is promoted (or for a version published before the lists were in the
+/// lake), so realtime queries that join them always plan. Returns the version, if any.
+pub async fn register_model_lists(
+    ctx: &SessionContext,
+    tables: &Tables,
+    lake: &Lake,
+) -> Result<Option<String>, SqlError> {
+    use crate::lake::layout;
+    let lake_err = |e: crate::lake::LakeError| SqlError::Lake(e.to_string());
+    let version = lake
+        .get_opt(layout::CURRENT_MODEL)
+        .await
+        .map_err(lake_err)?
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .filter(|v| !v.is_empty());
+    for (name, file, key, item) in [
+        (
+            "similar_books",
+            layout::SIMILAR_BOOKS,
+            "book_id",
+            "similar_book_id",
+        ),
+        (
+            "popular_books",
+            layout::POPULAR_BOOKS,
+            "category",
+            "book_id",
+        ),
+    ] {
+        let schema = crate::lake::ranked_list_schema(key, item);
+        let mut batches = Vec::new();
+        if let Some(v) = &version {
+            let path = format!("{}/{file}", layout::model_folder(v));
+            if let Some(bytes) = lake.get_opt(&path).await.map_err(lake_err)? {
+                batches = crate::lake::read_parquet(bytes)
+                    .map_err(|reason| SqlError::Lake(format!("{path}: {reason}")))?;
+                if let Some(b) = batches.first()
+                    && b.schema().fields() != schema.fields()
+                {
+                    return Err(SqlError::Lake(format!(
+                        "{path}: columns {:?}, want {:?}",
+                        b.schema().fields(),
+                        schema.fields()
+                    )));
+                }
+            }
+        }
+        tables.register(ctx, name, schema, batches).await?;
+    }
+    Ok(version)
+}
+
+/// [`register_model_lists`] again on an in-process session ([`session`]), for a long-running
+/// reader (the stream) to follow promotions and rollbacks.
+pub async fn refresh_model_lists(
+    ctx: &SessionContext,
+    lake: &Lake,
+) -> Result<Option<String>, SqlError> {
+    let own = Tables {
+        lake: lake.clone(),
+        staging: None,
+    };
+    register_model_lists(ctx, &own, lake).await
 }
 
 /// The CDC tables the lake holds changes of.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bookrec::features::{
-    Applied, Expiry, FeatureStore, FeaturesError, MemoryStore, Op, Read, RedisStore, Span,
+    Applied, Expiry, FeatureStore, FeaturesError, MemoryStore, Op, Read, RedisStore, Reply, Span,
 };
 
 use crate::support::unique;
@@ -166,11 +166,11 @@ async fn contract(store: &dyn FeatureStore) {
     assert_eq!(
         many,
         vec![
-            store.hash(&cat).await.expect("hash"),
-            store.top(&heat, 2).await.expect("top"),
-            vec![],
-            vec![],
-            vec![],
+            Reply::scores(store.hash(&cat).await.expect("hash")),
+            Reply::scores(store.top(&heat, 2).await.expect("top")),
+            Reply::default(),
+            Reply::default(),
+            Reply::default(),
         ]
     );
     store
@@ -228,6 +228,93 @@ async fn contract(store: &dyn FeatureStore) {
         ("b1".to_string(), 6.0)
     );
     assert_eq!(store.offsets(&group).await.expect("offsets")[&0], 12);
+
+    // a ranked list: each member's best score with that offer's reason (equal scores: the
+    // smaller reason), the 3 best kept and a trimmed member's reason gone; any order of
+    // the offers gives the same list
+    let best = |key: &str, member: &str, score: f64, why: &str| Op::Best {
+        key: k(key),
+        member: member.into(),
+        score,
+        max_len: 3,
+        reason: Some((k(&format!("why-{key}")), why.into())),
+        expiry: Expiry::AfterSecs(600),
+    };
+    let offers = [
+        ("b1", 1.0, "r1"),
+        ("b2", 2.0, "r2"),
+        ("b1", 3.0, "r1b"),
+        ("b3", 0.5, "r3"),
+        ("b4", 2.5, "r4"),
+        ("b2", 2.0, "a-tie"),
+        ("b1", 2.0, "r1c"),
+    ];
+    for (key, order) in [("rec", false), ("rec2", true)] {
+        let mut ops: Vec<Op> = offers.iter().map(|(m, s, w)| best(key, m, *s, w)).collect();
+        if order {
+            ops.reverse();
+        }
+        store
+            .apply(&k(&format!("g-{key}")), &ops, &[span(0, 0, 7)])
+            .await
+            .expect("apply");
+        assert_eq!(
+            store.top(&k(key), 10).await.expect("top"),
+            vec![
+                ("b1".to_string(), 3.0),
+                ("b4".to_string(), 2.5),
+                ("b2".to_string(), 2.0)
+            ],
+            "{key}"
+        );
+        let why = k(&format!("why-{key}"));
+        let texts = vec![
+            ("b1".to_string(), "r1b".to_string()),
+            ("b2".to_string(), "a-tie".to_string()),
+            ("b4".to_string(), "r4".to_string()),
+        ];
+        assert_eq!(store.texts(&why).await.expect("texts"), texts, "{key}");
+        let list = k(key);
+        let many = store
+            .read_many(&[Read::Top(&list, 2), Read::Texts(&why)])
+            .await
+            .expect("read_many");
+        assert_eq!(many[0].scores.len(), 2);
+        assert_eq!(many[1].texts, texts);
+        // a replay of the batch changes nothing; a worse offer later changes nothing
+        store
+            .apply(&k(&format!("g-{key}")), &ops, &[span(0, 0, 7)])
+            .await
+            .expect("replay");
+        store
+            .apply(
+                &k(&format!("g-{key}")),
+                &[best(key, "b3", 0.1, "late"), best(key, "b4", 2.5, "z")],
+                &[span(0, 7, 9)],
+            )
+            .await
+            .expect("apply");
+        assert_eq!(store.top(&k(key), 10).await.expect("top").len(), 3);
+        assert_eq!(store.texts(&why).await.expect("texts"), texts, "{key}");
+    }
+    // a reasons key that holds a sorted set is the wrong type, and nothing is written
+    let err = store
+        .apply(
+            &k("g-wrong"),
+            &[Op::Best {
+                key: k("rec3"),
+                member: "b1".into(),
+                score: 1.0,
+                max_len: 3,
+                reason: Some((k("heat"), "r".into())),
+                expiry: Expiry::Never,
+            }],
+            &[span(0, 0, 1)],
+        )
+        .await
+        .expect_err("wrong type");
+    assert!(matches!(err, FeaturesError::WrongType { .. }), "{err}");
+    assert!(store.top(&k("rec3"), 10).await.expect("top").is_empty());
 
     // expiry: relative (renewed per write) and absolute (time buckets)
     let past = chrono::Utc::now().timestamp() - 10;

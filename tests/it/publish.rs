@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch};
 use bookrec::batch::runner::Training;
 use bookrec::event::{Event, EventType};
 use bookrec::lake::Lake;
@@ -210,6 +210,46 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
         assert_eq!(meta["params"]["factors"], 8);
         assert_eq!(meta["trained_through"], first.input_watermark);
         assert!(meta["data_cutoff"].as_str().is_some());
+        // … with its similar and popular lists, the rows the store has, and the lake's
+        // pointer names it: a session over the lake joins the current model's lists
+        let pointer = lake
+            .get(bookrec::lake::layout::CURRENT_MODEL)
+            .await
+            .expect("pointer");
+        assert_eq!(String::from_utf8_lossy(&pointer), m1.version);
+        let ctx = bookrec::sql::session(&lake).await.expect("session");
+        let rows = bookrec::sql::query(
+            &ctx,
+            "SELECT similar_book_id, score FROM similar_books WHERE book_id = 'b1-0' ORDER BY pos LIMIT 3",
+        )
+        .await
+        .expect("similar_books");
+        let from_lake: Vec<(String, f64)> = rows
+            .iter()
+            .flat_map(|b| {
+                let (ids, scores) = (
+                    b.column(0).as_string::<i32>(),
+                    b.column(1).as_primitive::<arrow::datatypes::Float64Type>(),
+                );
+                (0..b.num_rows()).map(move |r| (ids.value(r).to_string(), scores.value(r)))
+            })
+            .collect();
+        let from_store: Vec<(String, f64)> =
+            similar.iter().map(|r| (r.item.clone(), r.score)).collect();
+        assert_eq!(from_lake, from_store, "{url}");
+        let rows = bookrec::sql::query(
+            &ctx,
+            "SELECT count(*) FROM popular_books WHERE category = ''",
+        )
+        .await
+        .expect("popular_books");
+        assert_eq!(
+            rows[0]
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            popular.len() as i64
+        );
 
         // two more publishes: the oldest is pruned (keep 2), the reader saw only whole versions
         let m2 = batch(&lake, &store, &t).await.model.expect("als");

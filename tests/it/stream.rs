@@ -47,6 +47,76 @@ pub async fn books_lake(dir: &Path, books: &[(String, String)]) -> Lake {
     lake
 }
 
+/// Puts a promoted model's published lists in the lake (what `bookrec batch` writes):
+/// `similar` as (book, similar book, score), `popular` as (category, book, score).
+pub async fn model_lists(
+    lake: &Lake,
+    similar: &[(String, String, f64)],
+    popular: &[(String, String, f64)],
+) {
+    use arrow::array::{Float64Array, Int64Array};
+    use bookrec::lake::layout;
+    let version = unique("als");
+    for (file, key, item, rows) in [
+        (layout::SIMILAR_BOOKS, "book_id", "similar_book_id", similar),
+        (layout::POPULAR_BOOKS, "category", "book_id", popular),
+    ] {
+        let batch = arrow::array::RecordBatch::try_new(
+            bookrec::lake::ranked_list_schema(key, item),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+                Arc::new(Int64Array::from_iter_values(
+                    (1..=rows.len() as i64).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .expect("batch");
+        lake.put(
+            &format!("{}/{file}", layout::model_folder(&version)),
+            bookrec::lake::write_parquet(&batch).expect("parquet"),
+        )
+        .await
+        .expect("put");
+    }
+    lake.put(layout::CURRENT_MODEL, version.into_bytes().into())
+        .await
+        .expect("pointer");
+}
+
+/// A user's realtime list and its reasons, best first: (book, score, reason).
+pub async fn realtime_list(store: &dyn FeatureStore, user: &str) -> Vec<(String, f64, String)> {
+    let why: HashMap<String, String> = store
+        .texts(&format!("rec:why:{user}"))
+        .await
+        .expect("reasons")
+        .into_iter()
+        .collect();
+    store
+        .top(&format!("rec:rt:{user}"), 1000)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(b, s)| {
+            let r = why.get(&b).cloned().unwrap_or_default();
+            (b, s, r)
+        })
+        .collect()
+}
+
+/// Two lists alike: the same books in the same order with the same reasons, scores within
+/// `tol`.
+fn same_list(a: &[(String, f64, String)], b: &[(String, f64, String)], tol: f64, what: &str) {
+    let names = |l: &[(String, f64, String)]| -> Vec<(String, String)> {
+        l.iter().map(|(b, _, r)| (b.clone(), r.clone())).collect()
+    };
+    assert_eq!(names(a), names(b), "{what}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x.1 - y.1).abs() <= tol, "{what}: {x:?} against {y:?}");
+    }
+}
+
 struct Ev {
     user: String,
     kind: &'static str,
@@ -66,7 +136,23 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
         .map(|(b, c)| (format!("{tag}-{b}"), c.to_string()))
         .collect();
     let lake_dir = tempfile::tempdir().expect("tempdir");
-    books_lake(lake_dir.path(), &books).await;
+    let model_lake = books_lake(lake_dir.path(), &books).await;
+    // the current model's lists, for the realtime list (similar_to_recent.sql)
+    let b = |i: usize| books[i].0.clone();
+    let similar = vec![
+        (b(0), b(2), 0.9),
+        (b(0), b(1), 0.4),
+        (b(1), b(0), 0.5),
+        (b(2), b(0), 0.8),
+        (b(2), b(1), 0.2),
+    ];
+    let popular = vec![
+        (String::new(), b(0), 10.0),
+        ("fantasy".to_string(), b(0), 10.0),
+        ("fantasy".to_string(), b(2), 5.0),
+        ("history".to_string(), b(1), 3.0),
+    ];
+    model_lists(&model_lake, &similar, &popular).await;
 
     // 3 users, 60 events over 3 minutes, ending a minute ago; one book not in the catalogue
     let start = Utc::now() - chrono::Duration::minutes(4);
@@ -136,6 +222,65 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
         }
         *heat.entry((minute(&e.ts), e.book.clone())).or_default() += 1.0;
     }
+    // the realtime list by hand: per event, each similar book (log2(w × similarity)) and
+    // each other popular book of its category (log2(0.5 × w × popularity / the category's
+    // best)), plus the event time in days (half-life 24 h); a book keeps its best row
+    let mut lists: BTreeMap<String, BTreeMap<String, (f64, String)>> = BTreeMap::new();
+    for e in &events {
+        let w = match e.kind {
+            "view" => 1.0,
+            "click" => 2.0,
+            _ => 8.0,
+        };
+        let t = e.ts.timestamp_micros() as f64 / 1e6 / 86400.0;
+        let mut rows: Vec<(String, f64, String)> = similar
+            .iter()
+            .filter(|s| s.0 == e.book)
+            .map(|s| {
+                (
+                    s.1.clone(),
+                    t + (w * s.2).log2(),
+                    format!("similar_to:{}", e.book),
+                )
+            })
+            .collect();
+        if let Some(c) = category.get(e.book.as_str()) {
+            let top = popular
+                .iter()
+                .filter(|p| p.0 == *c)
+                .map(|p| p.2)
+                .fold(0.0, f64::max);
+            rows.extend(
+                popular
+                    .iter()
+                    .filter(|p| p.0 == *c && p.1 != e.book)
+                    .map(|p| {
+                        (
+                            p.1.clone(),
+                            t + (0.5 * w * p.2 / top).log2(),
+                            format!("popular_in:{c}"),
+                        )
+                    }),
+            );
+        }
+        let l = lists.entry(e.user.clone()).or_default();
+        for (book, score, why) in rows {
+            let kept = l.entry(book).or_insert((f64::NEG_INFINITY, String::new()));
+            if score > kept.0 || (score == kept.0 && why < kept.1) {
+                *kept = (score, why);
+            }
+        }
+    }
+    let lists: BTreeMap<String, Vec<(String, f64, String)>> = lists
+        .into_iter()
+        .map(|(u, l)| {
+            let mut v: Vec<(String, f64, String)> =
+                l.into_iter().map(|(b, (s, r))| (b, s, r)).collect();
+            v.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| y.0.cmp(&x.0)));
+            (u, v)
+        })
+        .collect();
+    assert_eq!(lists.len(), 3);
 
     async fn read(
         store: &dyn FeatureStore,
@@ -212,6 +357,10 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
     assert_eq!(from_memory.0, recent);
     assert_eq!(from_memory.1, cats);
     assert_eq!(from_memory.2, heat);
+    for (u, want) in &lists {
+        let got = realtime_list(memory.as_ref(), u).await;
+        same_list(&got, want, 1e-6, &format!("memory rec:rt:{u}"));
+    }
 
     // into Redis with `bookrec stream`, killed (SIGKILL) once offsets are stored, restarted
     let group = unique("stream-redis");
@@ -267,6 +416,13 @@ async fn realtime_features_match_hand_computed_values_and_survive_a_kill() {
     assert_eq!(from_redis.0, recent);
     assert_eq!(from_redis.1, cats);
     assert_eq!(from_redis.2, heat);
+    // the realtime list after a kill and a restart: as by hand, and as the uninterrupted
+    // embedded run, score for score
+    for (u, want) in &lists {
+        let got = realtime_list(&redis, u).await;
+        same_list(&got, want, 1e-6, &format!("redis rec:rt:{u}"));
+        same_list(&got, &realtime_list(memory.as_ref(), u).await, 0.0, u);
+    }
     assert_eq!(redis.offsets(&group).await.expect("offsets")[&0], 62);
 }
 
@@ -371,7 +527,32 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
         ev.event_ts = ts;
         records.push((user, ev.to_json()));
     }
-    books_lake(lake_dir.path(), &books).await;
+    let model_lake = books_lake(lake_dir.path(), &books).await;
+    // a model's lists: each book's 5 next books by id (similarity 1/(1+j)); the books of
+    // each genre by their number of ratings in the slice
+    let mut ids: Vec<String> = seen_books.iter().cloned().collect();
+    ids.sort();
+    let mut similar = Vec::new();
+    for (i, b) in ids.iter().enumerate() {
+        for j in 1..=5 {
+            similar.push((
+                b.clone(),
+                ids[(i + j) % ids.len()].clone(),
+                1.0 / (1 + j) as f64,
+            ));
+        }
+    }
+    let mut count: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let genre_of: HashMap<&String, &String> = books.iter().map(|(b, g)| (b, g)).collect();
+    for r in &ratings {
+        let item = format!("{tag}-i{}", r[1]);
+        if let Some(g) = genre_of.get(&item) {
+            *count.entry(((*g).clone(), item)).or_default() += 1.0;
+        }
+    }
+    let popular: Vec<(String, String, f64)> =
+        count.into_iter().map(|((g, b), n)| (g, b, n)).collect();
+    model_lists(&model_lake, &similar, &popular).await;
     produce(&cfg, &records).await;
     // land it (the lander commits only what is in the lake)
     let lcfg = cfg.clone();
@@ -433,10 +614,49 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
     .expect("stream");
     assert_eq!(live.events, 1500, "{live:?}");
 
+    // C: the realtime list's query once over every landed event — what a batch computes
+    // over the same events — into a fresh store
+    let query = bookrec::sql::catalog::load_dir_kind(
+        &cfg.stream.queries_dir,
+        bookrec::sql::catalog::Kind::Realtime,
+    )
+    .expect("queries")
+    .into_iter()
+    .find(|q| q.name == "similar_to_recent")
+    .expect("the shipped realtime list");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
+    let rows = bookrec::sql::query(&ctx, &query.render(&Utc::now(), &HashMap::new()))
+        .await
+        .expect("the list over the lake");
+    let sink = bookrec::realtime::sink::Sink::from_query(&query).expect("sink");
+    let (ops, skipped) = sink.ops(&rows).expect("ops");
+    assert_eq!(skipped, 0);
+    let once = MemoryStore::new();
+    once.apply("once", &ops, &[]).await.expect("apply");
+
     // the same features, key by key
     let users: std::collections::BTreeSet<&String> = records.iter().map(|(u, _)| u).collect();
     let mut compared = 0;
+    let mut trimmed = 0;
     for u in &users {
+        // the realtime list: streamed in micro-batches of 200 (Redis), rebuilt from the lake,
+        // and computed once over everything — the same books, reasons and scores
+        let streamed = realtime_list(redis.as_ref(), u).await;
+        assert!(!streamed.is_empty(), "{u} has no realtime list");
+        same_list(
+            &streamed,
+            &realtime_list(&once, u).await,
+            0.0,
+            &format!("batch rec:rt:{u}"),
+        );
+        same_list(
+            &streamed,
+            &realtime_list(memory.as_ref(), u).await,
+            0.0,
+            &format!("rebuilt rec:rt:{u}"),
+        );
+        compared += streamed.len();
+        trimmed += usize::from(streamed.len() == 50);
         let key = format!("rt:recent:{u}");
         assert_eq!(
             redis.top(&key, 100).await.expect("recent"),
@@ -467,6 +687,10 @@ async fn the_stream_equals_the_same_queries_over_the_landed_lake_on_an_ml100k_sl
         compared += a.len();
     }
     assert!(compared > 500, "only {compared} values compared");
+    assert!(
+        trimmed > 5,
+        "only {trimmed} lists reached 50 books: trimming untested"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
