@@ -1,9 +1,11 @@
 //! Load generator for `bookrec serve` (scripts/bench-serve runs it).
 //!
 //! Fills the realtime features of the published model's users in Redis (what the stream
-//! would write: five recent views after the model's cut-off, a category bucket, book heat),
-//! then asks `GET /api/recommendations/{user}?k=10` — 90% users of the model, 10% unknown
-//! (cold start) — in two phases:
+//! would write: five recent views after the model's cut-off, a category bucket, book heat,
+//! a realtime list `rec:rt:<user>` of 20 books with reasons), and of 1,000 users the model
+//! does not know (five recent views: they are folded in), then asks
+//! `GET /api/recommendations/{user}?k=10` — 90% users of the model, 10% unknown — in two
+//! phases:
 //!
 //! 1. open loop at a fixed rate: request i is due at start + i/rate and its latency counts
 //!    from then (queueing included: no coordinated omission); twice — "cold": one pass over
@@ -132,10 +134,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(7);
     let now = chrono::Utc::now();
     let minute = now.timestamp() - now.timestamp() % 60;
-    for (offset, chunk) in users.chunks(200).enumerate() {
+    let cold_users: Vec<String> = (0..1000).map(|j| format!("cold-{j}")).collect();
+    let everyone: Vec<String> = users.iter().chain(&cold_users).cloned().collect();
+    for (offset, chunk) in everyone.chunks(200).enumerate() {
         let offset = offset as i64;
         let mut ops = Vec::new();
         for u in chunk {
+            for j in 0..20 {
+                let book = books[rng.random_range(0..books.len())].clone();
+                let seed = &books[rng.random_range(0..books.len())];
+                ops.push(Op::Best {
+                    key: format!("rec:rt:{u}"),
+                    member: book,
+                    score: 20_000.0 - j as f64 * 0.1,
+                    max_len: 50,
+                    reason: Some((format!("rec:why:{u}"), format!("similar_to:{seed}"))),
+                    expiry: Expiry::AfterSecs(3600),
+                });
+            }
             for j in 0..5 {
                 ops.push(Op::PushRecent {
                     key: format!("rt:recent:{u}"),
@@ -174,7 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0..10_000)
             .map(|i| {
                 let u = if rng.random_range(0..10) == 0 {
-                    format!("cold-{i}")
+                    cold_users[i % cold_users.len()].clone()
                 } else {
                     users[rng.random_range(0..users.len())].clone()
                 };
