@@ -109,7 +109,7 @@ pub(super) async fn listed(
         }
     }
     let got = match list {
-        List::User => db_call(shared, "user_books", db.user_books(key, k)).await?,
+        List::User => user_list(shared, db, key, k).await?,
         List::Similar => db_call(shared, "similar_books", db.similar_books(key, k)).await?,
         List::Popular => {
             let category = (!key.is_empty()).then_some(key);
@@ -126,6 +126,104 @@ pub(super) async fn listed(
         }
     }
     Ok(got)
+}
+
+/// A user's list, then the answer of one batched statement that reads it with the other
+/// users' lists asked for at the same time.
+type Ask = (
+    String,
+    usize,
+    tokio::sync::oneshot::Sender<Result<Option<(String, Vec<Ranked>)>, String>>,
+);
+
+/// Users' lists asked at most this many at once.
+const MAX_BATCH: usize = 64;
+/// Statements in flight at once (the SQLite reader pool has 4 connections).
+const MAX_STATEMENTS: usize = 4;
+
+/// The sending side of [`user_list_loader`].
+pub(super) type UserLists = tokio::sync::mpsc::Sender<Ask>;
+
+pub(super) fn user_lists_channel() -> (UserLists, tokio::sync::mpsc::Receiver<Ask>) {
+    tokio::sync::mpsc::channel(4096)
+}
+
+/// A user's published list through the loader; when its queue is full or it is gone, read
+/// directly.
+async fn user_list(
+    shared: &Shared,
+    db: &Store,
+    key: &str,
+    k: usize,
+) -> Result<Option<(String, Vec<Ranked>)>, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if shared.user_lists.try_send((key.to_owned(), k, tx)).is_ok()
+        && let Ok(answer) = rx.await
+    {
+        return answer;
+    }
+    db_call(shared, "user_books", db.user_books(key, k)).await
+}
+
+/// Reads the users' lists that requests miss in the cache: the misses that queue while the
+/// statements in flight run go together into the next statement (up to [`MAX_BATCH`] users,
+/// [`MAX_STATEMENTS`] statements at once), so a cold API makes one DB round trip per batch
+/// instead of one per user — and a lone request waits for nobody. Each statement has
+/// `serve.db_timeout_ms`; its error answers every user in it.
+pub(super) async fn user_list_loader(
+    shared: Arc<Shared>,
+    mut asks: tokio::sync::mpsc::Receiver<Ask>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_STATEMENTS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = asks.recv() => match a {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match asks.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(db) = read(&shared.db) else {
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err("the recommendation DB is not connected".into()));
+                }
+                return;
+            };
+            let k = batch.iter().map(|a| a.1).max().unwrap_or(1);
+            let mut keys: Vec<String> = batch.iter().map(|a| a.0.clone()).collect();
+            keys.sort();
+            keys.dedup();
+            match db_call(&shared, "user_books", db.user_books_many(&keys, k)).await {
+                Ok(got) => {
+                    for (key, want, tx) in batch {
+                        let list = got.get(&key).map(|(version, items)| {
+                            (version.clone(), items.iter().take(want).cloned().collect())
+                        });
+                        let _ = tx.send(Ok(list));
+                    }
+                }
+                Err(e) => {
+                    for (_, _, tx) in batch {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,8 @@ struct Shared {
     /// the current model version's similar and popular lists, whole (loaded from the lake
     /// when the version is promoted: a cold API reads no list of them from the DB)
     preloaded: RwLock<Option<Arc<PreloadedLists>>>,
+    /// users' lists that miss the cache, read in batches (`cache::user_list_loader`)
+    user_lists: cache::UserLists,
 }
 
 /// A model version's similar and popular lists, read from the lake when it is promoted.
@@ -185,6 +187,7 @@ fn app(
     sources: Sources,
     stop: &CancellationToken,
 ) -> Result<(Router, Arc<Shared>), ServeError> {
+    let (user_lists, user_list_asks) = cache::user_lists_channel();
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         db: RwLock::new(sources.db),
@@ -197,7 +200,13 @@ fn app(
         cache: std::sync::Mutex::new(ListCache::default()),
         fold_in: RwLock::new(None),
         preloaded: RwLock::new(None),
+        user_lists,
     });
+    tokio::spawn(cache::user_list_loader(
+        shared.clone(),
+        user_list_asks,
+        stop.clone(),
+    ));
     tokio::spawn(fold_in_loop(
         shared.clone(),
         sources.lake.clone(),

@@ -7,6 +7,8 @@
 //! the new, never a mix or a half-written one. The last `keep` versions keep their rows, so
 //! `rollback` is just the pointer switched back.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -457,6 +459,60 @@ impl Store {
             })
             .collect();
         Ok(Some((version, items)))
+    }
+
+    /// [`Store::ranked`] for many keys in one statement: key → (version, its top `k`); a key
+    /// without a list is absent. One round trip instead of one per key (what a cold API
+    /// needs when many users ask at once).
+    async fn ranked_many(
+        &self,
+        table: RecTable,
+        keys: &[String],
+        k: usize,
+    ) -> Result<HashMap<String, (String, Vec<Ranked>)>, StoreError> {
+        let mut out: HashMap<String, (String, Vec<Ranked>)> = HashMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT r.version, r.{key}, r.{item}, r.score FROM {t} r JOIN model_current c ON c.version = r.version \
+             WHERE c.id = 1 AND r.{key} IN ({p}) AND r.pos <= {k} ORDER BY r.{key}, r.pos",
+            item = table.item(),
+            t = table.table(),
+            key = table.key(),
+            p = self.placeholders(keys.len(), 0),
+        );
+        let mut q = sqlx::query(&sql);
+        for key in keys {
+            q = q.bind(key.clone());
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Self::table_err(table.table()))?;
+        for r in &rows {
+            let (Some(version), Some(key), Some(item)) =
+                (text_at(r, 0), text_at(r, 1), text_at(r, 2))
+            else {
+                continue;
+            };
+            let Ok(score) = r.try_get(3) else { continue };
+            out.entry(key)
+                .or_insert_with(|| (version, Vec::new()))
+                .1
+                .push(Ranked { item, score });
+        }
+        Ok(out)
+    }
+
+    /// Many users' top `k` under the current version in one statement: user → (version,
+    /// items); an unknown user is absent.
+    pub async fn user_books_many(
+        &self,
+        user_ids: &[String],
+        k: usize,
+    ) -> Result<HashMap<String, (String, Vec<Ranked>)>, StoreError> {
+        self.ranked_many(RecTable::UserBooks, user_ids, k).await
     }
 
     /// A user's top `k` under the current version: `(version, items)`, None when unknown.

@@ -181,6 +181,24 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
             recs[..4].iter().all(|r| r.item.starts_with("b2-")),
             "{url}: {recs:?}"
         );
+        // many users in one statement: the same lists, unknown users absent
+        let keys = ["u2-3", "nobody", "u1-0"].map(String::from);
+        let many = store.user_books_many(&keys, 3).await.expect("read many");
+        assert_eq!(many.len(), 2, "{url}: {many:?}");
+        for key in ["u2-3", "u1-0"] {
+            let one = store
+                .user_books(key, 3)
+                .await
+                .expect("read")
+                .expect("known");
+            let got = &many[key];
+            assert_eq!(got.0, one.0, "{url}");
+            assert_eq!(
+                got.1.iter().map(|r| &r.item).collect::<Vec<_>>(),
+                one.1.iter().map(|r| &r.item).collect::<Vec<_>>(),
+                "{url}: {key}"
+            );
+        }
         let (_, similar) = store
             .similar_books("b1-0", 3)
             .await
