@@ -55,6 +55,119 @@ pub struct Signals {
     pub only_category: Option<String>,
 }
 
+/// A user's realtime state as the stream keeps it (read in one round trip by `serve`, or
+/// from an in-process store by the replay evaluation).
+#[derive(Debug, Default, Clone)]
+pub struct UserState {
+    /// the latest views (book, epoch ms), newest first
+    pub recent: Vec<(String, f64)>,
+    /// owned books (book, epoch ms)
+    pub owned: Vec<(String, f64)>,
+    /// the category-interest hash of each bucket read
+    pub cats: Vec<Vec<(String, f64)>>,
+    /// the realtime list `rec:rt:<user>`: (book, log2 score, reason), best first
+    pub list: Vec<(String, f64, String)>,
+}
+
+/// What a request asks beyond its user.
+#[derive(Debug, Default, Clone)]
+pub struct Ask<'a> {
+    pub context_book: Option<&'a str>,
+    pub category: Option<&'a str>,
+    /// the model's data cut-off (epoch ms): only later views are seeds
+    pub cutoff_ms: i64,
+    /// seeds taken from the recent views, at most
+    pub recent_views: usize,
+    /// fold-in weights of a recent view and of an owned book
+    pub fold_in_weights: (f32, f32),
+}
+
+/// The first half of a blend: the signals a user's offline list and realtime state give
+/// directly, and the published lists still to read for them — each seed's similar books,
+/// each interest category's popular books, and (`cold`) the popular books overall or of
+/// the asked category — and what fold-in solves from. Pure: `serve` reads the lists from
+/// the DB, the replay evaluation from memory; both then call [`blend`].
+#[derive(Debug, Default, Clone)]
+pub struct Plan {
+    pub signals: Signals,
+    /// the context book, then the recent views after the cut-off, newest first
+    pub seeds: Vec<String>,
+    /// the two strongest interest categories, then the asked one
+    pub categories: Vec<String>,
+    /// no offline list: popular books (and fold-in) stand in
+    pub cold: bool,
+    /// a cold user's recent views and owned books with their fold-in weights
+    pub fold_events: Vec<(String, f32)>,
+}
+
+pub fn plan(als: Arc<Vec<Ranked>>, state: Option<UserState>, ask: &Ask) -> Plan {
+    let mut signals = Signals {
+        als,
+        only_category: ask.category.map(str::to_owned),
+        ..Signals::default()
+    };
+    let cold = signals.als.is_empty();
+    let mut recent = Vec::new();
+    let mut fold_events = Vec::new();
+    if let Some(UserState {
+        recent: r,
+        owned,
+        cats,
+        list,
+    }) = state
+    {
+        signals.realtime = list;
+        let (wv, wo) = ask.fold_in_weights;
+        // only a user without an offline list is folded in
+        if cold {
+            fold_events.extend(r.iter().map(|(b, _)| (b.clone(), wv)));
+            fold_events.extend(owned.iter().map(|(b, _)| (b.clone(), wo)));
+        }
+        // only views after the model's data cut-off
+        recent = r
+            .into_iter()
+            .filter(|(_, at)| *at as i64 > ask.cutoff_ms)
+            .collect();
+        signals.exclude.extend(owned.into_iter().map(|(b, _)| b));
+        let mut sum: std::collections::BTreeMap<String, f64> = Default::default();
+        for (cat, n) in cats.into_iter().flatten() {
+            *sum.entry(cat).or_default() += n;
+        }
+        signals.categories = sum.into_iter().collect();
+        signals
+            .categories
+            .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    }
+    let mut seeds: Vec<String> = ask.context_book.iter().map(|b| b.to_string()).collect();
+    for (b, _) in &recent {
+        if seeds.len() > ask.recent_views {
+            break;
+        }
+        if !seeds.contains(b) {
+            seeds.push(b.clone());
+        }
+    }
+    signals.exclude.extend(seeds.iter().cloned());
+    let mut categories: Vec<String> = signals
+        .categories
+        .iter()
+        .take(2)
+        .map(|c| c.0.clone())
+        .collect();
+    if let Some(c) = ask.category
+        && !categories.iter().any(|x| x == c)
+    {
+        categories.push(c.to_owned());
+    }
+    Plan {
+        signals,
+        seeds,
+        categories,
+        cold,
+        fold_events,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Item {
     pub book_id: String,

@@ -12,6 +12,7 @@ use futures::future::join_all;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::blend::UserState;
 use super::cache::{List, listed};
 use super::refresh::buckets;
 use super::*;
@@ -19,19 +20,6 @@ use crate::features::{FeatureStore, Read};
 use crate::store::Ranked;
 
 type Scored = Vec<(String, f64)>;
-
-/// A user's realtime state, read in one round trip.
-#[derive(Debug, Default)]
-struct UserState {
-    /// the latest views (book, epoch ms), newest first
-    recent: Scored,
-    /// owned books (book, epoch ms)
-    owned: Scored,
-    /// the category-interest hash of each bucket asked for
-    cats: Vec<Scored>,
-    /// the realtime list `rec:rt:<user>`: (book, log2 score, reason), best first
-    list: Vec<(String, f64, String)>,
-}
 
 /// The key of a user's realtime list and of its reasons (queries/realtime/similar_to_recent.sql).
 pub(super) fn realtime_list_keys(user_id: &str) -> (String, String) {
@@ -254,80 +242,44 @@ pub(super) async fn recommendations(
         Some(user_state(&shared, fs.as_ref(), &user_id, n, &cat_buckets).await)
     };
     let (offline, realtime) = tokio::join!(offline, realtime);
-    let mut signals = blend::Signals::default();
     let mut model_version = None;
+    let mut als = Arc::new(Vec::new());
     if let Some(r) = offline {
         match r {
             Ok(Some((version, items))) => {
                 model_version = Some(version);
-                signals.als = items;
+                als = items;
             }
             Ok(None) => {}
             Err(e) => db_errors.push(e),
         }
     }
-    let mut recent: Vec<(String, f64)> = Vec::new();
-    // every recent view and owned book: what fold-in solves a new user's factor from
-    let mut fold_events: Vec<(String, f32)> = Vec::new();
-    match realtime {
-        Some(Ok(UserState {
-            recent: r,
-            owned,
-            cats,
-            list,
-        })) => {
-            signals.realtime = list;
-            let (wv, wo) = (
-                shared.cfg.serve.fold_in_view_weight as f32,
-                shared.cfg.serve.fold_in_owned_weight as f32,
-            );
-            // only a user without an offline list is folded in
-            if signals.als.is_empty() {
-                fold_events.extend(r.iter().map(|(b, _)| (b.clone(), wv)));
-                fold_events.extend(owned.iter().map(|(b, _)| (b.clone(), wo)));
-            }
-            // only views after the model's data cut-off
-            recent = r
-                .into_iter()
-                .filter(|(_, at)| *at as i64 > cutoff)
-                .collect();
-            signals.exclude.extend(owned.into_iter().map(|(b, _)| b));
-            let mut sum: BTreeMap<String, f64> = BTreeMap::new();
-            for (cat, n) in cats.into_iter().flatten() {
-                *sum.entry(cat).or_default() += n;
-            }
-            signals.categories = sum.into_iter().collect();
-            signals
-                .categories
-                .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let state = match realtime {
+        Some(Ok(state)) => Some(state),
+        Some(Err(e)) => {
+            fs_errors.push(e);
+            None
         }
-        Some(Err(e)) => fs_errors.push(e),
-        None => {}
-    }
-
+        None => None,
+    };
     // stage 2: books similar to the seeds, popular books of the interest categories
-    let mut seeds: Vec<String> = params.context_book.iter().cloned().collect();
-    for (b, _) in &recent {
-        if seeds.len() > shared.cfg.serve.recent_views {
-            break;
-        }
-        if !seeds.contains(b) {
-            seeds.push(b.clone());
-        }
-    }
-    signals.exclude.extend(seeds.iter().cloned());
-    let mut cats: Vec<String> = signals
-        .categories
-        .iter()
-        .take(2)
-        .map(|c| c.0.clone())
-        .collect();
-    if let Some(c) = &params.category
-        && !cats.contains(c)
-    {
-        cats.push(c.clone());
-    }
-    let cold = signals.als.is_empty();
+    let ask = blend::Ask {
+        context_book: params.context_book.as_deref(),
+        category: params.category.as_deref(),
+        cutoff_ms: cutoff,
+        recent_views: shared.cfg.serve.recent_views,
+        fold_in_weights: (
+            shared.cfg.serve.fold_in_view_weight as f32,
+            shared.cfg.serve.fold_in_owned_weight as f32,
+        ),
+    };
+    let blend::Plan {
+        mut signals,
+        seeds,
+        categories: cats,
+        cold,
+        fold_events,
+    } = blend::plan(als, state, &ask);
     if cold && !fold_events.is_empty() {
         signals.fold_in = fold_in(&shared, &snap, &fold_events, pool);
     }
@@ -385,7 +337,6 @@ pub(super) async fn recommendations(
                 .collect(),
         );
     }
-    signals.only_category = params.category.clone();
     signals.book_category = read(&shared.categories);
     signals.book_work = read(&shared.works);
     let db_ok = db.is_some() && db_errors.is_empty();
