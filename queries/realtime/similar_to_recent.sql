@@ -1,7 +1,7 @@
 -- name: similar_to_recent
 -- description: Each user's realtime recommendation list, for any service to read: books
---   similar to what the user just viewed, clicked, favourited, put in the cart or bought
---   (the current model's `similar_books`), and the books popular in that book's category
+--   similar to what the user just viewed, clicked, favourited, put in the cart, bought, read
+--   or rated at least min_rating (the current model's `similar_books`), and the books popular in that book's category
 --   (the model's `popular_books`). A row's score is its evidence decayed by age, in log2:
 --   log2(event weight × similarity or popularity share) + event time / half-life — one
 --   half-life newer counts as twice the evidence. Each book keeps its best row (score and
@@ -23,6 +23,9 @@
 -- param: w_favorite = 4
 -- param: w_add_to_cart = 6
 -- param: w_purchase = 8
+-- param: w_read = 4
+-- param: w_rate = 4
+-- param: min_rating = 4
 -- param: w_popular = 0.5
 WITH e AS (
     SELECT
@@ -33,13 +36,16 @@ WITH e AS (
             WHEN 'click' THEN ${w_click}
             WHEN 'favorite' THEN ${w_favorite}
             WHEN 'add_to_cart' THEN ${w_add_to_cart}
-            ELSE ${w_purchase}
+            WHEN 'purchase' THEN ${w_purchase}
+            WHEN 'read' THEN ${w_read}
+            ELSE ${w_rate}
         END AS w,
         date_part('epoch', event_ts) / (3600.0 * ${half_life_hours}) AS t
     FROM events
     WHERE user_id IS NOT NULL
       AND book_id IS NOT NULL
-      AND event_type IN ('view', 'click', 'favorite', 'add_to_cart', 'purchase')
+      AND event_type IN ('view', 'click', 'favorite', 'add_to_cart', 'purchase', 'read', 'rate')
+      AND (event_type <> 'rate' OR rating >= ${min_rating})
 ),
 top_popular AS (
     SELECT category, max(score) AS top FROM popular_books GROUP BY category
