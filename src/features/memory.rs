@@ -75,11 +75,30 @@ impl State {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// the time expiry is judged by (epoch ms); `None`: the wall clock
+    clock: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A store whose "now" (for expiry: TTLs and time-bucket keys) is what `clock` holds,
+    /// in epoch milliseconds: replaying events of another time, keys expire as they would
+    /// have then.
+    pub fn with_clock(clock: std::sync::Arc<std::sync::atomic::AtomicI64>) -> MemoryStore {
+        MemoryStore {
+            state: Mutex::default(),
+            clock: Some(clock),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        match &self.clock {
+            Some(c) => c.load(std::sync::atomic::Ordering::Relaxed),
+            None => now_ms(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -102,7 +121,7 @@ impl FeatureStore for MemoryStore {
         spans: &[Span],
         expect: &[(i32, i64)],
     ) -> Result<Applied, FeaturesError> {
-        let now = now_ms();
+        let now = self.now();
         let mut guard = self.lock();
         let stored = guard
             .offsets
@@ -285,7 +304,7 @@ impl FeatureStore for MemoryStore {
     }
 
     async fn hash(&self, key: &str) -> Result<Vec<(String, f64)>, FeaturesError> {
-        match self.lock().live(key, now_ms()) {
+        match self.lock().live(key, self.now()) {
             None => Ok(Vec::new()),
             Some(Value::Hash(h)) => Ok(h.iter().map(|(k, v)| (k.clone(), *v)).collect()),
             Some(other) => Err(FeaturesError::WrongType {
@@ -297,7 +316,7 @@ impl FeatureStore for MemoryStore {
     }
 
     async fn texts(&self, key: &str) -> Result<Vec<(String, String)>, FeaturesError> {
-        match self.lock().live(key, now_ms()) {
+        match self.lock().live(key, self.now()) {
             None => Ok(Vec::new()),
             Some(Value::Text(t)) => Ok(t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             Some(other) => Err(FeaturesError::WrongType {
@@ -309,7 +328,7 @@ impl FeatureStore for MemoryStore {
     }
 
     async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, FeaturesError> {
-        match self.lock().live(key, now_ms()) {
+        match self.lock().live(key, self.now()) {
             None => Ok(Vec::new()),
             Some(Value::Zset(z)) => {
                 let mut v: Vec<(String, f64)> = z.iter().map(|(k, s)| (k.clone(), *s)).collect();
@@ -323,5 +342,38 @@ impl FeatureStore for MemoryStore {
                 wanted: "sorted set",
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    #[tokio::test]
+    async fn a_store_on_a_replay_clock_expires_keys_by_that_clock() {
+        // 2001-01-01: a time bucket of then lives while the clock says then
+        let then = 978_307_200_000_i64;
+        let clock = Arc::new(AtomicI64::new(then));
+        let store = MemoryStore::with_clock(clock.clone());
+        let op = Op::HashIncr {
+            key: "rt:cat:u1:978307200".into(),
+            field: "fantasy".into(),
+            delta: 1.0,
+            expiry: Expiry::AtEpochSecs(then / 1000 + 3660),
+        };
+        let span = Span {
+            partition: 0,
+            from: 0,
+            to: 1,
+        };
+        store.apply("g", &[op], &[span]).await.expect("apply");
+        let read = || store.hash("rt:cat:u1:978307200");
+        assert_eq!(read().await.expect("hash").len(), 1);
+        clock.store(then + 3_659_000, Ordering::Relaxed);
+        assert_eq!(read().await.expect("hash").len(), 1);
+        clock.store(then + 3_660_000, Ordering::Relaxed);
+        assert!(read().await.expect("hash").is_empty());
     }
 }

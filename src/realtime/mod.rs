@@ -897,6 +897,34 @@ async fn batch_ops(
     Ok(ops)
 }
 
+/// One micro-batch of the stream, in process: every feature's query over `events`, the ops
+/// applied with `span` under `group` in one atomic apply (as `bookrec stream` does for a
+/// batch it read from Kafka, without the consumer). What the replay evaluation drives, so
+/// its realtime features come from the same SQL and sinks as production.
+pub async fn apply_events(
+    ctx: &SessionContext,
+    features: &[Feature],
+    store: &dyn FeatureStore,
+    group: &str,
+    events: Vec<Event>,
+    span: Span,
+) -> Result<Applied, StreamError> {
+    let p = Prepared {
+        events,
+        spans: vec![span],
+        first: Some(("replay".to_owned(), span.partition, span.from)),
+        records: 0,
+        skipped: 0,
+        malformed: 0,
+        late: 0,
+    };
+    let ops = batch_ops(ctx, features, group, &p).await?;
+    store
+        .apply(group, &ops, &p.spans)
+        .await
+        .map_err(StreamError::Features)
+}
+
 /// Calls the store until it answers: a transient error (connection, timeout) is retried
 /// with backoff (0.1 s doubling to 5 s), counted and logged, for up to
 /// `stream.redis_retry_max_secs`; any other error, or cancellation, ends it.
