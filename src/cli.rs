@@ -179,6 +179,16 @@ pub enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// The temporal replay (`--interactions` is a ratings.csv of scripts/fetch-datasets):
+        /// ALS trains before the cut-off, the newest --test-fraction is replayed through the
+        /// realtime queries, and before each new interaction every recommender (popularity,
+        /// als, realtime, blend, blend+fold_in) is asked for its top --k (README "The lift of
+        /// realtime")
+        #[arg(long)]
+        replay: bool,
+        /// --replay: events per micro-batch, at most
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        max_batch: u32,
         #[command(flatten)]
         params: AlsArgs,
         #[command(flatten)]
@@ -694,12 +704,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             grid_scaling,
             grid_alpha,
             json,
+            replay,
+            max_batch,
             params,
             columns,
         } => {
             use crate::als::eval;
             init_logging(&config)?;
             let mut params = params.apply(config.als.clone())?;
+            if replay {
+                let opts = crate::lift::Options {
+                    ratings: interactions,
+                    test_fraction,
+                    k: k as usize,
+                    max_batch: max_batch as usize,
+                    weights: config.serve.weights,
+                };
+                let report = runtime()?.block_on(crate::lift::run(
+                    &config,
+                    &params,
+                    &opts,
+                    &mut |line| eprintln!("{line}"),
+                ))?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                return Ok(());
+            }
             let loaded = crate::als::files::read_interactions(&interactions, &columns.columns())?;
             let how = match split {
                 SplitKind::Temporal => eval::Split::Temporal {

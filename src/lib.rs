@@ -39,6 +39,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod lake;
 pub mod land;
+pub mod lift;
 pub mod realtime;
 pub mod replay;
 pub mod serve;

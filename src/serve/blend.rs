@@ -55,6 +55,11 @@ pub struct Signals {
     pub only_category: Option<String>,
 }
 
+/// The key of a user's realtime list and of its reasons (queries/realtime/similar_to_recent.sql).
+pub fn realtime_list_keys(user_id: &str) -> (String, String) {
+    (format!("rec:rt:{user_id}"), format!("rec:why:{user_id}"))
+}
+
 /// A user's realtime state as the stream keeps it (read in one round trip by `serve`, or
 /// from an in-process store by the replay evaluation).
 #[derive(Debug, Default, Clone)]

@@ -21,11 +21,6 @@ use crate::store::Ranked;
 
 type Scored = Vec<(String, f64)>;
 
-/// The key of a user's realtime list and of its reasons (queries/realtime/similar_to_recent.sql).
-pub(super) fn realtime_list_keys(user_id: &str) -> (String, String) {
-    (format!("rec:rt:{user_id}"), format!("rec:why:{user_id}"))
-}
-
 /// A user's realtime state in one round trip: the latest `n.0` views and `n.1` owned books
 /// (with their times), the category-interest hashes of `cat_buckets`, and the `n.2` best
 /// books of the realtime list with their reasons.
@@ -40,7 +35,7 @@ async fn user_state(
         format!("rt:recent:{user_id}"),
         format!("rt:owned:{user_id}"),
     );
-    let (list_key, why_key) = realtime_list_keys(user_id);
+    let (list_key, why_key) = blend::realtime_list_keys(user_id);
     let cat_keys: Vec<String> = cat_buckets
         .iter()
         .map(|b| format!("rt:cat:{user_id}:{b}"))

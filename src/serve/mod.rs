@@ -44,6 +44,7 @@ use handlers::{
     similar, tracker,
 };
 pub use metrics::ServeMetrics;
+pub use refresh::buckets;
 use refresh::{catalogue_loop, connect_loop, fold_in_loop, refresh_loop};
 
 #[derive(Debug, thiserror::Error)]

@@ -310,7 +310,7 @@ pub(super) fn minute(ms: i64) -> i64 {
 /// at or after the cut-off: a bucket that holds the cut-off mixes events the model has seen
 /// with newer ones, so it is left out (nothing counted twice; the newest events reach
 /// category interest and trending at the next minute, recent views at once).
-pub(super) fn buckets(now_ms: i64, minutes: u32, skip: u32, cutoff_ms: i64) -> Vec<i64> {
+pub fn buckets(now_ms: i64, minutes: u32, skip: u32, cutoff_ms: i64) -> Vec<i64> {
     (skip..skip + minutes)
         .map(|i| minute(now_ms) - 60 * i64::from(i))
         .filter(|b| *b * 1000 >= cutoff_ms)

@@ -18,6 +18,7 @@ mod features;
 mod fuzz_corpus;
 mod http_limits;
 mod land;
+mod lift;
 mod modules;
 mod ops;
 mod publish;
