@@ -123,24 +123,13 @@ fn read_books(path: &Path, keep: &HashSet<&str>) -> Result<Vec<serde_json::Value
         path: path.to_path_buf(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(|source| DemoError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let schema = Arc::new(arrow::datatypes::Schema::new(
-        ["isbn", "title", "author", "year", "publisher"]
-            .iter()
-            .map(|n| arrow::datatypes::Field::new(*n, arrow::datatypes::DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    ));
-    let reader = arrow::csv::ReaderBuilder::new(schema)
-        .with_header(true)
-        .build(file)
-        .map_err(|e| bad(e.to_string()))?;
+    let (reader, at) =
+        crate::replay::text_csv(path, &["isbn", "title", "author", "year", "publisher"])
+            .map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     for batch in reader {
         let b = batch.map_err(|e| bad(e.to_string()))?;
-        let col = |i: usize| b.column(i).as_string::<i32>();
+        let col = |i: usize| b.column(at[i]).as_string::<i32>();
         let (isbn, title, author, year, publisher) = (col(0), col(1), col(2), col(3), col(4));
         for r in 0..b.num_rows() {
             if isbn.is_null(r) || !keep.contains(isbn.value(r)) {

@@ -33,8 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use arrow::array::{Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use chrono::DateTime;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -191,44 +190,15 @@ fn categories(dataset: Dataset, ratings: &Path) -> Result<HashMap<String, String
         path: path.clone(),
         reason,
     };
-    let text = std::fs::File::open(&path).map_err(|e| bad(e.to_string()))?;
-    let mut header = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| bad(e.to_string()))?),
-        &mut header,
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let names: Vec<&str> = header.trim().split(',').collect();
-    let at = |n: &str| {
-        names
-            .iter()
-            .position(|x| *x == n)
-            .ok_or_else(|| bad(format!("no column {n} in {header:?}")))
-    };
-    let (id_at, cat_at) = (at(id)?, at(cat)?);
-    let schema = Arc::new(Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(*n, DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    ));
-    let reader = arrow::csv::ReaderBuilder::new(schema)
-        .with_header(true)
-        .build(text)
-        .map_err(|e| bad(e.to_string()))?;
+    let (reader, at) = crate::replay::text_csv(&path, &[id, cat])?;
+    let (id_at, cat_at) = (at[0], at[1]);
     let mut out = HashMap::new();
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let col = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-        };
-        let (Some(ids), Some(cats)) = (col(id_at), col(cat_at)) else {
-            continue;
-        };
+        let (ids, cats) = (
+            batch.column(id_at).as_string::<i32>(),
+            batch.column(cat_at).as_string::<i32>(),
+        );
         for r in 0..batch.num_rows() {
             if ids.is_null(r) || cats.is_null(r) {
                 continue;

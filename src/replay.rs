@@ -46,6 +46,12 @@ pub enum ReplayError {
         "{path}: header {header:?} is neither MovieLens (user_id,item_id,rating,timestamp) nor Book-Crossing (user_id,isbn,rating) ratings; run scripts/fetch-datasets"
     )]
     UnknownFormat { path: PathBuf, header: String },
+    #[error("{path}: no column {column} in the header {header:?}")]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        header: String,
+    },
     #[error("{path}: reading CSV: {source}")]
     Csv {
         path: PathBuf,
@@ -184,6 +190,53 @@ pub fn load(
         }
     }
     Ok((dataset, out))
+}
+
+/// A CSV written by `scripts/fetch-datasets` (a header, then rows) read with every column
+/// as text: the reader, and the position of each column of `want` (a column the header
+/// lacks is an error naming the header).
+pub fn text_csv(
+    path: &Path,
+    want: &[&str],
+) -> Result<(arrow::csv::Reader<File>, Vec<usize>), ReplayError> {
+    let io = |source| ReplayError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = String::new();
+    BufReader::new(File::open(path).map_err(io)?)
+        .read_line(&mut header)
+        .map_err(io)?;
+    let header = header.trim().to_string();
+    let names: Vec<&str> = header.split(',').collect();
+    let mut at = Vec::with_capacity(want.len());
+    for w in want {
+        match names.iter().position(|n| n == w) {
+            Some(i) => at.push(i),
+            None => {
+                return Err(ReplayError::MissingColumn {
+                    path: path.to_path_buf(),
+                    column: (*w).to_owned(),
+                    header,
+                });
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let reader = arrow::csv::ReaderBuilder::new(schema)
+        .with_header(true)
+        .with_batch_size(65_536)
+        .build(File::open(path).map_err(io)?)
+        .map_err(|source| ReplayError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((reader, at))
 }
 
 /// A deterministic event id for a dataset row.
