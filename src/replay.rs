@@ -94,15 +94,7 @@ pub fn load(
     skip: usize,
     limit: Option<usize>,
 ) -> Result<(Dataset, Vec<Interaction>), ReplayError> {
-    let io = |source| ReplayError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut header = String::new();
-    BufReader::new(File::open(path).map_err(io)?)
-        .read_line(&mut header)
-        .map_err(io)?;
-    let header = header.trim().to_string();
+    let header = header_line(path)?;
     let dataset = match header.as_str() {
         "user_id,item_id,rating,timestamp" => Dataset::MovieLens,
         "user_id,isbn,rating" => Dataset::BookCrossing,
@@ -113,18 +105,7 @@ pub fn load(
             });
         }
     };
-    let columns: Vec<Field> = header
-        .split(',')
-        .map(|name| Field::new(name, DataType::Utf8, true))
-        .collect();
-    let reader = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(columns)))
-        .with_header(true)
-        .with_batch_size(65_536)
-        .build(File::open(path).map_err(io)?)
-        .map_err(|source| ReplayError::Csv {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let (reader, _) = text_csv(path, &[])?;
     let base = Utc
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .single()
@@ -192,6 +173,19 @@ pub fn load(
     Ok((dataset, out))
 }
 
+/// The first line of a CSV, trimmed.
+fn header_line(path: &Path) -> Result<String, ReplayError> {
+    let io = |source| ReplayError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = String::new();
+    BufReader::new(File::open(path).map_err(io)?)
+        .read_line(&mut header)
+        .map_err(io)?;
+    Ok(header.trim().to_string())
+}
+
 /// A CSV written by `scripts/fetch-datasets` (a header, then rows) read with every column
 /// as text: the reader, and the position of each column of `want` (a column the header
 /// lacks is an error naming the header).
@@ -203,11 +197,7 @@ pub fn text_csv(
         path: path.to_path_buf(),
         source,
     };
-    let mut header = String::new();
-    BufReader::new(File::open(path).map_err(io)?)
-        .read_line(&mut header)
-        .map_err(io)?;
-    let header = header.trim().to_string();
+    let header = header_line(path)?;
     let names: Vec<&str> = header.split(',').collect();
     let mut at = Vec::with_capacity(want.len());
     for w in want {

@@ -383,7 +383,10 @@ impl FeatureStore for RedisStore {
             self.timed("read_many", pipe.query_async(&mut conn)).await?;
         let mut out = Vec::with_capacity(raw.len());
         for (r, mut v) in reads.iter().zip(raw) {
-            v.sort_by(|a, b| a.0.cmp(&b.0));
+            // ZREVRANGE answers in rank order; hashes are sorted by field
+            if !matches!(r, Read::Top(..)) {
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+            }
             out.push(match r {
                 Read::Top(_, 0) => Reply::default(),
                 Read::Top(key, _) | Read::Hash(key) => {
@@ -395,9 +398,6 @@ impl FeatureStore for RedisStore {
                             wanted: "number",
                         })?;
                         scores.push((m, x));
-                    }
-                    if matches!(r, Read::Top(..)) {
-                        scores.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
                     }
                     Reply::scores(scores)
                 }
