@@ -189,6 +189,10 @@ pub enum Command {
         /// --replay: events per micro-batch, at most
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         max_batch: u32,
+        /// --replay: tune the blend's weights on this share of events just before the
+        /// reported window (0: no tuning); the report shows the configured and the chosen
+        #[arg(long, default_value_t = 0.0)]
+        validation_fraction: f64,
         #[command(flatten)]
         params: AlsArgs,
         #[command(flatten)]
@@ -706,6 +710,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             replay,
             max_batch,
+            validation_fraction,
             params,
             columns,
         } => {
@@ -718,6 +723,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     test_fraction,
                     k: k as usize,
                     max_batch: max_batch as usize,
+                    validation_fraction,
                     weights: config.serve.weights,
                 };
                 let report = runtime()?.block_on(crate::lift::run(

@@ -41,7 +41,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::als::recommend::{recommend_all, similar_items};
+use crate::als::recommend::{recommend_users, similar_items};
 use crate::als::{FoldIn, IdMap, Interactions, Triple};
 use crate::config::{BlendWeights, Config};
 use crate::event::Event;
@@ -76,8 +76,11 @@ pub struct Options {
     /// `ratings.csv` of scripts/fetch-datasets (MovieLens or Book-Crossing); the catalogue
     /// (`items.csv` or `books.csv`) is read beside it for categories
     pub ratings: PathBuf,
-    /// the newest share of events replayed (the rest trains the model)
+    /// the newest share of events replayed and reported (the rest trains the model)
     pub test_fraction: f64,
+    /// the share of events just before the reported ones on which the blend's weights are
+    /// tuned (0: none)
+    pub validation_fraction: f64,
     pub k: usize,
     /// events per micro-batch, at most
     pub max_batch: usize,
@@ -99,6 +102,9 @@ pub struct Row {
     pub ndcg: f64,
     pub mrr: f64,
     pub coverage: f64,
+    /// the share of list slots holding another edition of a work the user has seen, or a
+    /// second edition of a work already in the list (0 without a catalogue of editions)
+    pub repeated_works: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,6 +117,12 @@ pub struct Report {
     pub batches: usize,
     pub known_users: usize,
     pub books: usize,
+    /// works with more than one edition in the catalogue (Book-Crossing)
+    pub works_with_editions: usize,
+    /// the configured blend weights (rows `blend`, `blend+fold_in`)
+    pub weights: BlendWeights,
+    /// the weights tuned on the validation window, when one was replayed
+    pub tuning: Option<Tuning>,
     pub rows: Vec<Row>,
 }
 
@@ -127,17 +139,53 @@ impl fmt::Display for Report {
             self.books
         )?;
         let k = self.k;
+        if self.works_with_editions > 0 {
+            writeln!(
+                f,
+                "{} works have several editions (the books source view's work_id)",
+                self.works_with_editions
+            )?;
+        }
+        writeln!(f, "configured weights: {}", weights_text(&self.weights))?;
+        if let Some(t) = &self.tuning {
+            writeln!(
+                f,
+                "tuned on the validation window (trained before {}, {} events replayed, {} \
+                 targets, {} blends scored): blend+fold_in HR@{k} {:.4} → {:.4}, NDCG@{k} \
+                 {:.4} → {:.4}; chosen: {}",
+                t.cutoff,
+                t.replayed_events,
+                t.targets,
+                t.evaluations,
+                t.hr_from,
+                t.hr_chosen,
+                t.ndcg_from,
+                t.ndcg_chosen,
+                weights_text(&t.chosen)
+            )?;
+        }
+        // the works column only where there are editions to repeat
+        let works = self.works_with_editions > 0;
+        let (head, rule) = if works {
+            (" works repeated |", "---|")
+        } else {
+            ("", "")
+        };
         writeln!(
             f,
-            "| recommender | users | targets | HR@{k} | NDCG@{k} | MRR@{k} | coverage |"
+            "| recommender | users | targets | HR@{k} | NDCG@{k} | MRR@{k} | coverage |{head}"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|{rule}")?;
         for r in &self.rows {
-            writeln!(
+            write!(
                 f,
                 "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
                 r.recommender, r.users, r.targets, r.hr, r.ndcg, r.mrr, r.coverage
             )?;
+            if works {
+                write!(f, " {:.4} |", r.repeated_works)?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
@@ -150,6 +198,10 @@ struct Score {
     ndcg: f64,
     rr: f64,
     shown: HashSet<String>,
+    /// list slots scored, and those holding another edition of a work the user has seen or
+    /// a second edition of a work already in the list
+    slots: u64,
+    repeated: u64,
 }
 
 impl Score {
@@ -161,6 +213,7 @@ impl Score {
             self.rr += 1.0 / (pos as f64 + 1.0);
         }
         self.shown.extend(list.iter().cloned());
+        self.slots += list.len() as u64;
     }
 
     fn row(&self, recommender: &str, users: &str, books: usize) -> Row {
@@ -173,6 +226,7 @@ impl Score {
             ndcg: self.ndcg / n,
             mrr: self.rr / n,
             coverage: self.shown.len() as f64 / books.max(1) as f64,
+            repeated_works: self.repeated as f64 / self.slots.max(1) as f64,
         }
     }
 }
@@ -249,12 +303,15 @@ struct Model {
     seen: HashMap<String, HashSet<String>>,
 }
 
+/// `users` and `items`: the users whose offline lists and the books whose similar lists the
+/// replay can read (those with events in it): a catalogue-wide similar-books table of
+/// Book-Crossing's 340,000 books would cost more than the whole replay.
 fn train(
     train: &[Interaction],
     category: &HashMap<String, String>,
     params: &crate::als::Params,
-    pool: usize,
-    similar_k: usize,
+    (pool, similar_k): (usize, usize),
+    (users, items): (&HashSet<String>, &HashSet<String>),
 ) -> Result<Model, LiftError> {
     let mut data = Interactions::default();
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
@@ -274,11 +331,11 @@ fn train(
     }
     let matrix = data.matrix();
     let model = crate::als::fit(&matrix, params, &mut |_| {})?;
-    let ranked = |ids: &IdMap, lists: Vec<Vec<crate::als::recommend::Scored>>| {
+    let ranked = |ids: &IdMap, which: &[u32], lists: Vec<Vec<crate::als::recommend::Scored>>| {
         lists
             .into_iter()
-            .enumerate()
-            .map(|(k, list)| {
+            .zip(which)
+            .map(|(list, &k)| {
                 let items = list
                     .into_iter()
                     .map(|s| Ranked {
@@ -286,13 +343,26 @@ fn train(
                         score: f64::from(s.score),
                     })
                     .collect();
-                (ids.id(k as u32).to_owned(), Arc::new(items))
+                (ids.id(k).to_owned(), Arc::new(items))
             })
             .collect::<HashMap<_, _>>()
     };
-    let users = ranked(&data.users, recommend_all(&model, &matrix, pool));
-    let all: Vec<u32> = (0..data.items.len() as u32).collect();
-    let similar = ranked(&data.items, similar_items(&model, &all, similar_k));
+    let which = |ids: &IdMap, keep: &HashSet<String>| -> Vec<u32> {
+        let mut v: Vec<u32> = keep.iter().filter_map(|id| ids.get(id)).collect();
+        v.sort_unstable();
+        v
+    };
+    let (wanted_users, wanted_items) = (which(&data.users, users), which(&data.items, items));
+    let users = ranked(
+        &data.users,
+        &wanted_users,
+        recommend_users(&model, &matrix, &wanted_users, pool),
+    );
+    let similar = ranked(
+        &data.items,
+        &wanted_items,
+        similar_items(&model, &wanted_items, similar_k),
+    );
     let mut count: HashMap<&str, f64> = HashMap::new();
     for it in train {
         *count.entry(it.book_id.as_str()).or_default() += 1.0;
@@ -493,63 +563,392 @@ async fn user_state(
     })
 }
 
-/// Runs the replay evaluation; `progress` gets a line now and then.
-pub async fn run(
+/// Before a replayed window, the events of this long before its cut-off are applied to the
+/// realtime store first (no one is asked), so the window starts with the features a running
+/// stream would hold rather than an empty store: the realtime list's TTL
+/// (queries/realtime/similar_to_recent.sql).
+const WARMUP_SECS: i64 = 7 * 24 * 3600;
+
+/// The values each tuned weight may take; `als` is not tuned (it is the unit the others are
+/// measured in: scaling every weight alike changes no list).
+const GRID: [f64; 10] = [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0];
+/// Coordinate-ascent rounds over the tuned weights, at most.
+const ROUNDS: usize = 3;
+/// The tuned weights' names, in the order [`tuned_weight`] numbers them.
+const TUNED: [&str; 6] = [
+    "fold_in", "similar", "realtime", "trending", "category", "popular",
+];
+
+fn tuned_weight(w: &mut BlendWeights, i: usize) -> Option<&mut f64> {
+    Some(match i {
+        0 => &mut w.fold_in,
+        1 => &mut w.similar,
+        2 => &mut w.realtime,
+        3 => &mut w.trending,
+        4 => &mut w.category,
+        5 => &mut w.popular,
+        _ => return None,
+    })
+}
+
+/// `als=1 fold_in=… …`: the weights as `serve.weights` keys.
+pub fn weights_text(w: &BlendWeights) -> String {
+    let mut w = *w;
+    let mut out = format!("als={}", w.als);
+    for (i, name) in TUNED.iter().enumerate() {
+        if let Some(v) = tuned_weight(&mut w, i) {
+            out.push_str(&format!(" {name}={v}"));
+        }
+    }
+    out
+}
+
+/// What tuning the blend's weights on the validation window found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tuning {
+    /// the validation window's model was trained on the events before this
+    pub cutoff: String,
+    pub replayed_events: usize,
+    pub targets: u64,
+    /// the weights the tuning started from (the configuration's) and their scores
+    pub from: BlendWeights,
+    pub hr_from: f64,
+    pub ndcg_from: f64,
+    /// the weights chosen (`blend+fold_in`'s HR@k, then NDCG@k, on the validation window)
+    pub chosen: BlendWeights,
+    pub hr_chosen: f64,
+    pub ndcg_chosen: f64,
+    /// blends of the whole window scored while searching
+    pub evaluations: usize,
+}
+
+/// One request of the replay: what every recommender is scored on.
+struct Request {
+    target: String,
+    /// popularity, als, realtime: each one's top k unseen books
+    fixed: [Vec<String>; 3],
+    /// the blend's signals, without fold-in (`book_work`: the catalogue's editions)
+    signals: Signals,
+    /// the fold-in list (empty for a user the model knows)
+    fold_in: Vec<Ranked>,
+}
+
+/// One user's requests, in time order.
+struct UserRequests {
+    user: String,
+    known: bool,
+    requests: Vec<Request>,
+}
+
+/// One replayed window: the model trained before it and every request asked in it.
+struct Window {
+    model: Model,
+    users: Vec<UserRequests>,
+    cutoff: DateTime<chrono::Utc>,
+    train_events: usize,
+    replayed: usize,
+    batches: usize,
+    targets: u64,
+}
+
+/// How a list is made from a recorded request.
+#[derive(Debug, Clone, Copy)]
+enum Ranker {
+    /// `Request::fixed[i]`
+    Fixed(usize),
+    Blend {
+        weights: BlendWeights,
+        fold_in: bool,
+        /// one edition per work, and another edition of a seen book counts as seen
+        works: bool,
+    },
+}
+
+impl Score {
+    fn merge(mut self, o: Score) -> Score {
+        self.targets += o.targets;
+        self.hits += o.hits;
+        self.ndcg += o.ndcg;
+        self.rr += o.rr;
+        self.shown.extend(o.shown);
+        self.slots += o.slots;
+        self.repeated += o.repeated;
+        self
+    }
+}
+
+/// Scores one ranker over a window: (all users, users the model does not know).
+fn score(
+    win: &mut Window,
+    ranker: Ranker,
+    k: usize,
+    pool: usize,
+    editions: &Arc<HashMap<String, String>>,
+) -> (Score, Score) {
+    use rayon::prelude::*;
+    let model = &win.model;
+    let no_works: Arc<HashMap<String, String>> = Arc::default();
+    win.users
+        .par_iter_mut()
+        .map(|u| {
+            let (mut all, mut unknown) = (Score::default(), Score::default());
+            let trained = model.seen.get(&u.user);
+            let mut window: HashSet<String> = HashSet::new();
+            let work = |b: &str| editions.get(b).cloned();
+            // works of the books the user has seen (kept for every ranker: the share of
+            // slots repeating a work is reported for all)
+            let mut seen_works: HashSet<String> = trained
+                .iter()
+                .flat_map(|s| s.iter())
+                .filter_map(|b| work(b))
+                .collect();
+            for r in &mut u.requests {
+                let list = match ranker {
+                    Ranker::Fixed(i) => r.fixed[i].clone(),
+                    Ranker::Blend {
+                        weights,
+                        fold_in,
+                        works,
+                    } => {
+                        if fold_in {
+                            r.signals.fold_in = std::mem::take(&mut r.fold_in);
+                        }
+                        if !works {
+                            r.signals.book_work = no_works.clone();
+                        }
+                        let list: Vec<String> = blend::blend(&r.signals, &weights, pool)
+                            .into_iter()
+                            .map(|i| i.book_id)
+                            .filter(|b| {
+                                !trained.is_some_and(|s| s.contains(b))
+                                    && !window.contains(b)
+                                    && !(works
+                                        && editions.get(b).is_some_and(|w| seen_works.contains(w)))
+                            })
+                            .take(k)
+                            .collect();
+                        if fold_in {
+                            r.fold_in = std::mem::take(&mut r.signals.fold_in);
+                        }
+                        r.signals.book_work = editions.clone();
+                        list
+                    }
+                };
+                let repeated = if editions.is_empty() {
+                    0
+                } else {
+                    let mut in_list = HashSet::new();
+                    list.iter()
+                        .filter(|b| {
+                            work(b).is_some_and(|w| seen_works.contains(&w) || !in_list.insert(w))
+                        })
+                        .count()
+                };
+                all.repeated += repeated as u64;
+                if !u.known {
+                    unknown.repeated += repeated as u64;
+                }
+                all.add(&list, &r.target);
+                if !u.known {
+                    unknown.add(&list, &r.target);
+                }
+                if let Some(w) = work(&r.target) {
+                    seen_works.insert(w);
+                }
+                window.insert(r.target.clone());
+            }
+            (all, unknown)
+        })
+        .reduce(
+            || (Score::default(), Score::default()),
+            |a, b| (a.0.merge(b.0), a.1.merge(b.1)),
+        )
+}
+
+/// The replay's events of `its` (rows the event contract refuses are left out, as the
+/// collector would).
+fn events_of(dataset: Dataset, its: &[Interaction]) -> Vec<Event> {
+    its.iter()
+        .filter_map(|it| {
+            let raw = crate::replay::client_event(dataset, it);
+            let mut e = crate::event::validate(raw, it.ts).ok()?;
+            e.event_ts = it.ts;
+            Some(e)
+        })
+        .collect()
+}
+
+/// book → work for the books of the catalogue beside `ratings` that share their work with
+/// another edition, through the `books` source view of `lake.sources_dir` (the analysts'
+/// `work_id`) over the catalogue as the CDC lander lands it. Book-Crossing only: MovieLens
+/// has no authors, and films of one title are different works.
+async fn editions(
+    cfg: &Config,
+    dataset: Dataset,
+    ratings: &Path,
+) -> Result<HashMap<String, String>, LiftError> {
+    use arrow::array::{ArrayRef, new_null_array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let dir = cfg.lake.sources_dir.trim();
+    if dataset != Dataset::BookCrossing || dir.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sources =
+        crate::sql::catalog::load_dir_kind(Path::new(dir), crate::sql::catalog::Kind::Source)
+            .map_err(crate::sql::SqlError::Source)?;
+    let Some(view) = sources.iter().find(|q| q.name == "books") else {
+        return Ok(HashMap::new());
+    };
+    let path = ratings.parent().unwrap_or(Path::new(".")).join("books.csv");
+    let bad = |reason: String| LiftError::Catalogue {
+        path: path.clone(),
+        reason,
+    };
+    // the CSV's columns under the names the MongoDB documents carry (as `bookrec demo`
+    // lands them: the publisher is the category)
+    fn csv_of(column: &str) -> Option<&str> {
+        match column {
+            "_id" => Some("isbn"),
+            "title" | "author" | "year" | "publisher" => Some(column),
+            "category" => Some("publisher"),
+            _ => None,
+        }
+    }
+    let ctx = SessionContext::new_with_config(crate::sql::session_config()?);
+    for input in &view.inputs {
+        let want: Vec<&str> = input.columns.iter().filter_map(|c| csv_of(c)).collect();
+        let (reader, at) = crate::replay::text_csv(&path, &want)?;
+        let schema = Arc::new(Schema::new(
+            input
+                .columns
+                .iter()
+                .map(|c| Field::new(c, DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        ));
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| bad(e.to_string()))?;
+            let columns: Vec<ArrayRef> = input
+                .columns
+                .iter()
+                .map(
+                    |c| match csv_of(c).and_then(|n| want.iter().position(|w| *w == n)) {
+                        Some(i) => batch.column(at[i]).clone(),
+                        None => new_null_array(&DataType::Utf8, batch.num_rows()),
+                    },
+                )
+                .collect();
+            batches.push(
+                RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))?,
+            );
+        }
+        ctx.register_table(
+            input.table.as_str(),
+            Arc::new(MemTable::try_new(schema, vec![batches])?),
+        )?;
+    }
+    let out = ctx.sql(&view.sql).await?.collect().await?;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for b in &out {
+        let (Ok(ids), Ok(works)) = (
+            arrow::compute::cast(
+                b.column_by_name("book_id")
+                    .ok_or_else(|| bad("the books view has no book_id".into()))?,
+                &DataType::Utf8,
+            ),
+            arrow::compute::cast(
+                b.column_by_name("work_id")
+                    .ok_or_else(|| bad("the books view has no work_id".into()))?,
+                &DataType::Utf8,
+            ),
+        ) else {
+            return Err(bad("book_id and work_id must be text".into()));
+        };
+        let (ids, works) = (ids.as_string::<i32>(), works.as_string::<i32>());
+        for r in 0..b.num_rows() {
+            if !ids.is_null(r) && !works.is_null(r) {
+                pairs.push((ids.value(r).to_owned(), works.value(r).to_owned()));
+            }
+        }
+    }
+    Ok(blend::editions(
+        pairs.iter().map(|(b, w)| (b.as_str(), w.as_str())),
+    ))
+}
+
+/// Trains on `its[..start]`, applies the warm-up, then replays `its[start..end]` and records
+/// every request.
+#[allow(clippy::too_many_arguments)]
+async fn replay_window(
     cfg: &Config,
     params: &crate::als::Params,
     opts: &Options,
+    dataset: Dataset,
+    its: &[Interaction],
+    (start, end): (usize, usize),
+    category: &HashMap<String, String>,
+    editions: &Arc<HashMap<String, String>>,
     progress: &mut dyn FnMut(&str),
-) -> Result<Report, LiftError> {
-    if !(opts.test_fraction > 0.0 && opts.test_fraction < 1.0) {
-        return Err(LiftError::Split(format!(
-            "--test-fraction {}: between 0 and 1",
-            opts.test_fraction
-        )));
-    }
-    let (dataset, its) = crate::replay::load(&opts.ratings, 0, None)?;
-    let category = categories(dataset, &opts.ratings)?;
-    let its = in_time_order(dataset, its);
-    let cut = ((1.0 - opts.test_fraction) * its.len() as f64) as usize;
-    let Some(cutoff) = its.get(cut).map(|i| i.ts) else {
-        return Err(LiftError::Split(format!(
-            "{}: too few rows",
-            opts.ratings.display()
-        )));
+) -> Result<Window, LiftError> {
+    let (before, after) = (&its[..start], &its[start..end]);
+    let Some(cutoff) = after.first().map(|i| i.ts) else {
+        return Err(LiftError::Split("an empty window".into()));
     };
-    // everything before the cut-off time trains (ties go to the replay)
-    let cut = its.partition_point(|i| i.ts < cutoff);
-    let (before, after) = its.split_at(cut);
     let cutoff_ms = cutoff.timestamp_millis();
     let pool = cfg.publish.k.max(opts.k);
     progress(&format!(
         "[replay] training ALS on {} events before {cutoff}",
         before.len()
     ));
+    let warm_from = before.partition_point(|i| i.ts.timestamp() < cutoff.timestamp() - WARMUP_SECS);
+    let (users, items): (HashSet<String>, HashSet<String>) = (
+        after.iter().map(|i| i.user_id.clone()).collect(),
+        its[warm_from..end]
+            .iter()
+            .map(|i| i.book_id.clone())
+            .collect(),
+    );
     let model = {
         let (before, category, params) = (before.to_vec(), category.clone(), params.clone());
-        let similar_k = cfg.publish.similar_k;
-        tokio::task::spawn_blocking(move || train(&before, &category, &params, pool, similar_k))
-            .await
-            .map_err(|e| LiftError::Split(e.to_string()))??
+        let sizes = (pool, cfg.publish.similar_k);
+        tokio::task::spawn_blocking(move || {
+            train(&before, &category, &params, sizes, (&users, &items))
+        })
+        .await
+        .map_err(|e| LiftError::Split(e.to_string()))??
     };
-    let ctx = session(&model, &category)?;
+    let ctx = session(&model, category)?;
     let features = crate::realtime::load(&cfg.stream.queries_dir, &ctx).await?;
     let clock = Arc::new(AtomicI64::new(cutoff_ms));
     let store = MemoryStore::with_clock(clock.clone());
-    let mut events = Vec::with_capacity(after.len());
-    for it in after {
-        let raw = crate::replay::client_event(dataset, it);
-        // a row the contract refuses is left out of the replay, as the collector would
-        if let Ok(mut e) = crate::event::validate(raw, it.ts) {
-            e.event_ts = it.ts;
-            events.push(e);
-        }
+    let mut offset = 0i64;
+    let mut apply = async |batch: Vec<Event>| -> Result<(), LiftError> {
+        let newest = batch.iter().map(|e| e.event_ts.timestamp_millis()).max();
+        clock.store(newest.unwrap_or(cutoff_ms), Ordering::Relaxed);
+        let len = batch.len() as i64;
+        let span = Span {
+            partition: 0,
+            from: offset,
+            to: offset + len,
+        };
+        offset += len;
+        crate::realtime::apply_events(&ctx, &features, &store, "replay", batch, span).await?;
+        Ok(())
+    };
+    let warm = events_of(dataset, &before[warm_from..]);
+    progress(&format!(
+        "[replay] warming the realtime store with the {} events of the week before",
+        warm.len()
+    ));
+    for chunk in warm.chunks(opts.max_batch.max(1)) {
+        apply(chunk.to_vec()).await?;
     }
+    let events = events_of(dataset, after);
     let replayed = events.len();
     let batches = batches(events, opts.max_batch);
+    let total = batches.len();
     progress(&format!(
-        "[replay] replaying {replayed} events in {} micro-batches",
-        batches.len()
+        "[replay] replaying {replayed} events in {total} micro-batches"
     ));
     let serve = &cfg.serve;
     let ask = blend::Ask {
@@ -562,17 +961,13 @@ pub async fn run(
             serve.fold_in_owned_weight as f32,
         ),
     };
-    let no_fold_in = BlendWeights {
-        fold_in: 0.0,
-        ..opts.weights
-    };
-    let mut scores: HashMap<(&str, bool), Score> = HashMap::new();
+    let mut users: Vec<UserRequests> = Vec::new();
+    let mut user_at: HashMap<String, usize> = HashMap::new();
     let mut seen_now: HashMap<String, HashSet<String>> = HashMap::new();
     let book_category: Arc<HashMap<String, String>> = Arc::new(category.clone());
     let empty = Arc::new(Vec::new());
     let mut trend: (i64, Vec<(String, f64)>) = (i64::MIN, Vec::new());
-    let mut offset = 0i64;
-    let total = batches.len();
+    let mut targets = 0u64;
     for (n, batch) in batches.into_iter().enumerate() {
         for e in &batch {
             let (Some(user), Some(book)) = (&e.user_id, &e.book_id) else {
@@ -622,6 +1017,25 @@ pub async fn run(
             }
             signals.trending = trend.1.clone();
             signals.book_category = book_category.clone();
+            signals.book_work = editions.clone();
+            let fold_in = if plan.cold && !plan.fold_events.is_empty() {
+                let pairs: Vec<(&str, f32)> = plan
+                    .fold_events
+                    .iter()
+                    .map(|(b, w)| (b.as_str(), *w))
+                    .collect();
+                model
+                    .fold_in
+                    .recommend(&pairs, pool)
+                    .into_iter()
+                    .map(|(item, s)| Ranked {
+                        item,
+                        score: f64::from(s),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let unseen = |books: Vec<String>| -> Vec<String> {
                 books
                     .into_iter()
@@ -630,66 +1044,237 @@ pub async fn run(
                     .collect()
             };
             let ids = |v: &[Ranked]| v.iter().map(|r| r.item.clone()).collect::<Vec<_>>();
-            let items = |v: Vec<blend::Item>| v.into_iter().map(|i| i.book_id).collect::<Vec<_>>();
-            let blended = items(blend::blend(&signals, &no_fold_in, pool));
-            if plan.cold && !plan.fold_events.is_empty() {
-                let pairs: Vec<(&str, f32)> = plan
-                    .fold_events
-                    .iter()
-                    .map(|(b, w)| (b.as_str(), *w))
-                    .collect();
-                signals.fold_in = model
-                    .fold_in
-                    .recommend(&pairs, pool)
-                    .into_iter()
-                    .map(|(item, s)| Ranked {
-                        item,
-                        score: f64::from(s),
-                    })
-                    .collect();
-            }
-            let with_fold_in = items(blend::blend(&signals, &opts.weights, pool));
             let popular = model.popular.get("").map(|l| ids(l)).unwrap_or_default();
-            let lists = [
-                unseen(popular),
-                unseen(ids(&als)),
-                unseen(list),
-                unseen(blended),
-                unseen(with_fold_in),
-            ];
-            let unknown = trained.is_none();
-            for (name, l) in RECOMMENDERS.iter().zip(&lists) {
-                scores.entry((name, false)).or_default().add(l, book);
-                if unknown {
-                    scores.entry((name, true)).or_default().add(l, book);
-                }
-            }
+            let request = Request {
+                target: book.clone(),
+                fixed: [unseen(popular), unseen(ids(&als)), unseen(list)],
+                signals,
+                fold_in,
+            };
+            let at = *user_at.entry(user.clone()).or_insert_with(|| {
+                users.push(UserRequests {
+                    user: user.clone(),
+                    known: trained.is_some(),
+                    requests: Vec::new(),
+                });
+                users.len() - 1
+            });
+            users[at].requests.push(request);
+            targets += 1;
             window.insert(book.clone());
         }
-        let newest = batch.iter().map(|e| e.event_ts.timestamp_millis()).max();
-        clock.store(newest.unwrap_or(cutoff_ms), Ordering::Relaxed);
-        let len = batch.len() as i64;
-        let span = Span {
-            partition: 0,
-            from: offset,
-            to: offset + len,
-        };
-        offset += len;
-        crate::realtime::apply_events(&ctx, &features, &store, "replay", batch, span).await?;
-        if (n + 1) % 200 == 0 {
+        apply(batch).await?;
+        if (n + 1) % 500 == 0 {
             progress(&format!("[replay] {} / {total} micro-batches", n + 1));
         }
     }
-    let books: HashSet<&str> = its.iter().map(|i| i.book_id.as_str()).collect();
-    let mut rows = Vec::new();
-    for unknown in [false, true] {
-        for name in RECOMMENDERS {
-            if let Some(s) = scores.get(&(name, unknown)) {
-                let users = if unknown { "unknown" } else { "all" };
-                rows.push(s.row(name, users, books.len()));
+    Ok(Window {
+        model,
+        users,
+        cutoff,
+        train_events: before.len(),
+        replayed,
+        batches: total,
+        targets,
+    })
+}
+
+/// Coordinate ascent over the tuned weights on a window: each weight in turn takes the
+/// grid's value that most raises `blend+fold_in`'s HR@k (then NDCG@k); a change must be a
+/// strict gain, so ties keep the starting weights.
+fn tune(
+    win: &mut Window,
+    from: BlendWeights,
+    k: usize,
+    pool: usize,
+    editions: &Arc<HashMap<String, String>>,
+    progress: &mut dyn FnMut(&str),
+) -> Tuning {
+    let mut evaluations = 0usize;
+    let mut eval = |win: &mut Window, w: BlendWeights| {
+        evaluations += 1;
+        let ranker = Ranker::Blend {
+            weights: w,
+            fold_in: true,
+            works: true,
+        };
+        let s = score(win, ranker, k, pool, editions).0.row("", "", 1);
+        (s.hr, s.ndcg)
+    };
+    let start = eval(win, from);
+    let (mut best, mut best_score) = (from, start);
+    for round in 0..ROUNDS {
+        let mut changed = false;
+        for i in 0..TUNED.len() {
+            for v in GRID {
+                let mut w = best;
+                match tuned_weight(&mut w, i) {
+                    Some(x) if *x != v => *x = v,
+                    _ => continue,
+                }
+                let s = eval(win, w);
+                if s.0 > best_score.0 + 1e-12
+                    || (s.0 >= best_score.0 - 1e-12 && s.1 > best_score.1 + 1e-12)
+                {
+                    (best, best_score, changed) = (w, s, true);
+                }
             }
         }
+        progress(&format!(
+            "[replay] tuning round {}: HR@{k} {:.4} with {}",
+            round + 1,
+            best_score.0,
+            weights_text(&best)
+        ));
+        if !changed {
+            break;
+        }
     }
+    Tuning {
+        cutoff: crate::event::format_ts(&win.cutoff),
+        replayed_events: win.replayed,
+        targets: win.targets,
+        from,
+        hr_from: start.0,
+        ndcg_from: start.1,
+        chosen: best,
+        hr_chosen: best_score.0,
+        ndcg_chosen: best_score.1,
+        evaluations,
+    }
+}
+
+/// Runs the replay evaluation; `progress` gets a line now and then.
+///
+/// With a validation window (`validation_fraction` > 0), the events just before the
+/// reported window are replayed first (the model trained on what precedes them), the
+/// blend's weights are tuned on them, and the report's window is scored with both the
+/// configured and the chosen weights: the choice never sees the reported events.
+pub async fn run(
+    cfg: &Config,
+    params: &crate::als::Params,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report, LiftError> {
+    let fraction_ok = |f: f64| (0.0..1.0).contains(&f);
+    if !(opts.test_fraction > 0.0 && fraction_ok(opts.test_fraction)) {
+        return Err(LiftError::Split(format!(
+            "--test-fraction {}: between 0 and 1",
+            opts.test_fraction
+        )));
+    }
+    if !fraction_ok(opts.validation_fraction)
+        || opts.test_fraction + opts.validation_fraction >= 1.0
+    {
+        return Err(LiftError::Split(format!(
+            "--validation-fraction {}: from 0, and with --test-fraction {} below 1",
+            opts.validation_fraction, opts.test_fraction
+        )));
+    }
+    let (dataset, its) = crate::replay::load(&opts.ratings, 0, None)?;
+    let category = categories(dataset, &opts.ratings)?;
+    let editions = Arc::new(editions(cfg, dataset, &opts.ratings).await?);
+    let its = in_time_order(dataset, its);
+    // the first row of the newest `fraction`; everything before its time trains (ties go
+    // to the replay)
+    let start_of = |fraction: f64| -> Result<usize, LiftError> {
+        let cut = ((1.0 - fraction) * its.len() as f64) as usize;
+        let t = its
+            .get(cut)
+            .map(|i| i.ts)
+            .ok_or_else(|| LiftError::Split(format!("{}: too few rows", opts.ratings.display())))?;
+        Ok(its.partition_point(|i| i.ts < t))
+    };
+    let test_start = start_of(opts.test_fraction)?;
+    let pool = cfg.publish.k.max(opts.k);
+    let tuning = if opts.validation_fraction > 0.0 {
+        let start = start_of(opts.test_fraction + opts.validation_fraction)?;
+        if start >= test_start {
+            return Err(LiftError::Split(format!(
+                "--validation-fraction {}: the validation window holds no events",
+                opts.validation_fraction
+            )));
+        }
+        progress("[replay] the validation window");
+        let mut win = replay_window(
+            cfg,
+            params,
+            opts,
+            dataset,
+            &its,
+            (start, test_start),
+            &category,
+            &editions,
+            progress,
+        )
+        .await?;
+        Some(tune(
+            &mut win,
+            opts.weights,
+            opts.k,
+            pool,
+            &editions,
+            progress,
+        ))
+    } else {
+        None
+    };
+    progress("[replay] the reported window");
+    let mut win = replay_window(
+        cfg,
+        params,
+        opts,
+        dataset,
+        &its,
+        (test_start, its.len()),
+        &category,
+        &editions,
+        progress,
+    )
+    .await?;
+    let blend_with = |weights: BlendWeights, fold_in: bool, works: bool| Ranker::Blend {
+        weights,
+        fold_in,
+        works,
+    };
+    let mut rankers: Vec<(String, Ranker)> = vec![
+        (RECOMMENDERS[0].into(), Ranker::Fixed(0)),
+        (RECOMMENDERS[1].into(), Ranker::Fixed(1)),
+        (RECOMMENDERS[2].into(), Ranker::Fixed(2)),
+        (
+            RECOMMENDERS[3].into(),
+            blend_with(opts.weights, false, true),
+        ),
+        (RECOMMENDERS[4].into(), blend_with(opts.weights, true, true)),
+    ];
+    let reported = match &tuning {
+        Some(t) if t.chosen != opts.weights => {
+            rankers.push(("blend (tuned)".into(), blend_with(t.chosen, false, true)));
+            rankers.push((
+                "blend+fold_in (tuned)".into(),
+                blend_with(t.chosen, true, true),
+            ));
+            t.chosen
+        }
+        _ => opts.weights,
+    };
+    if !editions.is_empty() {
+        rankers.push((
+            "blend+fold_in (editions apart)".into(),
+            blend_with(reported, true, false),
+        ));
+    }
+    let books: HashSet<&str> = its.iter().map(|i| i.book_id.as_str()).collect();
+    let mut all = Vec::new();
+    let mut unknown = Vec::new();
+    for (name, ranker) in rankers {
+        let (a, u) = score(&mut win, ranker, opts.k, pool, &editions);
+        all.push(a.row(&name, "all", books.len()));
+        if u.targets > 0 {
+            unknown.push(u.row(&name, "unknown", books.len()));
+        }
+    }
+    all.extend(unknown);
     Ok(Report {
         dataset: format!(
             "{} ({})",
@@ -700,13 +1285,16 @@ pub async fn run(
             }
         ),
         k: opts.k,
-        cutoff: crate::event::format_ts(&cutoff),
-        train_events: before.len(),
-        replayed_events: replayed,
-        batches: total,
-        known_users: model.users.len(),
+        cutoff: crate::event::format_ts(&win.cutoff),
+        train_events: win.train_events,
+        replayed_events: win.replayed,
+        batches: win.batches,
+        known_users: win.model.seen.len(),
         books: books.len(),
-        rows,
+        works_with_editions: editions.values().collect::<HashSet<_>>().len(),
+        weights: opts.weights,
+        tuning,
+        rows: all,
     })
 }
 

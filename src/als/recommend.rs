@@ -70,11 +70,18 @@ pub fn score_user(model: &Model, u: usize, out: &mut [f32]) {
 
 /// Top-`k` items for each user `0..model.users()`, items in `seen` (user × item) excluded.
 pub fn recommend_all(model: &Model, seen: &Csr, k: usize) -> Vec<Vec<Scored>> {
-    (0..model.users())
-        .into_par_iter()
+    let users: Vec<u32> = (0..model.users() as u32).collect();
+    recommend_users(model, seen, &users, k)
+}
+
+/// Top-`k` items for each user in `users`, items in `seen` (user × item) excluded.
+pub fn recommend_users(model: &Model, seen: &Csr, users: &[u32], k: usize) -> Vec<Vec<Scored>> {
+    users
+        .par_iter()
         .map_init(
             || vec![0f32; model.items()],
-            |scores, u| {
+            |scores, &u| {
+                let u = u as usize;
                 score_user(model, u, scores);
                 if u < seen.rows {
                     for &i in seen.row(u).0 {

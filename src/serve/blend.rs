@@ -60,6 +60,21 @@ pub fn realtime_list_keys(user_id: &str) -> (String, String) {
     (format!("rec:rt:{user_id}"), format!("rec:why:{user_id}"))
 }
 
+/// book → work for every book whose work has more than one edition, from (book, work)
+/// pairs (a book alone in its work needs no entry: it is its own work).
+pub fn editions<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) -> HashMap<String, String> {
+    let mut size: HashMap<&str, usize> = HashMap::new();
+    for (_, w) in pairs.clone() {
+        *size.entry(w).or_default() += 1;
+    }
+    pairs
+        .filter(|(_, w)| size.get(w).is_some_and(|n| *n > 1))
+        .map(|(b, w)| (b.to_owned(), w.to_owned()))
+        .collect()
+}
+
 /// A user's realtime state as the stream keeps it (read in one round trip by `serve`, or
 /// from an in-process store by the replay evaluation).
 #[derive(Debug, Default, Clone)]

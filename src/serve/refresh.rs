@@ -223,7 +223,12 @@ pub(super) async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: Cancel
                     .filter_map(|b| Some((b.book_id.clone(), b.category.clone()?)))
                     .collect();
                 write(&shared.categories, Arc::new(categories));
-                write(&shared.works, Arc::new(editions(&c)));
+                write(
+                    &shared.works,
+                    Arc::new(super::blend::editions(c.values().filter_map(|b| {
+                        Some((b.book_id.as_str(), b.work_id.as_deref()?))
+                    }))),
+                );
                 write(&shared.catalogue, Arc::new(c));
             }
             Err(e) => tracing::warn!(error = %e, "serve: reading the book catalogue"),
@@ -234,24 +239,6 @@ pub(super) async fn catalogue_loop(shared: Arc<Shared>, lake: Lake, stop: Cancel
             _ = tokio::time::sleep(every) => {}
         }
     }
-}
-
-/// book → work for every book whose work has more than one edition in the catalogue (a
-/// book alone in its work needs no entry: it is its own work).
-fn editions(catalogue: &HashMap<String, Book>) -> HashMap<String, String> {
-    let mut size: HashMap<&str, usize> = HashMap::new();
-    for b in catalogue.values() {
-        if let Some(w) = &b.work_id {
-            *size.entry(w.as_str()).or_default() += 1;
-        }
-    }
-    catalogue
-        .values()
-        .filter_map(|b| {
-            let w = b.work_id.as_ref()?;
-            (size[w.as_str()] > 1).then(|| (b.book_id.clone(), w.clone()))
-        })
-        .collect()
 }
 
 async fn load_catalogue(lake: &Lake) -> Result<HashMap<String, Book>, crate::sql::SqlError> {
