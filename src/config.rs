@@ -106,8 +106,9 @@ fn default_true() -> bool {
     true
 }
 
+/// as config/default.toml ships it (a config file written before the key existed)
 fn default_realtime_weight() -> f64 {
-    0.6
+    3.0
 }
 
 fn default_fold_in_weight() -> f64 {

@@ -275,7 +275,8 @@ pub(super) async fn recommendations(
         cold,
         fold_events,
     } = blend::plan(als, state, &ask);
-    if cold && !fold_events.is_empty() {
+    // a source turned off (weight 0) costs nothing: no solve
+    if cold && !fold_events.is_empty() && shared.cfg.serve.weights.fold_in > 0.0 {
         signals.fold_in = fold_in(&shared, &snap, &fold_events, pool);
     }
     if let Some(db) = &db {
