@@ -625,21 +625,25 @@ pub fn ops_router(registry: Registry, health: Arc<Health>) -> Router {
             "/readyz",
             get(move || {
                 let health = health.clone();
-                async move {
-                    let (ready, checks) = health.report();
-                    let status = if ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    let body = serde_json::json!({
-                        "status": if ready { "ready" } else { "not ready" },
-                        "checks": checks,
-                    });
-                    (status, axum::Json(body)).into_response()
-                }
+                async move { readyz_response(&health) }
             }),
         )
+}
+
+/// `/readyz`'s answer: 200 when every check of `health` is fine, else 503; JSON
+/// `{"status", "checks"}` (each check's problem, or "ok").
+pub fn readyz_response(health: &Health) -> axum::response::Response {
+    let (ready, checks) = health.report();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": checks,
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// Binds `listen` (the config key `key` names it in errors) and serves [`ops_router`] under

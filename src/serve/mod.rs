@@ -117,6 +117,14 @@ struct Shared {
     preloaded: RwLock<Option<Arc<PreloadedLists>>>,
     /// users' lists that miss the cache, read in batches (`cache::user_list_loader`)
     user_lists: cache::UserLists,
+    /// `/readyz`: `db` and `redis` connected (once: later outages degrade, they do not take
+    /// the API out of rotation), `model` the current version's lists and factors loaded
+    /// from the lake (or their load failed: the DB stands in), or no version published
+    health: Arc<crate::http::Health>,
+    /// the DB was connected: refresh the snapshot now
+    connected: tokio::sync::Notify,
+    /// the snapshot names another model version: load its lists and factors now
+    model_changed: tokio::sync::Notify,
 }
 
 /// A model version's similar and popular lists, read from the lake when it is promoted.
@@ -189,6 +197,18 @@ fn app(
     stop: &CancellationToken,
 ) -> Result<(Router, Arc<Shared>), ServeError> {
     let (user_lists, user_list_asks) = cache::user_lists_channel();
+    let health = crate::http::Health::new();
+    for (name, given) in [
+        ("db", sources.db.is_some()),
+        ("redis", sources.features.is_some()),
+    ] {
+        if given {
+            health.ok(name);
+        } else {
+            health.fail(name, "not connected yet");
+        }
+    }
+    health.fail("model", "the current model version is not read yet");
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         db: RwLock::new(sources.db),
@@ -196,12 +216,18 @@ fn app(
         catalogue: RwLock::new(Arc::new(HashMap::new())),
         categories: RwLock::new(Arc::new(HashMap::new())),
         works: RwLock::new(Arc::new(HashMap::new())),
-        snapshot: RwLock::new(Arc::new(Snapshot::default())),
+        snapshot: RwLock::new(Arc::new(Snapshot {
+            model_error: Some("not read yet".into()),
+            ..Snapshot::default()
+        })),
         metrics: Arc::new(ServeMetrics::new()?),
         cache: std::sync::Mutex::new(ListCache::default()),
         fold_in: RwLock::new(None),
         preloaded: RwLock::new(None),
         user_lists,
+        health,
+        connected: tokio::sync::Notify::new(),
+        model_changed: tokio::sync::Notify::new(),
     });
     tokio::spawn(cache::user_list_loader(
         shared.clone(),
@@ -223,6 +249,14 @@ fn app(
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(
+                |axum::extract::State(shared): axum::extract::State<Arc<Shared>>| async move {
+                    crate::http::readyz_response(&shared.health)
+                },
+            ),
+        )
         .route("/", get(page))
         .route("/page.js", get(page_js))
         .route("/tracker.js", get(tracker))

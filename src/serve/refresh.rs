@@ -29,7 +29,11 @@ pub(super) async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
             )
             .await
             {
-                Ok(Ok(s)) => write(&shared.db, Some(s)),
+                Ok(Ok(s)) => {
+                    write(&shared.db, Some(s));
+                    shared.health.ok("db");
+                    shared.connected.notify_one();
+                }
                 Ok(Err(e)) => {
                     missing = true;
                     tracing::warn!(error = %e, "serve: recommendation DB not reachable yet")
@@ -40,7 +44,11 @@ pub(super) async fn connect_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if read(&shared.features).is_none() {
             let timeout = Duration::from_millis(shared.cfg.redis.timeout_ms.max(1000));
             match RedisStore::connect(&shared.cfg.redis.url, timeout).await {
-                Ok(r) => write(&shared.features, Some(Arc::new(r) as Arc<dyn FeatureStore>)),
+                Ok(r) => {
+                    write(&shared.features, Some(Arc::new(r) as Arc<dyn FeatureStore>));
+                    shared.health.ok("redis");
+                    shared.connected.notify_one();
+                }
                 Err(e) => {
                     missing = true;
                     tracing::warn!(error = %e, "serve: feature store not reachable yet")
@@ -67,15 +75,20 @@ pub(super) async fn fold_in_loop(shared: Arc<Shared>, lake: Lake, stop: Cancella
     let every = Duration::from_millis(shared.cfg.serve.refresh_ms);
     let mut failed: Option<(String, std::time::Instant)> = None;
     loop {
-        let want = read(&shared.snapshot)
-            .model
-            .as_ref()
-            .map(|m| m.version.clone());
+        let snap = read(&shared.snapshot);
+        let want = snap.model.as_ref().map(|m| m.version.clone());
+        if want.is_none() && snap.model_error.is_none() {
+            shared.health.ok("model"); // the DB answered: no version is published
+        }
         let have = read(&shared.fold_in).map(|m| m.version.clone());
         let retry_later = failed.as_ref().is_some_and(|(v, at)| {
             Some(v) == want.as_ref() && at.elapsed() < Duration::from_secs(30)
         });
         if let Some(version) = want.filter(|w| Some(w) != have.as_ref() && !retry_later) {
+            shared.health.fail(
+                "model",
+                format!("loading the lists and item factors of {version} from the lake"),
+            );
             // the similar and popular lists first: a cold API then reads only user lists
             if shared.cfg.serve.preload_lists {
                 match load_lists(&lake, &version).await {
@@ -112,9 +125,13 @@ pub(super) async fn fold_in_loop(shared: Arc<Shared>, lake: Lake, stop: Cancella
                     failed = Some((version, std::time::Instant::now()));
                 }
             }
+            // loaded, or failed and logged (the DB stands in for the lists, the API goes
+            // without fold-in): either way the version is served
+            shared.health.ok("model");
         }
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = shared.model_changed.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }
     }
@@ -307,11 +324,20 @@ pub fn buckets(now_ms: i64, minutes: u32, skip: u32, cutoff_ms: i64) -> Vec<i64>
 /// Re-reads the shared signals every `serve.refresh_ms`.
 pub(super) async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.cfg.serve.refresh_ms);
+    let mut version: Option<String> = None;
     loop {
         let snap = refresh(&shared).await;
+        let now = snap.model.as_ref().map(|m| m.version.clone());
+        let changed = now != version || snap.model_error.is_none() && version.is_none();
+        version = now;
         write(&shared.snapshot, Arc::new(snap));
+        if changed {
+            shared.model_changed.notify_one();
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
+            // a backend just connected: read the model version at once
+            _ = shared.connected.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }
     }

@@ -178,6 +178,26 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     };
     let (api, server) = start_api(&cfg, &lake, &stop).await;
 
+    // ready once the DB and Redis are connected and the promoted version's lists and item
+    // factors are loaded from the lake: the first request after that already has the model
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let (s, body) = get(&http, &format!("{api}/readyz")).await;
+        if s == 200 {
+            break body;
+        }
+        assert_eq!(s, 503, "{body}");
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        ready["checks"],
+        json!({"db": "ok", "model": "ok", "redis": "ok"}),
+        "{ready}"
+    );
+    let (_, first) = get(&http, &format!("{api}/api/recommendations/{}", user(2))).await;
+    assert_eq!(first["model_version"], json!(version.clone()), "{first}");
+
     // u0 (fantasy): the offline list; the history views of u0 are older than the cut-off,
     // so no "similar_to" although the stream has them in Redis
     let recs = format!("{api}/api/recommendations/{}", user(0));
@@ -380,6 +400,10 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     .await;
     assert_eq!(body["offline"]["available"], false, "{body}");
     assert!(body["offline"]["error"].is_string(), "{body}");
+    // it answers, degraded, but is not ready: a load balancer keeps it out of rotation
+    let (s, ready) = get(&http, &format!("{no_db_api}/readyz")).await;
+    assert_eq!((s, ready["status"].clone()), (503, json!("not ready")), "{ready}");
+    assert_eq!(ready["checks"]["db"], json!("failing: not connected yet"), "{ready}");
     let (s, body) = get(&http, &format!("{no_db_api}/api/popular")).await;
     assert_eq!(
         (s, body["source"].clone()),
