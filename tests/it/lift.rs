@@ -7,6 +7,35 @@ use std::fmt::Write as _;
 
 use bookrec::config::Config;
 
+/// `bookrec eval --replay` over a catalogue and ratings written into `dir`, with a small ALS
+/// (8 factors, 10 iterations) and k = 5; `(test, validation)` fractions.
+async fn replay(
+    dir: &std::path::Path,
+    (catalogue, text): (&str, &str),
+    ratings: &str,
+    (test_fraction, validation_fraction): (f64, f64),
+) -> bookrec::lift::Report {
+    std::fs::write(dir.join(catalogue), text).expect("catalogue");
+    let path = dir.join("ratings.csv");
+    std::fs::write(&path, ratings).expect("ratings");
+    let cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
+    let mut params = cfg.als.clone();
+    params.factors = 8;
+    params.iterations = 10;
+    params.threads = 2;
+    let opts = bookrec::lift::Options {
+        ratings: path,
+        test_fraction,
+        k: 5,
+        max_batch: 2000,
+        validation_fraction,
+        weights: cfg.serve.weights,
+    };
+    bookrec::lift::run(&cfg, &params, &opts, &mut |_| {})
+        .await
+        .expect("replay")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replay_scores_every_recommender_and_fold_in_finds_new_users_tastes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -30,27 +59,14 @@ async fn the_replay_scores_every_recommender_and_fold_in_finds_new_users_tastes(
             t += 60;
         }
     }
-    std::fs::write(dir.path().join("items.csv"), items).expect("items");
-    let path = dir.path().join("ratings.csv");
-    std::fs::write(&path, ratings).expect("ratings");
-
-    let cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
-    let mut params = cfg.als.clone();
-    params.factors = 8;
-    params.iterations = 10;
-    params.threads = 2;
-    let opts = bookrec::lift::Options {
-        ratings: path,
-        // 15 users × 6 of 450 ratings: the last 90 are replayed
-        test_fraction: 90.0 / 450.0,
-        k: 5,
-        max_batch: 2000,
-        validation_fraction: 0.0,
-        weights: cfg.serve.weights,
-    };
-    let report = bookrec::lift::run(&cfg, &params, &opts, &mut |_| {})
-        .await
-        .expect("replay");
+    // 15 users × 6 of 450 ratings: the last 90 are replayed
+    let report = replay(
+        dir.path(),
+        ("items.csv", &items),
+        &ratings,
+        (90.0 / 450.0, 0.0),
+    )
+    .await;
     assert_eq!(report.train_events, 360, "{report}");
     assert_eq!(report.replayed_events, 90, "{report}");
     // every replayed rating is of a movie new to its user: a target of every recommender
@@ -111,26 +127,7 @@ async fn the_replay_tunes_weights_on_a_validation_window_and_measures_editions()
             writeln!(ratings, "{u},{g}{i}{e}0000000,8").expect("write");
         }
     }
-    std::fs::write(dir.path().join("books.csv"), books).expect("books");
-    let path = dir.path().join("ratings.csv");
-    std::fs::write(&path, ratings).expect("ratings");
-
-    let cfg = Config::load_with_env(None, Vec::new()).expect("cfg");
-    let mut params = cfg.als.clone();
-    params.factors = 8;
-    params.iterations = 10;
-    params.threads = 2;
-    let opts = bookrec::lift::Options {
-        ratings: path,
-        test_fraction: 0.25,
-        k: 5,
-        max_batch: 2000,
-        validation_fraction: 0.25,
-        weights: cfg.serve.weights,
-    };
-    let report = bookrec::lift::run(&cfg, &params, &opts, &mut |_| {})
-        .await
-        .expect("replay");
+    let report = replay(dir.path(), ("books.csv", &books), &ratings, (0.25, 0.25)).await;
     let text = report.to_string();
     eprintln!("{text}");
     // every work has two editions: the shipped books view groups them

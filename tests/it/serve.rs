@@ -402,8 +402,16 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     assert!(body["offline"]["error"].is_string(), "{body}");
     // it answers, degraded, but is not ready: a load balancer keeps it out of rotation
     let (s, ready) = get(&http, &format!("{no_db_api}/readyz")).await;
-    assert_eq!((s, ready["status"].clone()), (503, json!("not ready")), "{ready}");
-    assert_eq!(ready["checks"]["db"], json!("failing: not connected yet"), "{ready}");
+    assert_eq!(
+        (s, ready["status"].clone()),
+        (503, json!("not ready")),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["checks"]["db"],
+        json!("failing: not connected yet"),
+        "{ready}"
+    );
     let (s, body) = get(&http, &format!("{no_db_api}/api/popular")).await;
     assert_eq!(
         (s, body["source"].clone()),
