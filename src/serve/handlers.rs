@@ -135,6 +135,35 @@ pub(super) struct RecParams {
     k: Option<String>,
     context_book: Option<String>,
     category: Option<String>,
+    /// book ids never to return, comma-separated
+    exclude: Option<String>,
+}
+
+/// `exclude=id1,id2`: each a valid id, at most [`MAX_EXCLUDE`] (empty items are skipped).
+fn parse_exclude(value: Option<&str>) -> Result<Vec<String>, Response> {
+    let ids: Vec<&str> = value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if ids.len() > super::MAX_EXCLUDE {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_exclude",
+            format!(
+                "query parameter exclude: {} book ids, at most {}",
+                ids.len(),
+                super::MAX_EXCLUDE
+            ),
+        ));
+    }
+    for id in &ids {
+        if let Some(bad) = invalid_id("exclude", id) {
+            return Err(bad);
+        }
+    }
+    Ok(ids.into_iter().map(str::to_owned).collect())
 }
 
 fn parse_k(k: Option<&str>) -> Result<usize, String> {
@@ -214,12 +243,17 @@ pub(super) async fn recommendations(
             return bad;
         }
     }
+    let exclude = match parse_exclude(params.exclude.as_deref()) {
+        Ok(e) => e,
+        Err(bad) => return bad,
+    };
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);
     let db = read(&shared.db);
     let fs = read(&shared.features);
     let cutoff = snap.model.as_ref().map_or(0, |m| m.cutoff_ms);
-    let pool = shared.cfg.publish.k.max(k);
+    // read deeper by what is excluded, so k books remain
+    let pool = shared.cfg.publish.k.max(k) + exclude.len();
     let (mut db_errors, mut fs_errors) = (Vec::new(), Vec::new());
 
     // stage 1: the offline list and the user's realtime state, concurrently
@@ -335,6 +369,8 @@ pub(super) async fn recommendations(
     }
     signals.book_category = read(&shared.categories);
     signals.book_work = read(&shared.works);
+    // explicit exclusions count as seen: their other editions are left out too
+    signals.exclude.extend(exclude);
     let db_ok = db.is_some() && db_errors.is_empty();
     let fs_ok = fs.is_some() && fs_errors.is_empty() && snap.realtime_error.is_none();
     if !db_ok && !fs_ok {

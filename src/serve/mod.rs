@@ -62,6 +62,8 @@ pub enum ServeError {
 
 /// The most books a request may ask for.
 pub const MAX_K: usize = 100;
+/// The most book ids one request may `exclude`.
+pub const MAX_EXCLUDE: usize = 100;
 
 /// One book of the catalogue.
 #[derive(Debug, Clone, Default, serde::Serialize)]

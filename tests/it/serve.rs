@@ -214,6 +214,28 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     );
     assert!(f.contains(&items[0].0), "a fantasy book first: {body}");
     assert!(items[0].1.contains(&"als".to_string()), "{body}");
+    // ?exclude= leaves those books out; more than 100 ids, or a bad id, is a 400
+    let first = items[0].0.clone();
+    let (s, ex) = get(&http, &format!("{recs}?exclude={first}")).await;
+    assert_eq!(s, 200, "{ex}");
+    assert!(!reasons(&ex).is_empty(), "{ex}");
+    assert!(reasons(&ex).iter().all(|(b, _)| b != &first), "{ex}");
+    let many = (0..101)
+        .map(|i| format!("b{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (s, bad) = get(&http, &format!("{recs}?exclude={many}")).await;
+    assert_eq!(
+        (s, bad["error"]["code"].clone()),
+        (400, json!("bad_exclude")),
+        "{bad}"
+    );
+    let (s, bad) = get(&http, &format!("{recs}?exclude=fine,%01x")).await;
+    assert_eq!(
+        (s, bad["error"]["code"].clone()),
+        (400, json!("invalid_id")),
+        "{bad}"
+    );
     assert!(
         items
             .iter()
