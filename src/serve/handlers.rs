@@ -139,8 +139,9 @@ pub(super) struct RecParams {
     exclude: Option<String>,
 }
 
-/// `exclude=id1,id2`: each a valid id, at most [`MAX_EXCLUDE`] (empty items are skipped).
-fn parse_exclude(value: Option<&str>) -> Result<Vec<String>, Response> {
+/// `exclude=id1,id2`: each a valid id, at most [`MAX_EXCLUDE`] (empty items are skipped);
+/// an error is (code, message) for a 400.
+fn parse_exclude(value: Option<&str>) -> Result<Vec<String>, (&'static str, String)> {
     let ids: Vec<&str> = value
         .unwrap_or("")
         .split(',')
@@ -148,8 +149,7 @@ fn parse_exclude(value: Option<&str>) -> Result<Vec<String>, Response> {
         .filter(|s| !s.is_empty())
         .collect();
     if ids.len() > super::MAX_EXCLUDE {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
+        return Err((
             "bad_exclude",
             format!(
                 "query parameter exclude: {} book ids, at most {}",
@@ -159,9 +159,7 @@ fn parse_exclude(value: Option<&str>) -> Result<Vec<String>, Response> {
         ));
     }
     for id in &ids {
-        if let Some(bad) = invalid_id("exclude", id) {
-            return Err(bad);
-        }
+        crate::event::check_id("exclude", id).map_err(|e| ("invalid_id", e.message))?;
     }
     Ok(ids.into_iter().map(str::to_owned).collect())
 }
@@ -245,7 +243,7 @@ pub(super) async fn recommendations(
     }
     let exclude = match parse_exclude(params.exclude.as_deref()) {
         Ok(e) => e,
-        Err(bad) => return bad,
+        Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, message),
     };
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);
