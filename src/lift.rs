@@ -883,20 +883,34 @@ async fn editions(
     ))
 }
 
+/// What every replayed window shares: the run's settings, the events in time order and the
+/// catalogue.
+struct Replay<'a> {
+    cfg: &'a Config,
+    params: &'a crate::als::Params,
+    opts: &'a Options,
+    dataset: Dataset,
+    its: &'a [Interaction],
+    category: &'a HashMap<String, String>,
+    editions: &'a Arc<HashMap<String, String>>,
+}
+
 /// Trains on `its[..start]`, applies the warm-up, then replays `its[start..end]` and records
 /// every request.
-#[allow(clippy::too_many_arguments)]
 async fn replay_window(
-    cfg: &Config,
-    params: &crate::als::Params,
-    opts: &Options,
-    dataset: Dataset,
-    its: &[Interaction],
+    r: &Replay<'_>,
     (start, end): (usize, usize),
-    category: &HashMap<String, String>,
-    editions: &Arc<HashMap<String, String>>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Window, LiftError> {
+    let Replay {
+        cfg,
+        params,
+        opts,
+        dataset,
+        its,
+        category,
+        editions,
+    } = *r;
     let (before, after) = (&its[..start], &its[start..end]);
     let Some(cutoff) = after.first().map(|i| i.ts) else {
         return Err(LiftError::Split("an empty window".into()));
@@ -1194,6 +1208,15 @@ pub async fn run(
     };
     let test_start = start_of(opts.test_fraction)?;
     let pool = cfg.publish.k.max(opts.k);
+    let replay = Replay {
+        cfg,
+        params,
+        opts,
+        dataset,
+        its: &its,
+        category: &category,
+        editions: &editions,
+    };
     let tuning = if opts.validation_fraction > 0.0 {
         let start = start_of(opts.test_fraction + opts.validation_fraction)?;
         if start >= test_start {
@@ -1203,18 +1226,7 @@ pub async fn run(
             )));
         }
         progress("[replay] the validation window");
-        let mut win = replay_window(
-            cfg,
-            params,
-            opts,
-            dataset,
-            &its,
-            (start, test_start),
-            &category,
-            &editions,
-            progress,
-        )
-        .await?;
+        let mut win = replay_window(&replay, (start, test_start), progress).await?;
         Some(tune(
             &mut win,
             opts.weights,
@@ -1227,18 +1239,7 @@ pub async fn run(
         None
     };
     progress("[replay] the reported window");
-    let mut win = replay_window(
-        cfg,
-        params,
-        opts,
-        dataset,
-        &its,
-        (test_start, its.len()),
-        &category,
-        &editions,
-        progress,
-    )
-    .await?;
+    let mut win = replay_window(&replay, (test_start, its.len()), progress).await?;
     let blend_with = |weights: BlendWeights, fold_in: bool, works: bool| Ranker::Blend {
         weights,
         fold_in,

@@ -125,7 +125,8 @@ struct Shared {
     health: Arc<crate::http::Health>,
     /// the DB was connected: refresh the snapshot now
     connected: tokio::sync::Notify,
-    /// the snapshot names another model version: load its lists and factors now
+    /// a new snapshot was written (it may name another model version: load its lists and
+    /// factors now)
     model_changed: tokio::sync::Notify,
 }
 

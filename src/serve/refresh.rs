@@ -324,16 +324,12 @@ pub fn buckets(now_ms: i64, minutes: u32, skip: u32, cutoff_ms: i64) -> Vec<i64>
 /// Re-reads the shared signals every `serve.refresh_ms`.
 pub(super) async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.cfg.serve.refresh_ms);
-    let mut version: Option<String> = None;
     loop {
         let snap = refresh(&shared).await;
-        let now = snap.model.as_ref().map(|m| m.version.clone());
-        let changed = now != version || snap.model_error.is_none() && version.is_none();
-        version = now;
         write(&shared.snapshot, Arc::new(snap));
-        if changed {
-            shared.model_changed.notify_one();
-        }
+        // the fold-in loop looks at the new snapshot now (a version it already has costs it
+        // two reads), not a tick later
+        shared.model_changed.notify_one();
         tokio::select! {
             _ = stop.cancelled() => return,
             // a backend just connected: read the model version at once
