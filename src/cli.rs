@@ -158,8 +158,9 @@ pub enum Command {
         /// Neighbours per item of the item-kNN baseline
         #[arg(long, default_value_t = 100)]
         neighbours: usize,
-        /// Grid search over factors × regularization × alpha on a validation split of the
-        /// first fold's training data; the best point is then evaluated
+        /// Grid search over factors × regularization × scaling × alpha on a validation split
+        /// of the first fold's training data (temporal split: its newest `--test-fraction` by
+        /// time; other splits: a random 20%); the best point is then evaluated
         #[arg(long)]
         search: bool,
         #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
@@ -207,6 +208,11 @@ pub enum Command {
     Lake {
         #[command(subcommand)]
         command: LakeCommand,
+    },
+    /// A/B experiments (serve.experiments): their report from the logged impressions.
+    Experiment {
+        #[command(subcommand)]
+        command: ExperimentCommand,
     },
     /// Ad-hoc SQL over the lake (tables: events, dead_letters).
     Sql {
@@ -384,6 +390,29 @@ pub enum ModelCommand {
     Rollback {
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Per variant of experiment NAME: users, impressions, clicks, conversions, CTR and
+    /// conversion rate with 95% intervals (queries/batch/experiment_report.sql), and each
+    /// variant against the first (the control): difference, z-test, significance at 5%.
+    Report {
+        /// The experiment's name
+        name: String,
+        /// The report's end time, RFC 3339 (default: now)
+        #[arg(long, value_name = "TS")]
+        as_of: Option<String>,
+        /// Override a parameter of the query, e.g. --param attribution_hours=48
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// The folder of feature queries (overrides batch.queries_dir)
+        #[arg(long, value_name = "DIR")]
+        queries: Option<PathBuf>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -765,11 +794,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     scaling: grid_scaling,
                     alpha: grid_alpha,
                 };
-                let trials = eval::search(&parts[0].train, &params, &grid, k, params.seed)?;
+                // a temporal test is validated on a temporal window, any other on a random
+                // holdout of the (first) fold's training part (eval::random_validation)
+                let validation = match &how {
+                    eval::Split::Temporal {
+                        cutoff,
+                        test_fraction,
+                    } => eval::temporal_validation(&loaded.data, *cutoff, *test_fraction)?,
+                    _ => eval::random_validation(&parts[0].train, params.seed),
+                };
+                let trials = eval::search(&validation, &params, &grid, k)?;
                 if let Some(best) = trials.first() {
                     params = best.params.clone();
                 }
-                Some(trials)
+                Some((trials, validation.description))
             } else {
                 None
             };
@@ -791,7 +829,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 items: catalogue,
                 interactions: loaded.data.triples.len(),
                 rows,
-                search: trials,
+                validation: trials.as_ref().map(|(_, v)| v.clone()),
+                search: trials.map(|(t, _)| t),
             };
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -818,6 +857,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }),
+        Command::Experiment {
+            command:
+                ExperimentCommand::Report {
+                    name,
+                    as_of,
+                    params,
+                    queries,
+                    json,
+                },
+        } => {
+            let as_of = match as_of {
+                Some(ts) => chrono::DateTime::parse_from_rfc3339(&ts)
+                    .with_context(|| format!("--as-of {ts:?}: not an RFC 3339 timestamp"))?
+                    .to_utc(),
+                None => chrono::Utc::now(),
+            };
+            let mut overrides = std::collections::HashMap::new();
+            for p in &params {
+                let Some((k, v)) = p.split_once('=') else {
+                    anyhow::bail!("--param {p:?}: expected NAME=VALUE");
+                };
+                overrides.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let order: Vec<String> = config
+                .serve
+                .experiments
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.variants.iter().map(|v| v.name.clone()).collect())
+                .unwrap_or_default();
+            let dir = queries.unwrap_or_else(|| config.batch.queries_dir.clone());
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let report = runtime()?.block_on(crate::batch::experiment::report(
+                &lake, &dir, &name, &order, &as_of, &overrides,
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
         Command::Lake {
             command: LakeCommand::Compact { grace_hours },
         } => {

@@ -92,6 +92,119 @@ pub struct ServeConfig {
     pub weights: BlendWeights,
     /// the API's connection limits and timeouts (also used by `stream.metrics_listen`)
     pub http: HttpConfig,
+    /// what each response showed, logged as `impression` events through the collector
+    #[serde(default)]
+    pub impressions: ImpressionsConfig,
+    /// A/B experiments: each user lands in one variant of each experiment by a hash of
+    /// (salt, user id); a variant changes the blend for its users
+    #[serde(default)]
+    pub experiments: Vec<ExperimentConfig>,
+}
+
+/// `[serve.impressions]`: the fire-and-forget log of what each recommendation response
+/// showed (one `impression` event per shown book, posted in batches to `serve.collect_url`'s
+/// `/api/logs`; a full queue or a collector that stays down drops them, counted).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpressionsConfig {
+    pub enabled: bool,
+    /// responses waiting to be posted, at most (beyond: dropped, counted)
+    pub queue: usize,
+    /// events per POST, at most (≤ collect.max_batch_events)
+    pub batch_events: usize,
+    /// a batch goes out at least this often
+    pub flush_ms: u64,
+    /// one POST gives up after this long
+    pub timeout_ms: u64,
+    /// attempts per batch (backoff doubling from 100 ms); then the batch is dropped, counted
+    pub attempts: u32,
+}
+
+impl Default for ImpressionsConfig {
+    fn default() -> Self {
+        ImpressionsConfig {
+            enabled: true,
+            queue: 10_000,
+            batch_events: 500,
+            flush_ms: 200,
+            timeout_ms: 2_000,
+            attempts: 4,
+        }
+    }
+}
+
+/// `[[serve.experiments]]`: one A/B experiment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// a stable name (an id: letters, digits, `_`, `-`, `.`), in responses and impressions
+    pub name: String,
+    /// the bucketing hash's salt; default the name. A new salt reshuffles the users
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// share of all users in the experiment (0..=1); the others get the configured blend and
+    /// no variant of it
+    #[serde(default = "default_traffic")]
+    pub traffic: f64,
+    /// at least one; users split by the variants' relative `share`
+    pub variants: Vec<VariantConfig>,
+}
+
+fn default_traffic() -> f64 {
+    1.0
+}
+
+/// One variant of an experiment: its relative share and what it changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    pub name: String,
+    #[serde(default = "default_traffic")]
+    pub share: f64,
+    /// blend weights this variant overrides (the others as `serve.weights`); a source at 0 is
+    /// off for the variant (`fold_in = 0`: no fold-in)
+    #[serde(default)]
+    pub weights: WeightOverrides,
+}
+
+/// Some of [`BlendWeights`], each optional.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightOverrides {
+    pub als: Option<f64>,
+    pub fold_in: Option<f64>,
+    pub similar: Option<f64>,
+    pub realtime: Option<f64>,
+    pub trending: Option<f64>,
+    pub category: Option<f64>,
+    pub popular: Option<f64>,
+}
+
+impl WeightOverrides {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: &BlendWeights) -> BlendWeights {
+        BlendWeights {
+            als: self.als.unwrap_or(base.als),
+            fold_in: self.fold_in.unwrap_or(base.fold_in),
+            similar: self.similar.unwrap_or(base.similar),
+            realtime: self.realtime.unwrap_or(base.realtime),
+            trending: self.trending.unwrap_or(base.trending),
+            category: self.category.unwrap_or(base.category),
+            popular: self.popular.unwrap_or(base.popular),
+        }
+    }
+
+    fn values(&self) -> [(&'static str, Option<f64>); 7] {
+        [
+            ("als", self.als),
+            ("fold_in", self.fold_in),
+            ("similar", self.similar),
+            ("realtime", self.realtime),
+            ("trending", self.trending),
+            ("category", self.category),
+            ("popular", self.popular),
+        ]
+    }
 }
 
 fn default_fold_in_view() -> f64 {
@@ -616,6 +729,65 @@ impl Config {
         Ok(config)
     }
 
+    /// `serve.experiments`: names unique ids, shares in range, weights as `serve.weights`'.
+    fn validate_experiments(&self) -> Result<(), ConfigError> {
+        let is_id = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
+        let bad =
+            |reason: String| Err(ConfigError::Invalid(format!("serve.experiments: {reason}")));
+        let mut names = std::collections::BTreeSet::new();
+        for (n, e) in self.serve.experiments.iter().enumerate() {
+            let at = format!("experiment {} ({:?})", n + 1, e.name);
+            if !is_id(&e.name) {
+                return bad(format!(
+                    "{at}: name must be 1 to 64 letters, digits, '_', '-' or '.'"
+                ));
+            }
+            if !names.insert(e.name.as_str()) {
+                return bad(format!("{at}: the name is used twice"));
+            }
+            if !(0.0..=1.0).contains(&e.traffic) {
+                return bad(format!(
+                    "{at}: traffic {} is not between 0 and 1",
+                    e.traffic
+                ));
+            }
+            if e.variants.is_empty() {
+                return bad(format!("{at}: needs at least one variant"));
+            }
+            let mut variants = std::collections::BTreeSet::new();
+            for v in &e.variants {
+                let vat = format!("{at}, variant {:?}", v.name);
+                if !is_id(&v.name) {
+                    return bad(format!(
+                        "{vat}: name must be 1 to 64 letters, digits, '_', '-' or '.'"
+                    ));
+                }
+                if !variants.insert(v.name.as_str()) {
+                    return bad(format!("{vat}: the name is used twice"));
+                }
+                if !(v.share > 0.0 && v.share <= 1000.0) {
+                    return bad(format!(
+                        "{vat}: share {} is not a number above 0 (at most 1000)",
+                        v.share
+                    ));
+                }
+                for (key, value) in v.weights.values() {
+                    if let Some(w) = value
+                        && !(0.0..=1000.0).contains(&w)
+                    {
+                        return bad(format!("{vat}: weights.{key} {w}: a number from 0 to 1000"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that serde cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collect;
@@ -720,6 +892,22 @@ impl Config {
                 return Err(ConfigError::Value {
                     key,
                     reason: format!("{value}: a number from 0 to 1000 (0 turns the source off)"),
+                });
+            }
+        }
+        self.validate_experiments()?;
+        let im = &self.serve.impressions;
+        for (key, value) in [
+            ("serve.impressions.queue", im.queue as u64),
+            ("serve.impressions.batch_events", im.batch_events as u64),
+            ("serve.impressions.flush_ms", im.flush_ms),
+            ("serve.impressions.timeout_ms", im.timeout_ms),
+            ("serve.impressions.attempts", u64::from(im.attempts)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: "must be greater than 0".into(),
                 });
             }
         }

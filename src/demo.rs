@@ -295,6 +295,30 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
     cfg.serve.collect_url = collect_url.clone();
     // the demo page is the collector's one web origin
     cfg.collect.cors_allowed_origins = vec![format!("http://{serve_addr}")];
+    // an experiment to show on the page (unless the config brings its own): half the users
+    // get the blend without trending books
+    if cfg.serve.experiments.is_empty() {
+        cfg.serve.experiments = vec![crate::config::ExperimentConfig {
+            name: "demo".into(),
+            salt: None,
+            traffic: 1.0,
+            variants: vec![
+                crate::config::VariantConfig {
+                    name: "control".into(),
+                    share: 1.0,
+                    weights: Default::default(),
+                },
+                crate::config::VariantConfig {
+                    name: "no-trending".into(),
+                    share: 1.0,
+                    weights: crate::config::WeightOverrides {
+                        trending: Some(0.0),
+                        ..Default::default()
+                    },
+                },
+            ],
+        }];
+    }
     let services = cancel.child_token();
     let collector = {
         let (cfg, stop) = (cfg.clone(), services.clone());

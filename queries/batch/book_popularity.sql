@@ -17,6 +17,8 @@ WITH e AS (
         (date_part('epoch', ${as_of}) - date_part('epoch', event_ts)) / 86400.0 AS age_days
     FROM events
     WHERE book_id IS NOT NULL
+      -- what serve showed is not what users did
+      AND event_type <> 'impression'
       AND event_ts <= ${as_of}
       AND event_ts > ${as_of} - INTERVAL '90 days'
       -- the same window on the partition column: only those days' folders are read

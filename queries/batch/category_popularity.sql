@@ -20,4 +20,6 @@ WHERE e.event_ts <= ${as_of}
   AND e.dt >= CAST(CAST(${as_of} - INTERVAL '90 days' AS DATE) AS VARCHAR)
   AND e.dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
   AND b.category IS NOT NULL
+  -- impressions are what serve showed, not what users did
+  AND e.event_type <> 'impression'
 GROUP BY b.category

@@ -49,6 +49,8 @@ WITH weighted AS (
     FROM events
     WHERE user_id IS NOT NULL
       AND book_id IS NOT NULL
+      -- impressions (what serve showed) weigh nothing
+      AND event_type <> 'impression'
       AND event_ts <= ${as_of}
       AND dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
 ),

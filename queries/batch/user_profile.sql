@@ -15,6 +15,8 @@ WITH ev AS (
     FROM events e
     LEFT JOIN books b ON e.book_id = b.book_id
     WHERE e.user_id IS NOT NULL
+      -- impressions are what serve showed, not what the user did
+      AND e.event_type <> 'impression'
       AND e.event_ts <= ${as_of}
       AND e.dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
 ),

@@ -16,4 +16,6 @@ SELECT
     CAST(date_part('epoch', date_trunc('minute', event_ts)) AS BIGINT) + 60 + 7200 AS expire_at
 FROM events
 WHERE book_id IS NOT NULL
+  -- what serve showed is not what the user did
+  AND event_type <> 'impression'
 GROUP BY 1, 2

@@ -20,4 +20,6 @@ FROM events e
 JOIN books b ON e.book_id = b.book_id
 WHERE e.user_id IS NOT NULL
   AND b.category IS NOT NULL
+  -- what serve showed is not what the user did
+  AND e.event_type <> 'impression'
 GROUP BY 1, 2, 3

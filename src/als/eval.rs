@@ -79,18 +79,7 @@ pub fn split(data: &Interactions, how: &Split) -> Result<Vec<Fold>, AlsError> {
             let times = data.times.as_ref().ok_or(AlsError::NoTimes)?;
             let cutoff = match cutoff {
                 Some(c) => *c,
-                None => {
-                    if !(*test_fraction > 0.0 && *test_fraction < 1.0) {
-                        return Err(AlsError::Param {
-                            name: "test_fraction",
-                            reason: "must be between 0 and 1".into(),
-                        });
-                    }
-                    let mut sorted = times.clone();
-                    sorted.sort_unstable();
-                    let at = ((sorted.len() as f64) * (1.0 - test_fraction)) as usize;
-                    sorted[at.min(sorted.len() - 1)]
-                }
+                None => quantile_cutoff(times, *test_fraction)?,
             };
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for (t, &ts) in data.triples.iter().zip(times) {
@@ -144,6 +133,26 @@ pub fn split(data: &Interactions, how: &Split) -> Result<Vec<Fold>, AlsError> {
                 .collect())
         }
     }
+}
+
+/// The time that leaves `test_fraction` of `times` at or after it.
+fn quantile_cutoff(times: &[i64], test_fraction: f64) -> Result<i64, AlsError> {
+    if !(test_fraction > 0.0 && test_fraction < 1.0) {
+        return Err(AlsError::Param {
+            name: "test_fraction",
+            reason: "must be between 0 and 1".into(),
+        });
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let at = ((sorted.len() as f64) * (1.0 - test_fraction)) as usize;
+    sorted
+        .get(at.min(sorted.len().saturating_sub(1)))
+        .copied()
+        .ok_or(AlsError::Param {
+            name: "interactions",
+            reason: "no interactions to split".into(),
+        })
 }
 
 /// Splits each user's interactions by time (then input order): the newest `held(n)` of the
@@ -404,15 +413,16 @@ pub struct Trial {
     pub metrics: Metrics,
 }
 
-/// Grid search on a validation split carved out of `train` (a random `1/folds` of its
-/// interactions, by `seed`), ranked by NDCG@k, best first. The test data is never touched.
-pub fn search(
-    train: &Csr,
-    base: &Params,
-    grid: &Grid,
-    k: usize,
-    seed: u64,
-) -> Result<Vec<Trial>, AlsError> {
+/// The validation split a search ranks its points on, carved out of a split's training part
+/// so that the test data is never touched.
+///
+/// A search should validate the way its split tests: a temporal split's parameters are chosen
+/// on a temporal window (the newest share of the training time, scored like bench-als's test:
+/// each user known before the window, their later items not seen before), a random split's on
+/// a random holdout. A random holdout under a temporal test chose heavy plain λ on ML-1M
+/// (0.2618 on the test) over ALS-WR (0.2854): random holdouts reward smoothing towards what a
+/// user already watched, a temporal window rewards predicting what comes next.
+pub fn random_validation(train: &Csr, seed: u64) -> Fold {
     let mut cells: Vec<(u32, u32, f32)> = (0..train.rows)
         .flat_map(|u| {
             let (c, v) = train.row(u);
@@ -426,7 +436,70 @@ pub fn search(
     for &(u, i, _) in &cells[..holdout] {
         valid[u as usize].push(i);
     }
-    valid.iter_mut().for_each(|v| v.sort_unstable());
+    valid.iter_mut().for_each(|v| {
+        v.sort_unstable();
+        v.dedup();
+    });
+    Fold {
+        train: inner,
+        test: valid,
+        description: "random 20% of the training interactions".into(),
+    }
+}
+
+/// The temporal validation window of a temporal split at `cutoff`: of the interactions before
+/// `cutoff`, the newest `fraction` (by time) validate, the rest train; only users with
+/// training interactions are scored, on items new to them.
+pub fn temporal_validation(
+    data: &Interactions,
+    cutoff: Option<i64>,
+    fraction: f64,
+) -> Result<Fold, AlsError> {
+    let times = data.times.as_ref().ok_or(AlsError::NoTimes)?;
+    let cutoff = match cutoff {
+        Some(c) => c,
+        None => quantile_cutoff(times, fraction)?,
+    };
+    let before: Vec<i64> = times.iter().copied().filter(|&t| t < cutoff).collect();
+    let inner_cutoff = quantile_cutoff(&before, fraction)?;
+    let (mut train, mut later) = (Vec::new(), Vec::new());
+    for (t, &ts) in data.triples.iter().zip(times) {
+        if ts < inner_cutoff {
+            train.push((t.user, t.item, t.weight));
+        } else if ts < cutoff {
+            later.push((t.user, t.item));
+        }
+    }
+    let (nu, ni) = (data.users.len(), data.items.len());
+    let train = Csr::build(nu, ni, train.into_iter());
+    let mut valid: Vec<Vec<u32>> = vec![Vec::new(); nu];
+    for (u, i) in later {
+        let row = u as usize;
+        if train.row(row).0.is_empty() || train.contains(row, i) {
+            continue;
+        }
+        valid[row].push(i);
+    }
+    valid.iter_mut().for_each(|v| {
+        v.sort_unstable();
+        v.dedup();
+    });
+    Ok(Fold {
+        train,
+        test: valid,
+        description: format!("temporal validation {inner_cutoff}..{cutoff}"),
+    })
+}
+
+/// Grid search on a validation split (see [`random_validation`], [`temporal_validation`]),
+/// ranked by NDCG@k, best first.
+pub fn search(
+    validation: &Fold,
+    base: &Params,
+    grid: &Grid,
+    k: usize,
+) -> Result<Vec<Trial>, AlsError> {
+    let (inner, valid) = (&validation.train, &validation.test);
     let mut trials = Vec::new();
     let scalings = if grid.scaling.is_empty() {
         vec![base.regularization_scaling]
@@ -444,10 +517,10 @@ pub fn search(
                         alpha,
                         ..base.clone()
                     };
-                    let recs = Algorithm::Als(params.clone()).recommend(&inner, k)?;
+                    let recs = Algorithm::Als(params.clone()).recommend(inner, k)?;
                     trials.push(Trial {
                         params,
-                        metrics: metrics(&recs, &valid, k, train.cols),
+                        metrics: metrics(&recs, valid, k, inner.cols),
                     });
                 }
             }
@@ -469,6 +542,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<Vec<Trial>>,
+    /// The validation split the search ranked on (its fold description).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
 }
 
 impl std::fmt::Display for Report {
@@ -484,7 +560,12 @@ impl std::fmt::Display for Report {
             self.k
         )?;
         if let Some(trials) = &self.search {
-            writeln!(f, "search (validation NDCG@{}), best first:", self.k)?;
+            writeln!(
+                f,
+                "search on {} (validation NDCG@{}), best first:",
+                self.validation.as_deref().unwrap_or("a validation split"),
+                self.k
+            )?;
             for t in trials.iter().take(5) {
                 writeln!(
                     f,
@@ -597,6 +678,54 @@ mod tests {
             .sum();
         assert_eq!((folds.len(), held), (5, 5));
         assert!(folds.iter().all(|f| f.train.nnz() == 4));
+    }
+
+    #[test]
+    fn temporal_validation_stays_before_the_test_window() {
+        // users: a (times 1, 5, 9, 11), b (2, 8, 12), c (7 only: unknown before the window)
+        let d = data(&[
+            ("a", "x", 1),
+            ("a", "y", 5),
+            ("a", "z", 9),
+            ("a", "v", 11),
+            ("b", "x", 2),
+            ("b", "w", 8),
+            ("b", "y", 12),
+            ("c", "x", 7),
+        ]);
+        // test window from 10 on; of the 6 earlier interactions the newest half (time ≥ 7)
+        // validate
+        let v = temporal_validation(&d, Some(10), 0.5).unwrap();
+        assert_eq!(v.description, "temporal validation 7..10");
+        assert_eq!(v.train.nnz(), 3, "times 1, 2, 5 train");
+        // a gets z (9), b gets w (8); c had nothing before 7, so it is not scored; nothing at
+        // or after 10 (v, y of b) is seen
+        let (z, w) = (d.items.get("z").unwrap(), d.items.get("w").unwrap());
+        let (a, b) = (d.users.get("a").unwrap(), d.users.get("b").unwrap());
+        assert_eq!(v.test[a as usize], vec![z]);
+        assert_eq!(v.test[b as usize], vec![w]);
+        assert_eq!(v.test.iter().map(Vec::len).sum::<usize>(), 2);
+        // without a cut-off the test window is the newest `fraction` itself
+        let auto = temporal_validation(&d, None, 0.5).unwrap();
+        assert!(auto.description.ends_with("..8"), "{}", auto.description);
+        assert!(matches!(
+            temporal_validation(&d, Some(10), 1.5),
+            Err(AlsError::Param { .. })
+        ));
+        // the search ranks its grid on that window
+        let grid = Grid {
+            factors: vec![2],
+            regularization: vec![0.1, 1.0],
+            scaling: vec![],
+            alpha: vec![1.0],
+        };
+        let base = Params {
+            iterations: 2,
+            ..Params::default()
+        };
+        let trials = search(&v, &base, &grid, 2).unwrap();
+        assert_eq!(trials.len(), 2);
+        assert!(trials.iter().all(|t| t.metrics.users == 2));
     }
 
     #[test]

@@ -3,6 +3,9 @@
  *   <script src="http://collector:5006/tracker.js" data-endpoint="http://collector:5006"></script>
  *   bookrec.track('view', { book_id: '034545104X' });
  *   bookrec.identify('u1');          // or events carry anonymous_id from localStorage
+ *   // a click on a recommended book: the response's request_id and the book's position
+ *   // (1 = first) tie it to the impression `bookrec serve` logged for that response
+ *   bookrec.track('click', { book_id: b.book_id, request_id: body.request_id, position: 1 });
  *
  * Events are batched (up to 50, or every 2 s) and sent to POST /api/logs as NDJSON with
  * navigator.sendBeacon (text/plain, so no CORS preflight), falling back to fetch keepalive.

@@ -69,12 +69,15 @@ pub enum EventType {
     Rate,
     Read,
     Search,
+    /// A recommended book was shown (logged by `bookrec serve`; needs `request_id` and
+    /// `position`).
+    Impression,
     /// A type outside the known set: kept, never dropped; `book_id` is optional for it.
     Other(String),
 }
 
 impl EventType {
-    pub const KNOWN: [EventType; 10] = [
+    pub const KNOWN: [EventType; 11] = [
         EventType::View,
         EventType::Click,
         EventType::Favorite,
@@ -85,6 +88,7 @@ impl EventType {
         EventType::Rate,
         EventType::Read,
         EventType::Search,
+        EventType::Impression,
     ];
 
     pub fn parse(s: &str) -> EventType {
@@ -99,6 +103,7 @@ impl EventType {
             "rate" => EventType::Rate,
             "read" => EventType::Read,
             "search" => EventType::Search,
+            "impression" => EventType::Impression,
             other => EventType::Other(other.to_string()),
         }
     }
@@ -115,6 +120,7 @@ impl EventType {
             EventType::Rate => "rate",
             EventType::Read => "read",
             EventType::Search => "search",
+            EventType::Impression => "impression",
             EventType::Other(s) => s,
         }
     }
@@ -192,10 +198,11 @@ pub enum ErrorCode {
     InvalidTimestamp,
     ReservedField,
     ConflictingField,
+    MissingField,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::EventTooLarge,
@@ -210,6 +217,7 @@ impl ErrorCode {
         ErrorCode::InvalidTimestamp,
         ErrorCode::ReservedField,
         ErrorCode::ConflictingField,
+        ErrorCode::MissingField,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -228,6 +236,7 @@ impl ErrorCode {
             ErrorCode::InvalidTimestamp => "invalid_timestamp",
             ErrorCode::ReservedField => "reserved_field",
             ErrorCode::ConflictingField => "conflicting_field",
+            ErrorCode::MissingField => "missing_field",
         }
     }
 }
@@ -581,6 +590,7 @@ fn parse_fields(
         }
         props.insert(key, value);
     }
+    check_attribution(&event_type, properties.as_ref())?;
     let properties = properties.map(|p| Value::Object(p).to_string());
     Ok(Event {
         event_id,
@@ -600,6 +610,61 @@ fn parse_fields(
         user_agent,
         properties,
     })
+}
+
+/// The most positions a recommendation list has (`serve`'s largest `k`, with room).
+pub const MAX_POSITION: u64 = 1000;
+
+/// `request_id` and `position` (top level or in `properties`: they are kept in
+/// `properties`) tie an impression, and a click on a recommended book, to the response that
+/// showed it: when present, `request_id` is an id and `position` a whole number from 1 (the
+/// first book) to [`MAX_POSITION`]; an `impression` needs both.
+fn check_attribution(
+    event_type: &EventType,
+    properties: Option<&Map<String, Value>>,
+) -> Result<(), EventError> {
+    let get = |k: &str| properties.and_then(|p| p.get(k)).filter(|v| !v.is_null());
+    match get("request_id") {
+        None => {}
+        Some(Value::String(s)) => check_id("request_id", s)?,
+        Some(other) => {
+            return Err(EventError::field(
+                ErrorCode::InvalidType,
+                "request_id",
+                format!("must be a string, got {}", type_name(other)),
+            ));
+        }
+    }
+    match get("position") {
+        None => {}
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=MAX_POSITION).contains(&p)) => {}
+        Some(Value::Number(n)) => {
+            return Err(EventError::field(
+                ErrorCode::InvalidValue,
+                "position",
+                format!("{n} is not a whole number from 1 to {MAX_POSITION}"),
+            ));
+        }
+        Some(other) => {
+            return Err(EventError::field(
+                ErrorCode::InvalidType,
+                "position",
+                format!("must be a number, got {}", type_name(other)),
+            ));
+        }
+    }
+    if *event_type == EventType::Impression {
+        for field in ["request_id", "position"] {
+            if get(field).is_none() {
+                return Err(EventError::field(
+                    ErrorCode::MissingField,
+                    field,
+                    "is required for impression events",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_event_type(s: &str) -> Result<EventType, EventError> {

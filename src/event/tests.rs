@@ -180,6 +180,63 @@ fn unknown_types_and_fields_are_kept() {
 }
 
 #[test]
+fn impressions_and_clicks_carry_their_request() {
+    let e = check(
+        json!({"event_type":"impression","user_id":"u1","book_id":"b1",
+        "request_id":"r-1","position":3,"reasons":["als"]}),
+    )
+    .expect("valid impression");
+    assert_eq!(e.event_type, EventType::Impression);
+    let props: Value = serde_json::from_str(e.properties.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (props["request_id"].as_str(), props["position"].as_u64()),
+        (Some("r-1"), Some(3))
+    );
+    // a click may say which response and slot it came from, top level or in properties
+    check(json!({"event_type":"click","user_id":"u1","book_id":"b1",
+        "properties":{"request_id":"r-1","position":1}}))
+    .expect("attributed click");
+    check(json!({"event_type":"click","user_id":"u1","book_id":"b1"})).expect("plain click");
+    let bad = [
+        (
+            json!({"event_type":"impression","user_id":"u","book_id":"b","position":1}),
+            (ErrorCode::MissingField, "request_id"),
+        ),
+        (
+            json!({"event_type":"impression","user_id":"u","book_id":"b","request_id":"r"}),
+            (ErrorCode::MissingField, "position"),
+        ),
+        (
+            json!({"event_type":"impression","user_id":"u","request_id":"r","position":1}),
+            (ErrorCode::MissingBookId, "book_id"),
+        ),
+        (
+            json!({"event_type":"click","user_id":"u","book_id":"b","position":0}),
+            (ErrorCode::InvalidValue, "position"),
+        ),
+        (
+            json!({"event_type":"click","user_id":"u","book_id":"b","position":2.5}),
+            (ErrorCode::InvalidValue, "position"),
+        ),
+        (
+            json!({"event_type":"click","user_id":"u","book_id":"b","position":"1"}),
+            (ErrorCode::InvalidType, "position"),
+        ),
+        (
+            json!({"event_type":"click","user_id":"u","book_id":"b","request_id":7}),
+            (ErrorCode::InvalidType, "request_id"),
+        ),
+        (
+            json!({"event_type":"click","user_id":"u","book_id":"b","request_id":"a\u{202e}b"}),
+            (ErrorCode::InvalidValue, "request_id"),
+        ),
+    ];
+    for (v, (want, field)) in bad {
+        assert_eq!(code(v.clone()), (want, Some(field.to_string())), "{v}");
+    }
+}
+
+#[test]
 fn numeric_ids_are_accepted_as_strings() {
     let e = check(json!({"event_type":"view","user_id":42,"book_id":7})).expect("valid");
     assert_eq!(e.user_id.as_deref(), Some("42"));

@@ -137,6 +137,9 @@ pub(super) struct RecParams {
     category: Option<String>,
     /// book ids never to return, comma-separated
     exclude: Option<String>,
+    /// `0`/`false`: do not log this response as an impression (a preview or a poll that
+    /// the user may not see)
+    impression: Option<String>,
 }
 
 /// `exclude=id1,id2`: each a valid id, at most [`MAX_EXCLUDE`] (empty items are skipped);
@@ -245,6 +248,23 @@ pub(super) async fn recommendations(
         Ok(e) => e,
         Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, message),
     };
+    let log_impression = match params.impression.as_deref() {
+        None | Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_impression",
+                format!("query parameter impression={other:?}: 1, true, 0 or false"),
+            );
+        }
+    };
+    // the user's variants and the blend weights they make
+    let (experiments, weights) = super::experiment::assign(
+        &shared.cfg.serve.experiments,
+        &shared.cfg.serve.weights,
+        &user_id,
+    );
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);
     let db = read(&shared.db);
@@ -308,7 +328,7 @@ pub(super) async fn recommendations(
         fold_events,
     } = blend::plan(als, state, &ask);
     // a source turned off (weight 0) costs nothing: no solve
-    if cold && !fold_events.is_empty() && shared.cfg.serve.weights.fold_in > 0.0 {
+    if cold && !fold_events.is_empty() && weights.fold_in > 0.0 {
         signals.fold_in = fold_in(&shared, &snap, &fold_events, pool);
     }
     if let Some(db) = &db {
@@ -385,7 +405,7 @@ pub(super) async fn recommendations(
             ),
         );
     }
-    let blended = blend::blend(&signals, &shared.cfg.serve.weights, k);
+    let blended = blend::blend(&signals, &weights, k);
     let items: Vec<ItemOut> = blended
         .iter()
         .map(|i| {
@@ -401,7 +421,23 @@ pub(super) async fn recommendations(
         })
         .collect();
     let model_version = model_version.or_else(|| snap.model.as_ref().map(|m| m.version.clone()));
+    let request_id = uuid::Uuid::now_v7();
+    if log_impression && shared.impressions.enabled() {
+        shared.impressions.record(super::impressions::Impression {
+            request_id,
+            user_id: user_id.clone(),
+            at: chrono::Utc::now(),
+            model_version: model_version.clone(),
+            experiments: experiments.clone(),
+            items: blended
+                .iter()
+                .map(|i| (i.book_id.clone(), i.reasons.clone()))
+                .collect(),
+        });
+    }
     Json(RecResponse {
+        request_id: request_id.to_string(),
+        experiments,
         user_id: &user_id,
         model_version: model_version.as_deref(),
         model_data_cutoff: snap.model.as_ref().map(|m| m.data_cutoff.as_str()),
@@ -453,6 +489,11 @@ struct ItemOut<'a> {
 
 #[derive(serde::Serialize)]
 struct RecResponse<'a> {
+    /// this response's id: clicks on its books carry it (with their `position`), and its
+    /// impression events are logged under it
+    request_id: String,
+    /// the user's variant of each experiment they are in
+    experiments: Vec<super::experiment::Assignment>,
     user_id: &'a str,
     model_version: Option<&'a str>,
     model_data_cutoff: Option<&'a str>,

@@ -17,6 +17,7 @@ pub struct ServeMetrics {
     backend: HistogramVec,
     backend_errors: IntCounterVec,
     fold_in: HistogramVec,
+    impressions: IntCounterVec,
 }
 
 const LATENCY: [f64; 14] = [
@@ -63,6 +64,23 @@ impl ServeMetrics {
             .buckets(LATENCY.to_vec()),
             &["listed"],
         )?;
+        let impressions = IntCounterVec::new(
+            Opts::new(
+                "bookrec_serve_impression_events_total",
+                "Impression events (one per shown book) by outcome: sent, rejected (by the \
+                 collector), dropped_queue_full, dropped_unreachable",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in [
+            "sent",
+            "rejected",
+            "dropped_queue_full",
+            "dropped_unreachable",
+        ] {
+            impressions.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(impressions.clone()))?;
         registry.register(Box::new(fold_in.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(backend.clone()))?;
@@ -73,7 +91,14 @@ impl ServeMetrics {
             backend,
             backend_errors,
             fold_in,
+            impressions,
         })
+    }
+
+    pub fn impressions(&self, outcome: &str, events: u64) {
+        self.impressions
+            .with_label_values(&[outcome])
+            .inc_by(events);
     }
 
     pub fn fold_in(&self, took: Duration, listed: bool) {

@@ -21,7 +21,9 @@
 
 pub mod blend;
 mod cache;
+pub mod experiment;
 mod handlers;
+pub mod impressions;
 mod metrics;
 mod refresh;
 
@@ -128,6 +130,8 @@ struct Shared {
     /// a new snapshot was written (it may name another model version: load its lists and
     /// factors now)
     model_changed: tokio::sync::Notify,
+    /// what each response showed, posted to the collector in the background
+    impressions: impressions::ImpressionLog,
 }
 
 /// A model version's similar and popular lists, read from the lake when it is promoted.
@@ -212,6 +216,7 @@ fn app(
         }
     }
     health.fail("model", "the current model version is not read yet");
+    let metrics = Arc::new(ServeMetrics::new()?);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         db: RwLock::new(sources.db),
@@ -223,7 +228,8 @@ fn app(
             model_error: Some("not read yet".into()),
             ..Snapshot::default()
         })),
-        metrics: Arc::new(ServeMetrics::new()?),
+        impressions: impressions::ImpressionLog::start(cfg, metrics.clone(), stop.clone()),
+        metrics,
         cache: std::sync::Mutex::new(ListCache::default()),
         fold_in: RwLock::new(None),
         preloaded: RwLock::new(None),

@@ -1,5 +1,7 @@
 // bookrec tracker: posts behaviour events to the collector (POST /api/log).
 //   bookrec.track("click", "BOOK_ID", "USER_ID")
+//   a click on a recommended book says which response and slot showed it:
+//   bookrec.track("click", "BOOK_ID", "USER_ID", {request_id: body.request_id, position: 1})
 (function () {
   var collect = __COLLECT_URL__;
   window.bookrec = {

@@ -31,6 +31,7 @@ use crate::lake::Lake;
 
 pub mod catalog;
 pub mod cdc_state;
+pub mod functions;
 pub mod scan;
 pub mod sources;
 
@@ -282,7 +283,13 @@ pub async fn session_on(
 ) -> Result<(SessionContext, Tables), SqlError> {
     let config = session_config()?;
     let (ctx, staging) = match engine {
-        Engine::InProcess => (SessionContext::new_with_config(config), None),
+        Engine::InProcess => {
+            let ctx = SessionContext::new_with_config(config);
+            // bookrec's own functions (json_get); a Ballista cluster's executors know only
+            // DataFusion's built-ins, so queries sent there cannot use them
+            functions::register(&ctx);
+            (ctx, None)
+        }
         Engine::Ballista { host, port } => {
             if lake.store_url().scheme() == "memory" {
                 return Err(SqlError::Engine {

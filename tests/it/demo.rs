@@ -262,6 +262,28 @@ async fn the_demo_page_follows_a_click_within_a_second() {
         before.iter().all(|(_, why)| !why.contains("similar_to")),
         "{before:?}"
     );
+    // the page shows the user's variant of the demo's experiment, and each recommended
+    // book knows its response and slot (a click on it carries them)
+    let variant = driver
+        .script("return document.getElementById('variant').textContent;")
+        .await;
+    let variant = variant.as_str().unwrap_or_default();
+    assert!(
+        variant == "experiments · demo: control" || variant == "experiments · demo: no-trending",
+        "{variant}"
+    );
+    let slots = driver
+        .script(
+            "return [...document.querySelectorAll('#recs li')].map(li => \
+             [li.dataset.requestId, li.dataset.position]);",
+        )
+        .await;
+    let slots = slots.as_array().cloned().unwrap_or_default();
+    assert!(!slots.is_empty());
+    for (n, s) in slots.iter().enumerate() {
+        assert!(s[0].as_str().is_some_and(|r| r.len() == 36), "{slots:?}");
+        assert_eq!(s[1], json!((n + 1).to_string()), "{slots:?}");
+    }
 
     // a click on a history book: the list changes, led by books similar to it. Three
     // clicks on three books: each must show; the fastest within a second (the machine is

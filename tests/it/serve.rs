@@ -114,6 +114,30 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
 
     // the history: even users read 4 of the 6 fantasy books, odd users 4 of the history ones
     let collector = Collector::start(&cfg).await;
+    // impressions go to this collector; an experiment with two blends splits the users
+    cfg.serve.collect_url = collector.url("");
+    cfg.serve.impressions.flush_ms = 50;
+    cfg.serve.experiments = vec![bookrec::config::ExperimentConfig {
+        name: "blend-test".into(),
+        salt: None,
+        traffic: 1.0,
+        variants: vec![
+            bookrec::config::VariantConfig {
+                name: "control".into(),
+                share: 1.0,
+                weights: Default::default(),
+            },
+            bookrec::config::VariantConfig {
+                name: "more-similar".into(),
+                share: 1.0,
+                weights: bookrec::config::WeightOverrides {
+                    similar: Some(6.0),
+                    popular: Some(2.0),
+                    ..Default::default()
+                },
+            },
+        ],
+    }];
     let http = reqwest::Client::new();
     let mut events = Vec::new();
     for u in 0..20 {
@@ -408,6 +432,125 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     assert!(
         metrics.contains("bookrec_serve_request_seconds_bucket{route=\"/api/recommendations/{user_id}\",status=\"2xx\""),
         "{metrics}"
+    );
+
+    // impressions and the experiment report: 400 simulated users ask once each; each is in a
+    // variant (the response says which) and clicks the first book with a probability that
+    // depends on it (0.1 control, 0.5 more-similar), half the clickers add it to the cart
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut shown, mut clicks) = (0usize, Vec::new());
+    let mut split = std::collections::HashMap::new();
+    let mut last_response = None;
+    let sent = |http: reqwest::Client, api: String| async move {
+        crate::support::metric(
+            &http,
+            &format!("{api}/metrics"),
+            "bookrec_serve_impression_events_total{outcome=\"sent\"}",
+        )
+        .await
+    };
+    let sent_before = sent(http.clone(), api.clone()).await;
+    for i in 0..400 {
+        let who = format!("{tag}-x{i}");
+        let (s, body) = get(&http, &format!("{api}/api/recommendations/{who}?k=5")).await;
+        assert_eq!(s, 200, "{body}");
+        let variant = body["experiments"][0]["variant"]
+            .as_str()
+            .expect("every user is in the experiment")
+            .to_owned();
+        assert_eq!(body["experiments"][0]["experiment"], "blend-test", "{body}");
+        *split.entry(variant.clone()).or_insert(0usize) += 1;
+        let items = reasons(&body);
+        assert!(!items.is_empty(), "{body}");
+        shown += items.len();
+        let request_id = body["request_id"].as_str().expect("request_id").to_owned();
+        last_response = Some((request_id.clone(), items.len()));
+        let p = if variant == "control" { 0.1 } else { 0.5 };
+        if rng.random::<f64>() < p {
+            clicks.push(
+                json!({"event_type": "click", "user_id": who, "book_id": items[0].0,
+                               "request_id": request_id, "position": 1}),
+            );
+            if rng.random::<bool>() {
+                clicks.push(json!({"event_type": "add_to_cart", "user_id": who,
+                                   "book_id": items[0].0}));
+            }
+        }
+    }
+    // users split about evenly (the bucketing's shares are unit-tested on 100k users)
+    assert!(split.values().all(|&n| n > 150), "{split:?}");
+    let r = http
+        .post(collector.url("/api/logs"))
+        .json(&clicks)
+        .send()
+        .await
+        .expect("post clicks");
+    assert_eq!(r.status(), 202);
+    // every impression of those responses is posted (fire and forget, counted when sent;
+    // in queue order, so the last response's landing below means all of them landed)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent(http.clone(), api.clone()).await < sent_before + shown as f64 {
+        assert!(Instant::now() < deadline, "impressions were not all sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for outcome in ["dropped_queue_full", "dropped_unreachable", "rejected"] {
+        let name = format!("bookrec_serve_impression_events_total{{outcome=\"{outcome}\"}}");
+        let n = crate::support::metric(&http, &format!("{api}/metrics"), &name).await;
+        assert_eq!(n, 0.0, "{outcome}");
+    }
+    collector.wait_drained(Duration::from_secs(60)).await;
+    {
+        let (cfg, lake) = (cfg.clone(), lake.clone());
+        tokio::task::spawn_blocking(move || {
+            bookrec::land::run(&cfg, &lake, &CancellationToken::new(), true)
+        })
+        .await
+        .expect("lander thread")
+        .expect("land");
+    }
+    // in the lake: one impression per shown book of a response, under its request_id
+    let (request_id, n) = last_response.expect("a response");
+    let ctx = bookrec::sql::session(&lake).await.expect("session");
+    let landed = bookrec::sql::query_read_only(
+        &ctx,
+        &format!(
+            "SELECT count(*) AS n, count(DISTINCT json_get(properties, 'position')) AS positions \
+             FROM events WHERE event_type = 'impression' \
+             AND json_get(properties, 'request_id') = '{request_id}' \
+             AND json_get(properties, '/experiments/blend-test') IS NOT NULL"
+        ),
+    )
+    .await
+    .expect("query");
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&landed)
+        .expect("format")
+        .to_string();
+    assert!(text.contains(&format!("| {n} | {n} ")), "{text}");
+    let report = bookrec::batch::experiment::report(
+        &lake,
+        &cfg.batch.queries_dir,
+        "blend-test",
+        &["control".to_string(), "more-similar".to_string()],
+        &chrono::Utc::now(),
+        &std::collections::HashMap::new(),
+    )
+    .await
+    .expect("report");
+    assert_eq!(report.control, "control", "{report}");
+    assert_eq!(report.variants.len(), 2, "{report}");
+    let clicked: i64 = report.variants.iter().map(|v| v.clicks).sum();
+    let posted = clicks.iter().filter(|c| c["event_type"] == "click").count() as i64;
+    assert_eq!(clicked, posted, "every click is attributed: {report}");
+    let ctr = report
+        .comparisons
+        .iter()
+        .find(|c| c.metric == "ctr")
+        .expect("a ctr comparison");
+    assert!(ctr.difference > 0.0 && ctr.significant, "{report}");
+    assert!(
+        report.variants.iter().all(|v| v.conversions > 0),
+        "cart adds are attributed: {report}"
     );
 
     // the DB unreachable (a second API on a dead DB URL): 200 from Redis alone, flagged
