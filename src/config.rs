@@ -108,6 +108,9 @@ pub struct ServeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ImpressionsConfig {
     pub enabled: bool,
+    /// the collector serve posts to, as serve reaches it (default: `serve.collect_url`,
+    /// which is the collector as browsers reach it; in a compose stack the two differ)
+    pub collect_url: Option<String>,
     /// responses waiting to be posted, at most (beyond: dropped, counted)
     pub queue: usize,
     /// events per POST, at most (≤ collect.max_batch_events)
@@ -124,6 +127,7 @@ impl Default for ImpressionsConfig {
     fn default() -> Self {
         ImpressionsConfig {
             enabled: true,
+            collect_url: None,
             queue: 10_000,
             batch_events: 500,
             flush_ms: 200,

@@ -1,5 +1,6 @@
 //! The impression log: what each recommendation response showed, as `impression` events
-//! posted through the collector (`serve.collect_url` + `/api/logs`), so that impressions are
+//! posted through the collector (`serve.impressions.collect_url`, default
+//! `serve.collect_url`, + `/api/logs`), so that impressions are
 //! validated, spooled, produced to Kafka and landed in the lake like every behaviour event.
 //!
 //! One event per shown book: `book_id`, and — moved into `properties` by the collector, as
@@ -103,7 +104,8 @@ impl ImpressionLog {
             return ImpressionLog { tx: None, metrics };
         }
         let (tx, rx) = mpsc::channel(im.queue);
-        let url = format!("{}/api/logs", cfg.serve.collect_url.trim_end_matches('/'));
+        let base = im.collect_url.as_deref().unwrap_or(&cfg.serve.collect_url);
+        let url = format!("{}/api/logs", base.trim_end_matches('/'));
         tokio::spawn(sender(url, im.clone(), rx, metrics.clone(), stop));
         ImpressionLog {
             tx: Some(tx),

@@ -282,6 +282,22 @@ fn hostile_cases() -> Vec<Case> {
             "missing_query",
         ),
         case(
+            "impression without request_id",
+            "/api/log",
+            J,
+            r#"{"event_type":"impression","user_id":"u","book_id":"b","position":1}"#,
+            400,
+            "missing_field",
+        ),
+        case(
+            "click at position 0",
+            "/api/log",
+            J,
+            r#"{"event_type":"click","user_id":"u","book_id":"b","request_id":"r","position":0}"#,
+            400,
+            "invalid_value",
+        ),
+        case(
             "user id object",
             "/api/log",
             J,
