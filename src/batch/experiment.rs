@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::Path;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use serde::Serialize;
 
 use crate::lake::Lake;
@@ -143,35 +143,18 @@ fn rows_of(
                     reason: "missing (the report needs it)".into(),
                 })
         };
-        let text = |column: &'static str| {
-            let c = col(column)?;
-            let c =
-                datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Utf8)
-                    .map_err(|e| ExperimentError::Column {
-                        path: path.to_string(),
-                        column,
-                        reason: e.to_string(),
-                    })?;
-            Ok::<_, ExperimentError>(c)
-        };
-        let int = |column: &'static str| {
-            let c = col(column)?;
-            datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Int64)
-                .map_err(|e| ExperimentError::Column {
+        let cast = |column: &'static str, to: DataType| {
+            datafusion::arrow::compute::cast(col(column)?, &to).map_err(|e| {
+                ExperimentError::Column {
                     path: path.to_string(),
                     column,
                     reason: e.to_string(),
-                })
+                }
+            })
         };
-        let float = |column: &'static str| {
-            let c = col(column)?;
-            datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Float64)
-                .map_err(|e| ExperimentError::Column {
-                    path: path.to_string(),
-                    column,
-                    reason: e.to_string(),
-                })
-        };
+        let text = |column| cast(column, DataType::Utf8);
+        let int = |column| cast(column, DataType::Int64);
+        let float = |column| cast(column, DataType::Float64);
         let (exp, var) = (text("experiment")?, text("variant")?);
         let (exp, var) = (exp.as_string::<i32>(), var.as_string::<i32>());
         let ints: Vec<_> = ["users", "responses", "impressions", "clicks", "conversions"]

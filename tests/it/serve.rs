@@ -537,6 +537,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     )
     .await
     .expect("report");
+    eprintln!("{report}");
     assert_eq!(report.control, "control", "{report}");
     assert_eq!(report.variants.len(), 2, "{report}");
     let clicked: i64 = report.variants.iter().map(|v| v.clicks).sum();
