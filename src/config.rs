@@ -92,6 +92,13 @@ pub struct ServeConfig {
     pub weights: BlendWeights,
     /// the API's connection limits and timeouts (also used by `stream.metrics_listen`)
     pub http: HttpConfig,
+    /// impression-aware ranking: a book shown to the user at least this many times
+    /// (impressions, each counting 2^(−its age / `ignored_half_life_days`), over the last 7
+    /// days) without a view or click of it in their recent views is left out; 0 = off
+    #[serde(default)]
+    pub exclude_ignored_after: f64,
+    #[serde(default = "default_ignored_half_life")]
+    pub ignored_half_life_days: f64,
     /// what each response showed, logged as `impression` events through the collector
     #[serde(default)]
     pub impressions: ImpressionsConfig,
@@ -169,6 +176,9 @@ pub struct VariantConfig {
     /// off for the variant (`fold_in = 0`: no fold-in)
     #[serde(default)]
     pub weights: WeightOverrides,
+    /// `serve.exclude_ignored_after` for this variant's users (0: off)
+    #[serde(default)]
+    pub exclude_ignored_after: Option<f64>,
 }
 
 /// Some of [`BlendWeights`], each optional.
@@ -209,6 +219,10 @@ impl WeightOverrides {
             ("popular", self.popular),
         ]
     }
+}
+
+fn default_ignored_half_life() -> f64 {
+    1.0
 }
 
 fn default_fold_in_view() -> f64 {
@@ -780,6 +794,13 @@ impl Config {
                         v.share
                     ));
                 }
+                if let Some(n) = v.exclude_ignored_after
+                    && !(0.0..=1000.0).contains(&n)
+                {
+                    return bad(format!(
+                        "{vat}: exclude_ignored_after {n}: a number from 0 (off) to 1000"
+                    ));
+                }
                 for (key, value) in v.weights.values() {
                     if let Some(w) = value
                         && !(0.0..=1000.0).contains(&w)
@@ -900,6 +921,25 @@ impl Config {
             }
         }
         self.validate_experiments()?;
+        if !(0.0..=1000.0).contains(&self.serve.exclude_ignored_after) {
+            return Err(ConfigError::Value {
+                key: "serve.exclude_ignored_after",
+                reason: format!(
+                    "{}: a number from 0 (off) to 1000",
+                    self.serve.exclude_ignored_after
+                ),
+            });
+        }
+        if !(self.serve.ignored_half_life_days > 0.0 && self.serve.ignored_half_life_days <= 365.0)
+        {
+            return Err(ConfigError::Value {
+                key: "serve.ignored_half_life_days",
+                reason: format!(
+                    "{}: a number of days above 0 (at most 365)",
+                    self.serve.ignored_half_life_days
+                ),
+            });
+        }
         let im = &self.serve.impressions;
         for (key, value) in [
             ("serve.impressions.queue", im.queue as u64),

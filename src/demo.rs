@@ -307,6 +307,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
                     name: "control".into(),
                     share: 1.0,
                     weights: Default::default(),
+                    exclude_ignored_after: None,
                 },
                 crate::config::VariantConfig {
                     name: "no-trending".into(),
@@ -315,6 +316,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
                         trending: Some(0.0),
                         ..Default::default()
                     },
+                    exclude_ignored_after: None,
                 },
             ],
         }];

@@ -12,32 +12,42 @@
 -- keys: experiment, variant
 -- param: days = 28
 -- param: attribution_hours = 24
-WITH impressions AS (
-    -- one row per (impression, experiment it was in)
+WITH shown AS (
+    -- one row per (impression, experiment it was in). Built-in functions only (the report
+    -- also runs on a Ballista cluster, whose executors know no bookrec functions): the
+    -- collector keeps properties as compact JSON with sorted keys, so `"request_id":"…"`
+    -- and `"experiments":{"name":"variant",…}` can be cut out by pattern (experiment and
+    -- variant names are letters, digits, `_`, `-`, `.`: serve.experiments checks them)
     SELECT
         user_id,
         book_id,
         event_ts,
-        json_get(properties, 'request_id') AS request_id,
-        experiment,
-        json_get(properties, '/experiments/' || experiment) AS variant
-    FROM (
-        SELECT user_id, book_id, event_ts, properties,
-               unnest(json_keys(properties, 'experiments')) AS experiment
-        FROM events
-        WHERE event_type = 'impression'
-          AND user_id IS NOT NULL
-          AND event_ts <= ${as_of}
-          AND event_ts > ${as_of} - CAST(CAST(${days} AS VARCHAR) || ' days' AS INTERVAL)
-          AND dt >= CAST(CAST(${as_of} - CAST(CAST(${days} AS VARCHAR) || ' days' AS INTERVAL) AS DATE) AS VARCHAR)
-          AND dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
-    ) shown
+        regexp_match(properties, '"request_id":"([^"\\]*)"')[1] AS request_id,
+        unnest(string_to_array(regexp_match(properties, '"experiments":\{([^}]*)\}')[1], ','))
+            AS assignment
+    FROM events
+    WHERE event_type = 'impression'
+      AND user_id IS NOT NULL
+      AND event_ts <= ${as_of}
+      AND event_ts > ${as_of} - CAST(CAST(${days} AS VARCHAR) || ' days' AS INTERVAL)
+      AND dt >= CAST(CAST(${as_of} - CAST(CAST(${days} AS VARCHAR) || ' days' AS INTERVAL) AS DATE) AS VARCHAR)
+      AND dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
+),
+impressions AS (
+    SELECT
+        user_id,
+        book_id,
+        event_ts,
+        request_id,
+        btrim(split_part(assignment, ':', 1), '"') AS experiment,
+        btrim(split_part(assignment, ':', 2), '"') AS variant
+    FROM shown
 ),
 clicks AS (
-    SELECT DISTINCT json_get(properties, 'request_id') AS request_id, book_id
+    SELECT DISTINCT regexp_match(properties, '"request_id":"([^"\\]*)"')[1] AS request_id, book_id
     FROM events
     WHERE event_type = 'click'
-      AND json_get(properties, 'request_id') IS NOT NULL
+      AND properties LIKE '%"request_id":%'
       AND event_ts <= ${as_of}
       AND dt >= CAST(CAST(${as_of} - CAST(CAST(${days} AS VARCHAR) || ' days' AS INTERVAL) AS DATE) AS VARCHAR)
       AND dt <= CAST(CAST(${as_of} AS DATE) AS VARCHAR)
@@ -67,7 +77,7 @@ scored AS (
        AND v.book_id = i.book_id
        AND v.event_ts >= i.event_ts
        AND v.event_ts <= i.event_ts + CAST(CAST(${attribution_hours} AS VARCHAR) || ' hours' AS INTERVAL)
-    WHERE i.variant IS NOT NULL
+    WHERE i.variant IS NOT NULL AND i.variant <> ''
     GROUP BY 1, 2, 3, 4, 5
 ),
 totals AS (

@@ -55,6 +55,43 @@ pub struct Signals {
     pub only_category: Option<String>,
 }
 
+/// The day buckets of `shown_books` (queries/realtime/shown_books.sql) that a request reads:
+/// the UTC days of the last `days` days, newest first, as epoch seconds.
+pub fn shown_days(now_ms: i64, days: usize) -> Vec<i64> {
+    let today = now_ms.div_euclid(86_400_000) * 86_400;
+    (0..days as i64).map(|d| today - d * 86_400).collect()
+}
+
+/// Books the user was shown and ignored: each day's impression counts (`shown[d]`, the day
+/// `d` days before today) weighted by 2^(−d / `half_life_days`) and summed per book; a book
+/// whose sum reaches `after` is ignored unless the user viewed or clicked it (it is in
+/// `recent`). `after` ≤ 0: none.
+pub fn ignored(
+    shown: &[Vec<(String, f64)>],
+    recent: &[(String, f64)],
+    half_life_days: f64,
+    after: f64,
+) -> Vec<String> {
+    if after <= 0.0 {
+        return Vec::new();
+    }
+    let mut sums: HashMap<&str, f64> = HashMap::new();
+    for (age, day) in shown.iter().enumerate() {
+        let w = (-(age as f64) / half_life_days).exp2();
+        for (book, n) in day {
+            *sums.entry(book.as_str()).or_default() += n * w;
+        }
+    }
+    let engaged: HashSet<&str> = recent.iter().map(|(b, _)| b.as_str()).collect();
+    let mut out: Vec<String> = sums
+        .into_iter()
+        .filter(|(b, n)| *n >= after && !engaged.contains(b))
+        .map(|(b, _)| b.to_string())
+        .collect();
+    out.sort();
+    out
+}
+
 /// The key of a user's realtime list and of its reasons (queries/realtime/similar_to_recent.sql).
 pub fn realtime_list_keys(user_id: &str) -> (String, String) {
     (format!("rec:rt:{user_id}"), format!("rec:why:{user_id}"))
@@ -384,6 +421,30 @@ pub fn blend<'a>(s: &'a Signals, w: &BlendWeights, k: usize) -> Vec<Item> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ignored_books_decay_and_engagement_clears_them() {
+        let day = |pairs: &[(&str, f64)]| -> Vec<(String, f64)> {
+            pairs.iter().map(|(b, n)| (b.to_string(), *n)).collect()
+        };
+        // today: a ×2, b ×1; yesterday: a ×2, b ×2, c ×4; half-life 1 day
+        // a = 2 + 1 = 3, b = 1 + 1 = 2, c = 2
+        let shown = vec![
+            day(&[("a", 2.0), ("b", 1.0)]),
+            day(&[("a", 2.0), ("b", 2.0), ("c", 4.0)]),
+        ];
+        assert_eq!(ignored(&shown, &[], 1.0, 3.0), vec!["a"]);
+        assert_eq!(ignored(&shown, &[], 1.0, 2.0), vec!["a", "b", "c"]);
+        // a book the user viewed or clicked is not ignored
+        let recent = vec![("a".to_string(), 1.0)];
+        assert_eq!(ignored(&shown, &recent, 1.0, 2.0), vec!["b", "c"]);
+        assert!(ignored(&shown, &[], 1.0, 0.0).is_empty());
+        // day buckets: today's UTC midnight, then the days before
+        assert_eq!(
+            shown_days(86_400_000 * 3 + 5, 2),
+            vec![86_400 * 3, 86_400 * 2]
+        );
+    }
     use super::*;
 
     fn ranked(items: &[(&str, f64)]) -> Arc<Vec<Ranked>> {

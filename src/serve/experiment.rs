@@ -58,25 +58,36 @@ pub fn variant_of(experiment: &ExperimentConfig, user_id: &str) -> Option<usize>
     Some(experiment.variants.len() - 1)
 }
 
-/// The user's variants of all experiments and the blend weights they make.
+/// What a user's variants make of the serve settings they may change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub weights: BlendWeights,
+    /// `serve.exclude_ignored_after` (0: off)
+    pub exclude_ignored_after: f64,
+}
+
+/// The user's variants of all experiments and the settings they make from `base`.
 pub fn assign(
     experiments: &[ExperimentConfig],
-    base: &BlendWeights,
+    base: Settings,
     user_id: &str,
-) -> (Vec<Assignment>, BlendWeights) {
-    let mut weights = *base;
+) -> (Vec<Assignment>, Settings) {
+    let mut settings = base;
     let mut out = Vec::new();
     for e in experiments {
         if let Some(n) = variant_of(e, user_id) {
             let v = &e.variants[n];
-            weights = v.weights.apply(&weights);
+            settings.weights = v.weights.apply(&settings.weights);
+            if let Some(after) = v.exclude_ignored_after {
+                settings.exclude_ignored_after = after;
+            }
             out.push(Assignment {
                 experiment: e.name.clone(),
                 variant: v.name.clone(),
             });
         }
     }
-    (out, weights)
+    (out, settings)
 }
 
 #[cfg(test)]
@@ -96,6 +107,7 @@ mod tests {
                     name: format!("v{n}"),
                     share,
                     weights: WeightOverrides::default(),
+                    exclude_ignored_after: None,
                 })
                 .collect(),
         }
@@ -189,7 +201,14 @@ mod tests {
         a.variants[0].weights.similar = Some(0.0);
         let mut b = experiment("b", 1.0, &[1.0]);
         b.variants[0].weights.realtime = Some(9.0);
-        let (assigned, w) = assign(&[a, b], &base, "someone");
+        a.variants[0].exclude_ignored_after = Some(3.0);
+        let base = Settings {
+            weights: base,
+            exclude_ignored_after: 0.0,
+        };
+        let (assigned, got) = assign(&[a, b], base, "someone");
+        let w = got.weights;
+        assert_eq!(got.exclude_ignored_after, 3.0);
         assert_eq!(
             assigned,
             vec![
@@ -204,7 +223,7 @@ mod tests {
             ]
         );
         assert_eq!((w.realtime, w.similar, w.als), (9.0, 0.0, 1.0));
-        let (none, same) = assign(&[], &base, "someone");
+        let (none, same) = assign(&[], base, "someone");
         assert!(none.is_empty());
         assert_eq!(same, base);
     }

@@ -22,15 +22,17 @@ use crate::store::Ranked;
 type Scored = Vec<(String, f64)>;
 
 /// A user's realtime state in one round trip: the latest `n.0` views and `n.1` owned books
-/// (with their times), the category-interest hashes of `cat_buckets`, and the `n.2` best
-/// books of the realtime list with their reasons.
+/// (with their times), the category-interest hashes of `cat_buckets`, the `n.2` best books
+/// of the realtime list with their reasons, and the `shown_books` hashes of `shown_days`
+/// (returned beside the state).
 async fn user_state(
     shared: &Shared,
     fs: &dyn FeatureStore,
     user_id: &str,
     n: (usize, usize, usize),
     cat_buckets: &[i64],
-) -> Result<UserState, String> {
+    shown_days: &[i64],
+) -> Result<(UserState, Vec<Vec<(String, f64)>>), String> {
     let (recent_key, owned_key) = (
         format!("rt:recent:{user_id}"),
         format!("rt:owned:{user_id}"),
@@ -47,6 +49,11 @@ async fn user_state(
         Read::Texts(&why_key),
     ];
     reads.extend(cat_keys.iter().map(|k| Read::Hash(k)));
+    let shown_keys: Vec<String> = shown_days
+        .iter()
+        .map(|d| format!("rt:shown:{user_id}:{d}"))
+        .collect();
+    reads.extend(shown_keys.iter().map(|k| Read::Hash(k)));
     let mut got = fs_call(shared, fs.read_many(&reads)).await?.into_iter();
     let mut next = || got.next().unwrap_or_default();
     let (recent, owned) = (next().scores, next().scores);
@@ -59,13 +66,21 @@ async fn user_state(
             (b, score, reason)
         })
         .collect();
-    let cats = got.map(|r| r.scores).collect();
-    Ok(UserState {
-        recent,
-        owned,
-        cats,
-        list,
-    })
+    let cats = got
+        .by_ref()
+        .take(cat_keys.len())
+        .map(|r| r.scores)
+        .collect();
+    let shown = got.map(|r| r.scores).collect();
+    Ok((
+        UserState {
+            recent,
+            owned,
+            cats,
+            list,
+        },
+        shown,
+    ))
 }
 
 /// `None` when the request carries one of `serve.api_keys` as a bearer token (compared in
@@ -260,18 +275,28 @@ pub(super) async fn recommendations(
         }
     };
     // the user's variants and the blend weights they make
-    let (experiments, weights) = super::experiment::assign(
+    let (experiments, settings) = super::experiment::assign(
         &shared.cfg.serve.experiments,
-        &shared.cfg.serve.weights,
+        super::experiment::Settings {
+            weights: shared.cfg.serve.weights,
+            exclude_ignored_after: shared.cfg.serve.exclude_ignored_after,
+        },
         &user_id,
     );
+    let weights = settings.weights;
     let snap = read(&shared.snapshot);
     let catalogue = read(&shared.catalogue);
     let db = read(&shared.db);
     let fs = read(&shared.features);
     let cutoff = snap.model.as_ref().map_or(0, |m| m.cutoff_ms);
-    // read deeper by what is excluded, so k books remain
-    let pool = shared.cfg.publish.k.max(k) + exclude.len();
+    // read deeper by what is excluded, so k books remain (ignored books: up to 50 more)
+    let pool = shared.cfg.publish.k.max(k)
+        + exclude.len()
+        + if settings.exclude_ignored_after > 0.0 {
+            50
+        } else {
+            0
+        };
     let (mut db_errors, mut fs_errors) = (Vec::new(), Vec::new());
 
     // stage 1: the offline list and the user's realtime state, concurrently
@@ -286,7 +311,13 @@ pub(super) async fn recommendations(
         let fs = fs.as_ref()?;
         let cat_buckets = buckets(now_ms(), window, 0, cutoff);
         let n = (50, 500, shared.cfg.publish.k.max(k));
-        Some(user_state(&shared, fs.as_ref(), &user_id, n, &cat_buckets).await)
+        // impression-aware ranking on: the last 7 days of shown books (their keys' life)
+        let shown_days = if settings.exclude_ignored_after > 0.0 {
+            blend::shown_days(now_ms(), 7)
+        } else {
+            Vec::new()
+        };
+        Some(user_state(&shared, fs.as_ref(), &user_id, n, &cat_buckets, &shown_days).await)
     };
     let (offline, realtime) = tokio::join!(offline, realtime);
     let mut model_version = None;
@@ -301,8 +332,17 @@ pub(super) async fn recommendations(
             Err(e) => db_errors.push(e),
         }
     }
+    let mut ignored = Vec::new();
     let state = match realtime {
-        Some(Ok(state)) => Some(state),
+        Some(Ok((state, shown))) => {
+            ignored = blend::ignored(
+                &shown,
+                &state.recent,
+                shared.cfg.serve.ignored_half_life_days,
+                settings.exclude_ignored_after,
+            );
+            Some(state)
+        }
         Some(Err(e)) => {
             fs_errors.push(e);
             None
@@ -387,8 +427,10 @@ pub(super) async fn recommendations(
     }
     signals.book_category = read(&shared.categories);
     signals.book_work = read(&shared.works);
-    // explicit exclusions count as seen: their other editions are left out too
+    // explicit exclusions count as seen: their other editions are left out too; so do the
+    // books shown to the user and ignored (impression-aware ranking)
     signals.exclude.extend(exclude);
+    signals.exclude.extend(ignored);
     let db_ok = db.is_some() && db_errors.is_empty();
     let fs_ok = fs.is_some() && fs_errors.is_empty() && snap.realtime_error.is_none();
     if !db_ok && !fs_ok {
@@ -701,7 +743,11 @@ pub(super) async fn profile(
     let hour = buckets(now_ms(), 60, 0, 0);
     let realtime = async {
         let fs = fs.as_ref()?;
-        Some(user_state(&shared, fs.as_ref(), &user_id, (20, 100, 0), &hour).await)
+        Some(
+            user_state(&shared, fs.as_ref(), &user_id, (20, 100, 0), &hour, &[])
+                .await
+                .map(|(state, _)| state),
+        )
     };
     let (batch, realtime) = tokio::join!(batch, realtime);
     let profile = match batch {

@@ -40,7 +40,20 @@ pub fn ev(user: &str, kind: &str, book: &str, days_ago: f64, rating: Option<f64>
     }
 }
 
-/// The fixture: 6 events of 3 users on 2 books, and the 2 books via CDC.
+/// An impression `serve` logged: `book` at `position` of response `request`, the user in
+/// `variant` of experiment `e`.
+fn impression(user: &str, book: &str, request: &str, variant: &str, days_ago: f64) -> Event {
+    let mut e = ev(user, "impression", book, days_ago, None);
+    e.properties = Some(
+        serde_json::json!({"experiments": {"e": variant}, "position": 1, "reasons": ["popular"],
+                           "request_id": request})
+        .to_string(),
+    );
+    e
+}
+
+/// The fixture: 6 events of 3 users on 2 books, 2 impressions (which no feature but the
+/// experiment report counts), and the 2 books via CDC.
 pub async fn fixture_lake(dir: &Path) -> Lake {
     let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
     cfg.lake.url = format!("file://{}", dir.display());
@@ -52,6 +65,8 @@ pub async fn fixture_lake(dir: &Path) -> Lake {
         ev("u2", "view", "b2", 10.0, None),
         ev("u1", "unfavorite", "b2", 2.0, None),
         ev("u3", "rate", "b2", 60.0, Some(4.0)),
+        impression("u1", "b2", "r1", "a", 0.2),
+        impression("u2", "b2", "r2", "b", 0.3),
     ];
     for (offset, e) in events.iter().enumerate() {
         let base = bookrec::event::arrow::to_record_batch(std::slice::from_ref(e)).expect("batch");
@@ -280,6 +295,7 @@ async fn shipped_features_match_hand_computed_values() {
             "books",
             "category_popularity",
             "engagement",
+            "experiment_report",
             "interactions",
             "user_profile",
             "users"
@@ -302,6 +318,21 @@ async fn shipped_features_match_hand_computed_values() {
     .expect("batch run");
     assert_eq!(record.status, "succeeded");
     assert_hand_computed(&lake).await;
+
+    // experiment_report: the two impressions, one per variant, unclicked
+    let b = rows(
+        &lake,
+        "SELECT experiment, variant, users, responses, impressions, clicks, conversions, ctr \
+         FROM experiment_report ORDER BY variant",
+    )
+    .await;
+    assert_eq!(strs(&b, 0), ["e", "e"]);
+    assert_eq!(strs(&b, 1), ["a", "b"]);
+    for c in 2..7 {
+        let want = if c < 5 { [1.0, 1.0] } else { [0.0, 0.0] };
+        assert_eq!(f64s(&b, c), want, "column {c}");
+    }
+    close(&f64s(&b, 7), &[0.0, 0.0]);
 
     // a rerun with the same as_of gives the same outputs, switched atomically
     let again = bookrec::batch::runner::run(

@@ -126,6 +126,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
                 name: "control".into(),
                 share: 1.0,
                 weights: Default::default(),
+                exclude_ignored_after: None,
             },
             bookrec::config::VariantConfig {
                 name: "more-similar".into(),
@@ -135,6 +136,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
                     popular: Some(2.0),
                     ..Default::default()
                 },
+                exclude_ignored_after: None,
             },
         ],
     }];
@@ -553,6 +555,28 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
         report.variants.iter().all(|v| v.conversions > 0),
         "cart adds are attributed: {report}"
     );
+
+    // impression-aware ranking (a second API with it on): books shown twice and neither
+    // viewed nor clicked are left out once the stream has counted their impressions
+    let mut hiding = cfg.clone();
+    hiding.serve.exclude_ignored_after = 2.0;
+    hiding.serve.experiments.clear();
+    let (hide_api, _hide) = start_api(&hiding, &lake, &stop).await;
+    let who = format!("{hide_api}/api/recommendations/{tag}-ignorer?k=3");
+    let shown_first = reasons(&until(&http, &who, |b| reasons(b).len() == 3).await);
+    let (s, again) = get(&http, &who).await;
+    assert_eq!(s, 200, "{again}");
+    let ignored: Vec<String> = shown_first
+        .iter()
+        .filter(|(b, _)| reasons(&again).iter().any(|(x, _)| x == b))
+        .map(|(b, _)| b.clone())
+        .collect();
+    assert!(!ignored.is_empty(), "{again}");
+    let body = until(&http, &format!("{who}&impression=0"), |b| {
+        !reasons(b).is_empty() && reasons(b).iter().all(|(x, _)| !ignored.contains(x))
+    })
+    .await;
+    assert_eq!(body["cold_start"], true, "{body}");
 
     // the DB unreachable (a second API on a dead DB URL): 200 from Redis alone, flagged
     let mut dead_db = cfg.clone();
