@@ -90,13 +90,20 @@ fn json_keys() -> ScalarUDF {
 
 /// The keys of the object at `key` of `text`.
 fn object_keys(text: &str, key: &str) -> Option<Vec<String>> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    let found = if key.starts_with('/') {
-        value.pointer(key)?
+    value_at(text, key)?
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+}
+
+/// The value at `key` (a key, or a JSON Pointer when it starts with `/`) of the JSON in
+/// `text`; `None` when `text` is not JSON or nothing is there.
+fn value_at(text: &str, key: &str) -> Option<Value> {
+    let mut value: Value = serde_json::from_str(text).ok()?;
+    if key.starts_with('/') {
+        value.pointer_mut(key).map(Value::take)
     } else {
-        value.get(key)?
-    };
-    found.as_object().map(|o| o.keys().cloned().collect())
+        value.get_mut(key).map(Value::take)
+    }
 }
 
 fn json_get() -> ScalarUDF {
@@ -139,15 +146,9 @@ fn strings(a: &ArrayRef) -> Result<&StringArray, DataFusionError> {
 
 /// The text of the value at `key` (see the module docs).
 fn lookup(text: &str, key: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    let found = if key.starts_with('/') {
-        value.pointer(key)?
-    } else {
-        value.get(key)?
-    };
-    match found {
+    match value_at(text, key)? {
         Value::Null => None,
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s),
         other => Some(other.to_string()),
     }
 }
