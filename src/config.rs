@@ -179,6 +179,14 @@ pub struct VariantConfig {
     /// `serve.exclude_ignored_after` for this variant's users (0: off)
     #[serde(default)]
     pub exclude_ignored_after: Option<f64>,
+    /// the model version this variant's users are served from: `current` (the default) or
+    /// a version id (`bookrec model list`) whose rows are kept (current or retired, within
+    /// `publish.keep_versions`). Such a variant reads that version's lists and does no
+    /// fold-in (the loaded factors are the current version's); while the version has no
+    /// rows (rejected, pruned, unknown) its users get the current version, and the
+    /// response's `model_version` says which one served them
+    #[serde(default)]
+    pub model_version: Option<String>,
 }
 
 /// Some of [`BlendWeights`], each optional.
@@ -792,6 +800,14 @@ impl Config {
                     return bad(format!(
                         "{vat}: share {} is not a number above 0 (at most 1000)",
                         v.share
+                    ));
+                }
+                if let Some(m) = &v.model_version
+                    && !is_id(m)
+                {
+                    return bad(format!(
+                        "{vat}: model_version {m:?}: \"current\" or a version id (1 to 64 \
+                         letters, digits, '_', '-' or '.')"
                     ));
                 }
                 if let Some(n) = v.exclude_ignored_after

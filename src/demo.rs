@@ -308,6 +308,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
                     share: 1.0,
                     weights: Default::default(),
                     exclude_ignored_after: None,
+                    model_version: None,
                 },
                 crate::config::VariantConfig {
                     name: "no-trending".into(),
@@ -317,6 +318,7 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
                         ..Default::default()
                     },
                     exclude_ignored_after: None,
+                    model_version: None,
                 },
             ],
         }];

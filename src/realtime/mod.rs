@@ -301,6 +301,11 @@ struct Positions {
     /// seeks tried for a partition's current position (a real gap in the offsets, e.g. a
     /// compacted topic, is accepted after one)
     seeks: HashMap<(String, i32), u32>,
+    /// partitions assigned while the feature store did not answer, with the last time it
+    /// was asked: none of their records is taken until it answers (taking what comes would
+    /// start such a partition at Kafka's committed offset, a hint, and skip what the store
+    /// lacks when it lost its state meanwhile)
+    unknown: HashMap<(String, i32), Option<Instant>>,
 }
 
 enum Verdict {
@@ -333,6 +338,40 @@ impl Positions {
                 Verdict::Take
             }
         }
+    }
+}
+
+/// How often the poller asks the feature store again where a partition of unknown start
+/// begins.
+const UNKNOWN_RETRY: Duration = Duration::from_secs(1);
+
+/// For a record of a partition whose start is unknown: asks the store (at most every
+/// [`UNKNOWN_RETRY`]) and, when it answers, records the partition's position. True when the
+/// position is known now (the record goes through [`Positions::check`]).
+fn start_of(
+    positions: &mut Positions,
+    r: &Record,
+    rt: &tokio::runtime::Handle,
+    store: &Arc<dyn FeatureStore>,
+    group: &str,
+) -> bool {
+    let tp = (r.topic.clone(), r.partition);
+    let Some(asked) = positions.unknown.get_mut(&tp) else {
+        return true;
+    };
+    if asked.is_some_and(|t| t.elapsed() < UNKNOWN_RETRY) {
+        return false;
+    }
+    *asked = Some(Instant::now());
+    match stored_offsets(rt, store, group) {
+        Some(s) => {
+            positions.unknown.remove(&tp);
+            positions
+                .next
+                .insert(tp, s.get(&r.partition).copied().unwrap_or(0));
+            true
+        }
+        None => false,
     }
 }
 
@@ -475,12 +514,23 @@ pub async fn run(
                         epoch = e;
                         to_commit.clear();
                         positions.seeks.clear();
-                        for ((t, p), n) in positions.next.iter_mut() {
-                            let at = offsets.get(p).copied();
-                            *n = at.unwrap_or(0);
+                        // every partition owned now: those read so far, those whose start
+                        // was unknown, and any the assignment holds beside them
+                        let mut owned: std::collections::BTreeSet<(String, i32)> =
+                            positions.next.keys().cloned().collect();
+                        owned.extend(positions.unknown.drain().map(|(tp, _)| tp));
+                        match consumer.assignment() {
+                            Ok(a) => owned.extend(a),
+                            Err(e) => tracing::warn!(error = %e,
+                                "stream: reading the assignment to read again; using the \
+                                 partitions read so far"),
+                        }
+                        for (t, p) in owned {
+                            let at = offsets.get(&p).copied();
+                            positions.next.insert((t.clone(), p), at.unwrap_or(0));
                             // now, not only when a record shows the gap: the partition may
                             // be idle at its end
-                            if let Err(e) = consumer.seek(t, *p, at) {
+                            if let Err(e) = consumer.seek(&t, p, at) {
                                 tracing::warn!(error = %e, partition = p,
                                     "stream: seek failed; will retry at the next record");
                             }
@@ -520,6 +570,7 @@ pub async fn run(
                             for tp in &parts {
                                 positions.next.remove(tp);
                                 positions.seeks.remove(tp);
+                                positions.unknown.remove(tp);
                             }
                             tracing::info!(partitions = ?parts, in_flight = batch.len(),
                                 "stream: partitions revoked; the batch in flight is cut here");
@@ -534,11 +585,12 @@ pub async fn run(
                                         positions
                                             .next
                                             .insert(tp.clone(), s.get(&tp.1).copied().unwrap_or(0));
+                                        positions.unknown.remove(tp);
                                     }
-                                    // unknown: take what comes (the applier still skips what
-                                    // was applied)
+                                    // unknown: ask again at its first record
                                     None => {
                                         positions.next.remove(tp);
+                                        positions.unknown.insert(tp.clone(), None);
                                     }
                                 }
                                 positions.seeks.remove(tp);
@@ -547,6 +599,27 @@ pub async fn run(
                         }
                     }
                 }
+                let polled = match polled {
+                    Some(Ok(r))
+                        if positions
+                            .unknown
+                            .contains_key(&(r.topic.clone(), r.partition)) =>
+                    {
+                        match start_of(&mut positions, &r, &rt, &poll_store, &poll_group) {
+                            true => Some(Ok(r)),
+                            // not yet: read it again later (never past what the store lacks)
+                            false => {
+                                if let Err(e) = consumer.seek(&r.topic, r.partition, Some(r.offset))
+                                {
+                                    tracing::warn!(error = %e, topic = %r.topic, partition = r.partition,
+                                        "stream: seek failed; will retry at the next record");
+                                }
+                                None
+                            }
+                        }
+                    }
+                    other => other,
+                };
                 match polled {
                     Some(Ok(r)) => match positions.check(&r) {
                         Verdict::Take => batch.push(r),

@@ -68,13 +68,19 @@ impl ListCache {
 /// the current model version's list was read before: the lists of a version never change,
 /// so the cache needs no invalidation but a new version (seen by the refresh task), which
 /// empties it. At most `serve.cache_max_bytes` are kept (then it starts afresh).
+/// With `pinned` (a kept version an experiment pins), that version's list, cached per
+/// pinned version the same way.
 pub(super) async fn listed(
     shared: &Shared,
     db: &Store,
     list: List,
     key: &str,
     k: usize,
+    pinned: Option<&str>,
 ) -> Result<Listed, String> {
+    if let Some(version) = pinned {
+        return pinned_list(shared, db, list, key, k, version).await;
+    }
     let version = read(&shared.snapshot)
         .model
         .as_ref()
@@ -125,6 +131,47 @@ pub(super) async fn listed(
             c.insert(list, k, key, got.clone(), shared.cfg.serve.cache_max_bytes);
         }
     }
+    Ok(got)
+}
+
+async fn pinned_list(
+    shared: &Shared,
+    db: &Store,
+    list: List,
+    key: &str,
+    k: usize,
+    version: &str,
+) -> Result<Listed, String> {
+    let lock = || {
+        shared
+            .pinned_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    if let Some(hit) = lock()
+        .get(version)
+        .and_then(|c| c.entries.get(&(list, k)))
+        .and_then(|m| m.get(key))
+    {
+        return Ok(hit.clone());
+    }
+    let (table, call) = match list {
+        List::User => (crate::store::RecTable::UserBooks, "user_books"),
+        List::Similar => (crate::store::RecTable::SimilarBooks, "similar_books"),
+        List::Popular => (crate::store::RecTable::PopularBooks, "popular_books"),
+    };
+    let got = db_call(shared, call, db.ranked_in(table, version, key, k))
+        .await?
+        .map(|(v, items)| (v, Arc::new(items)));
+    // a pinned version's lists never change either (a pruned version's reads come back
+    // empty, and the refresh stops pinning it)
+    lock()
+        .entry(version.to_owned())
+        .or_insert_with(|| ListCache {
+            version: version.to_owned(),
+            ..ListCache::default()
+        })
+        .insert(list, k, key, got.clone(), shared.cfg.serve.cache_max_bytes);
     Ok(got)
 }
 

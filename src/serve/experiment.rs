@@ -59,11 +59,13 @@ pub fn variant_of(experiment: &ExperimentConfig, user_id: &str) -> Option<usize>
 }
 
 /// What a user's variants make of the serve settings they may change.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub weights: BlendWeights,
     /// `serve.exclude_ignored_after` (0: off)
     pub exclude_ignored_after: f64,
+    /// the model version to serve from; None: the current one
+    pub model_version: Option<String>,
 }
 
 /// The user's variants of all experiments and the settings they make from `base`.
@@ -80,6 +82,9 @@ pub fn assign(
             settings.weights = v.weights.apply(&settings.weights);
             if let Some(after) = v.exclude_ignored_after {
                 settings.exclude_ignored_after = after;
+            }
+            if let Some(m) = &v.model_version {
+                settings.model_version = (m != "current").then(|| m.clone());
             }
             out.push(Assignment {
                 experiment: e.name.clone(),
@@ -108,6 +113,7 @@ mod tests {
                     share,
                     weights: WeightOverrides::default(),
                     exclude_ignored_after: None,
+                    model_version: None,
                 })
                 .collect(),
         }
@@ -205,8 +211,14 @@ mod tests {
         let base = Settings {
             weights: base,
             exclude_ignored_after: 0.0,
+            model_version: None,
         };
-        let (assigned, got) = assign(&[a, b], base, "someone");
+        a.variants[0].model_version = Some("als-old".into());
+        let (assigned, got) = assign(&[a.clone(), b.clone()], base.clone(), "someone");
+        assert_eq!(got.model_version.as_deref(), Some("als-old"));
+        // a later experiment's "current" wins over an earlier pin
+        b.variants[0].model_version = Some("current".into());
+        assert_eq!(assign(&[a, b], base.clone(), "someone").1.model_version, None);
         let w = got.weights;
         assert_eq!(got.exclude_ignored_after, 3.0);
         assert_eq!(
@@ -223,7 +235,7 @@ mod tests {
             ]
         );
         assert_eq!((w.realtime, w.similar, w.als), (9.0, 0.0, 1.0));
-        let (none, same) = assign(&[], base, "someone");
+        let (none, same) = assign(&[], base.clone(), "someone");
         assert!(none.is_empty());
         assert_eq!(same, base);
     }

@@ -280,6 +280,7 @@ pub(super) async fn recommendations(
         super::experiment::Settings {
             weights: shared.cfg.serve.weights,
             exclude_ignored_after: shared.cfg.serve.exclude_ignored_after,
+            model_version: None,
         },
         &user_id,
     );
@@ -288,7 +289,16 @@ pub(super) async fn recommendations(
     let catalogue = read(&shared.catalogue);
     let db = read(&shared.db);
     let fs = read(&shared.features);
-    let cutoff = snap.model.as_ref().map_or(0, |m| m.cutoff_ms);
+    // a variant pinned to a kept version other than the current one reads that version's
+    // lists, from its cut-off; a pin without rows falls back to the current version
+    let pinned = settings
+        .model_version
+        .as_deref()
+        .and_then(|v| snap.pinned.get(v))
+        .filter(|m| snap.model.as_ref().is_none_or(|c| c.version != m.version));
+    let pin = pinned.map(|m| m.version.as_str());
+    let model = pinned.or(snap.model.as_ref());
+    let cutoff = model.map_or(0, |m| m.cutoff_ms);
     // read deeper by what is excluded, so k books remain (ignored books: up to 50 more)
     let pool = shared.cfg.publish.k.max(k)
         + exclude.len()
@@ -302,7 +312,7 @@ pub(super) async fn recommendations(
     // stage 1: the offline list and the user's realtime state, concurrently
     let offline = async {
         match &db {
-            Some(db) => Some(listed(&shared, db, List::User, &user_id, pool).await),
+            Some(db) => Some(listed(&shared, db, List::User, &user_id, pool, pin).await),
             None => None,
         }
     };
@@ -367,24 +377,25 @@ pub(super) async fn recommendations(
         cold,
         fold_events,
     } = blend::plan(als, state, &ask);
-    // a source turned off (weight 0) costs nothing: no solve
-    if cold && !fold_events.is_empty() && weights.fold_in > 0.0 {
+    // a source turned off (weight 0) costs nothing: no solve; the loaded factors are the
+    // current version's, so a pinned version does no fold-in
+    if cold && !fold_events.is_empty() && weights.fold_in > 0.0 && pin.is_none() {
         signals.fold_in = fold_in(&shared, &snap, &fold_events, pool);
     }
     if let Some(db) = &db {
         let similar = join_all(
             seeds
                 .iter()
-                .map(|s| listed(&shared, db, List::Similar, s, 20)),
+                .map(|s| listed(&shared, db, List::Similar, s, 20, pin)),
         );
         let by_category = join_all(
             cats.iter()
-                .map(|c| listed(&shared, db, List::Popular, c, 50)),
+                .map(|c| listed(&shared, db, List::Popular, c, 50, pin)),
         );
         let overall = async {
             if cold {
                 let category = params.category.as_deref().unwrap_or("");
-                Some(listed(&shared, db, List::Popular, category, pool).await)
+                Some(listed(&shared, db, List::Popular, category, pool, pin).await)
             } else {
                 None
             }
@@ -462,7 +473,7 @@ pub(super) async fn recommendations(
             }
         })
         .collect();
-    let model_version = model_version.or_else(|| snap.model.as_ref().map(|m| m.version.clone()));
+    let model_version = model_version.or_else(|| model.map(|m| m.version.clone()));
     let request_id = uuid::Uuid::now_v7();
     if log_impression && shared.impressions.enabled() {
         shared.impressions.record(super::impressions::Impression {
@@ -482,7 +493,7 @@ pub(super) async fn recommendations(
         experiments,
         user_id: &user_id,
         model_version: model_version.as_deref(),
-        model_data_cutoff: snap.model.as_ref().map(|m| m.data_cutoff.as_str()),
+        model_data_cutoff: model.map(|m| m.data_cutoff.as_str()),
         cold_start: cold,
         items,
         realtime: realtime_state(&snap, fs.is_some(), &fs_errors),
@@ -585,7 +596,7 @@ pub(super) async fn similar(
         );
     };
     let catalogue = read(&shared.catalogue);
-    match listed(&shared, &db, List::Similar, &book_id, k).await {
+    match listed(&shared, &db, List::Similar, &book_id, k, None).await {
         Ok(Some((version, items))) => Json(json!({
             "book_id": book_id,
             "model_version": version,
@@ -640,7 +651,7 @@ async fn popular_items(
     let catalogue = read(&shared.catalogue);
     let mut db_error = None;
     if let Some(db) = read(&shared.db) {
-        match listed(shared, &db, List::Popular, category.unwrap_or(""), k).await {
+        match listed(shared, &db, List::Popular, category.unwrap_or(""), k, None).await {
             Ok(Some((version, items))) if !items.is_empty() => {
                 let items = items
                     .iter()

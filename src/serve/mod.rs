@@ -91,6 +91,11 @@ struct Snapshot {
     /// the stream's newest event time applied, epoch ms
     event_ms: Option<f64>,
     applied_ms: Option<f64>,
+    /// the versions experiments pin (`serve.experiments[].variants[].model_version`) whose
+    /// rows are kept (current or retired)
+    pinned: HashMap<String, ModelInfo>,
+    /// pinned versions without rows: their variants' users get the current version
+    pinned_missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -114,6 +119,8 @@ struct Shared {
     metrics: Arc<ServeMetrics>,
     /// similar and popular lists of the current model version (immutable per version)
     cache: std::sync::Mutex<ListCache>,
+    /// the same, per model version an experiment pins (`serve.cache_max_bytes` each)
+    pinned_cache: std::sync::Mutex<HashMap<String, ListCache>>,
     /// the current model version's item factors, for fold-in (loaded from the lake)
     fold_in: RwLock<Option<Arc<FoldInModel>>>,
     /// the current model version's similar and popular lists, whole (loaded from the lake
@@ -231,6 +238,7 @@ fn app(
         impressions: impressions::ImpressionLog::start(cfg, metrics.clone(), stop.clone()),
         metrics,
         cache: std::sync::Mutex::new(ListCache::default()),
+        pinned_cache: std::sync::Mutex::new(HashMap::new()),
         fold_in: RwLock::new(None),
         preloaded: RwLock::new(None),
         user_lists,

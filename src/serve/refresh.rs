@@ -306,6 +306,28 @@ async fn load_catalogue(lake: &Lake) -> Result<HashMap<String, Book>, crate::sql
     Ok(out)
 }
 
+fn model_info(v: crate::store::ModelVersion) -> ModelInfo {
+    let cutoff_ms = chrono::DateTime::parse_from_rfc3339(&v.data_cutoff)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    ModelInfo {
+        version: v.version,
+        data_cutoff: v.data_cutoff,
+        cutoff_ms,
+    }
+}
+
+/// The model versions the experiments' variants pin (not `current`).
+fn pinned_versions(cfg: &Config) -> std::collections::BTreeSet<&str> {
+    cfg.serve
+        .experiments
+        .iter()
+        .flat_map(|e| &e.variants)
+        .filter_map(|v| v.model_version.as_deref())
+        .filter(|m| *m != "current")
+        .collect()
+}
+
 pub(super) fn minute(ms: i64) -> i64 {
     ms.div_euclid(60_000) * 60
 }
@@ -326,6 +348,12 @@ pub(super) async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.cfg.serve.refresh_ms);
     loop {
         let snap = refresh(&shared).await;
+        let last = read(&shared.snapshot);
+        if snap.pinned_missing != last.pinned_missing && !snap.pinned_missing.is_empty() {
+            tracing::warn!(versions = ?snap.pinned_missing, "serve: model versions pinned by \
+                experiments have no rows (rejected, pruned or unknown): their variants' users \
+                get the current version");
+        }
         write(&shared.snapshot, Arc::new(snap));
         // the fold-in loop looks at the new snapshot now (a version it already has costs it
         // two reads), not a tick later
@@ -343,18 +371,34 @@ async fn refresh(shared: &Shared) -> Snapshot {
     let mut snap = Snapshot::default();
     if let Some(db) = read(&shared.db) {
         match db_call(shared, "model", db.current_version()).await {
-            Ok(Some(v)) => {
-                let cutoff_ms = chrono::DateTime::parse_from_rfc3339(&v.data_cutoff)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or(0);
-                snap.model = Some(ModelInfo {
-                    version: v.version,
-                    data_cutoff: v.data_cutoff,
-                    cutoff_ms,
-                });
-            }
+            Ok(Some(v)) => snap.model = Some(model_info(v)),
             Ok(None) => {}
             Err(e) => snap.model_error = Some(e),
+        }
+        let pins = pinned_versions(&shared.cfg);
+        if !pins.is_empty() {
+            match db_call(shared, "model_versions", db.versions()).await {
+                Ok(all) => {
+                    for v in all {
+                        if pins.contains(v.version.as_str())
+                            && matches!(v.status.as_str(), "current" | "retired")
+                        {
+                            snap.pinned.insert(v.version.clone(), model_info(v));
+                        }
+                    }
+                    snap.pinned_missing = pins
+                        .iter()
+                        .filter(|p| !snap.pinned.contains_key(**p))
+                        .map(|p| p.to_string())
+                        .collect();
+                }
+                // keep what the last refresh knew
+                Err(_) => {
+                    let last = read(&shared.snapshot);
+                    snap.pinned = last.pinned.clone();
+                    snap.pinned_missing = last.pinned_missing.clone();
+                }
+            }
         }
     } else {
         snap.model_error = Some("not connected".into());

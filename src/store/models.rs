@@ -433,16 +433,53 @@ impl Store {
         key: &str,
         k: usize,
     ) -> Result<Option<(String, Vec<Ranked>)>, StoreError> {
+        self.ranked_at(table, None, key, k).await
+    }
+
+    /// A list of a given version (whatever the current one is): what an experiment's
+    /// variant pinned to an older kept version reads. None when the version has no such
+    /// list (unknown key, or the version's rows were pruned).
+    pub async fn ranked_in(
+        &self,
+        table: RecTable,
+        version: &str,
+        key: &str,
+        k: usize,
+    ) -> Result<Option<(String, Vec<Ranked>)>, StoreError> {
+        self.ranked_at(table, Some(version), key, k).await
+    }
+
+    /// `key`'s top `k` of `table` under `version`, or the current version when None.
+    async fn ranked_at(
+        &self,
+        table: RecTable,
+        version: Option<&str>,
+        key: &str,
+        k: usize,
+    ) -> Result<Option<(String, Vec<Ranked>)>, StoreError> {
+        let (from, which) = match version {
+            None => (
+                "JOIN model_current c ON c.version = r.version".to_string(),
+                "c.id = 1".to_string(),
+            ),
+            Some(_) => (
+                String::new(),
+                format!("r.version = {}", self.placeholders(1, 1)),
+            ),
+        };
         let sql = format!(
-            "SELECT r.version, r.{item}, r.score FROM {t} r JOIN model_current c ON c.version = r.version \
-             WHERE c.id = 1 AND r.{key} = {p} ORDER BY r.pos LIMIT {k}",
+            "SELECT r.version, r.{item}, r.score FROM {t} r {from} \
+             WHERE r.{key} = {p} AND {which} ORDER BY r.pos LIMIT {k}",
             item = table.item(),
             t = table.table(),
             key = table.key(),
             p = self.placeholders(1, 0),
         );
-        let rows = sqlx::query(&sql)
-            .bind(key.to_owned())
+        let mut q = sqlx::query(&sql).bind(key.to_owned());
+        if let Some(v) = version {
+            q = q.bind(v.to_owned());
+        }
+        let rows = q
             .fetch_all(&self.pool)
             .await
             .map_err(Self::table_err(table.table()))?;

@@ -281,6 +281,27 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
         let m3 = batch(&lake, &store, &t).await.model.expect("als");
         assert!(m2.promoted && m3.promoted);
         assert_eq!(m3.pruned, vec![m1.version.clone()], "{url}");
+        // a kept older version is still read by name (an experiment's pin); a pruned one
+        // has nothing
+        let (v, pinned) = store
+            .ranked_in(RecTable::UserBooks, &m2.version, "u2-3", 3)
+            .await
+            .expect("read pinned")
+            .expect("kept");
+        assert_eq!((v.as_str(), pinned.len()), (m2.version.as_str(), 3), "{url}");
+        let similar = store
+            .ranked_in(RecTable::SimilarBooks, &m2.version, "b2-0", 2)
+            .await
+            .expect("read pinned similar");
+        assert!(similar.is_some_and(|(v, l)| v == m2.version && l.len() == 2), "{url}");
+        assert!(
+            store
+                .ranked_in(RecTable::UserBooks, &m1.version, "u2-3", 3)
+                .await
+                .expect("read pruned")
+                .is_none(),
+            "{url}"
+        );
         stop.store(true, Ordering::Relaxed);
         let reads = reader.await.expect("reader saw only whole versions");
         assert!(reads > 0, "{url}: the reader never read");

@@ -4,6 +4,7 @@
 //! drop out; a cold user gets popular books and books similar to their views. Then Redis is
 //! stopped: still 200, the offline list, and a flag saying realtime is missing.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
                 share: 1.0,
                 weights: Default::default(),
                 exclude_ignored_after: None,
+                model_version: None,
             },
             bookrec::config::VariantConfig {
                 name: "more-similar".into(),
@@ -137,6 +139,7 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
                     ..Default::default()
                 },
                 exclude_ignored_after: None,
+                model_version: None,
             },
         ],
     }];
@@ -577,6 +580,63 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
     })
     .await;
     assert_eq!(body["cold_start"], true, "{body}");
+
+    // a variant pinned to an older kept version: a second model is published (v2 current,
+    // v1 retired with its rows); an API whose experiment pins v1 for one variant, an
+    // unknown version for another, serves those users v1's lists, and the others v2
+    let mut again = training.clone();
+    again.publish.ndcg_tolerance = 1.0e9; // same data: promote whatever it scores
+    let v2 = bookrec::batch::runner::run(
+        &lake,
+        Some(&store),
+        &cfg.batch,
+        &[],
+        chrono::Utc::now(),
+        Some(&again),
+        &mut |_| {},
+    )
+    .await
+    .expect("second batch")
+    .model
+    .expect("a second model");
+    assert!(v2.promoted, "{v2:?}");
+    let mut pinning = cfg.clone();
+    pinning.serve.experiments = vec![bookrec::config::ExperimentConfig {
+        name: "pin-test".into(),
+        salt: None,
+        traffic: 1.0,
+        variants: ["old", "gone", "new"]
+            .iter()
+            .zip([version.as_str(), "als-no-such-version", "current"])
+            .map(|(name, pin)| bookrec::config::VariantConfig {
+                name: name.to_string(),
+                share: 1.0,
+                weights: Default::default(),
+                exclude_ignored_after: None,
+                model_version: Some(pin.to_string()),
+            })
+            .collect(),
+    }];
+    let (pin_api, _pin) = start_api(&pinning, &lake, &stop).await;
+    let mut served: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for u in 0..20 {
+        let url = format!("{pin_api}/api/recommendations/{}?impression=0", user(u));
+        let body = until(&http, &url, |b| b["model_version"].is_string()).await;
+        let variant = body["experiments"][0]["variant"]
+            .as_str()
+            .expect("a variant")
+            .to_string();
+        let model = body["model_version"].as_str().expect("a version").to_string();
+        assert!(
+            reasons(&body).iter().any(|(_, r)| r.contains(&"als".to_string())),
+            "a known user gets their published list: {body}"
+        );
+        served.entry(variant).or_default().insert(model);
+    }
+    let one = |v: &str| BTreeSet::from([v.to_string()]);
+    assert_eq!(served.get("old"), Some(&one(&version)), "{served:?}");
+    assert_eq!(served.get("gone"), Some(&one(&v2.version)), "{served:?}");
+    assert_eq!(served.get("new"), Some(&one(&v2.version)), "{served:?}");
 
     // the DB unreachable (a second API on a dead DB URL): 200 from Redis alone, flagged
     let mut dead_db = cfg.clone();
