@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(got.model_version.as_deref(), Some("als-old"));
         // a later experiment's "current" wins over an earlier pin
         b.variants[0].model_version = Some("current".into());
-        assert_eq!(assign(&[a, b], base.clone(), "someone").1.model_version, None);
+        assert_eq!(
+            assign(&[a, b], base.clone(), "someone").1.model_version,
+            None
+        );
         let w = got.weights;
         assert_eq!(got.exclude_ignored_after, 3.0);
         assert_eq!(

@@ -318,7 +318,14 @@ pub async fn session_on(
                     ),
                 });
             }
-            use ballista::prelude::SessionContextExt;
+            use ballista::prelude::{SessionConfigExt, SessionContextExt};
+            // the static distributed planner: Ballista 55's adaptive planner (AQE, on by
+            // default) never finishes a job whose join has an empty side (a report with no
+            // clicks yet, a lake without ratings); the static one plans the same stages
+            // up front and finishes (tests/it/ballista.rs runs such a join)
+            let config = config
+                .upgrade_for_ballista()
+                .with_ballista_adaptive_query_planner(false);
             let state = datafusion::execution::SessionStateBuilder::new()
                 .with_config(config)
                 .with_default_features()

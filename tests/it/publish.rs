@@ -288,12 +288,19 @@ async fn publishes_versions_atomically_prunes_rolls_back_and_gates_on_sqlite_mar
             .await
             .expect("read pinned")
             .expect("kept");
-        assert_eq!((v.as_str(), pinned.len()), (m2.version.as_str(), 3), "{url}");
+        assert_eq!(
+            (v.as_str(), pinned.len()),
+            (m2.version.as_str(), 3),
+            "{url}"
+        );
         let similar = store
             .ranked_in(RecTable::SimilarBooks, &m2.version, "b2-0", 2)
             .await
             .expect("read pinned similar");
-        assert!(similar.is_some_and(|(v, l)| v == m2.version && l.len() == 2), "{url}");
+        assert!(
+            similar.is_some_and(|(v, l)| v == m2.version && l.len() == 2),
+            "{url}"
+        );
         assert!(
             store
                 .ranked_in(RecTable::UserBooks, &m1.version, "u2-3", 3)

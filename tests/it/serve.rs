@@ -626,9 +626,14 @@ async fn events_become_blended_recommendations_and_redis_down_degrades() {
             .as_str()
             .expect("a variant")
             .to_string();
-        let model = body["model_version"].as_str().expect("a version").to_string();
+        let model = body["model_version"]
+            .as_str()
+            .expect("a version")
+            .to_string();
         assert!(
-            reasons(&body).iter().any(|(_, r)| r.contains(&"als".to_string())),
+            reasons(&body)
+                .iter()
+                .any(|(_, r)| r.contains(&"als".to_string())),
             "a known user gets their published list: {body}"
         );
         served.entry(variant).or_default().insert(model);
