@@ -88,9 +88,19 @@ pub enum Command {
     },
     /// One batch run: the feature queries in dependency order, outputs to the lake.
     Batch {
-        /// Run only these queries (and the ones they read)
-        #[arg(long = "select", value_name = "NAME")]
+        /// Run only these queries and the ones they read: NAME (or +NAME), NAME+ (and
+        /// everything downstream of it), tag:TAG (the queries tagged TAG), als (the ALS
+        /// step)
+        #[arg(long = "select", value_name = "SELECTOR")]
         select: Vec<String>,
+        /// Leave these out (same selectors); a query reading one reads its current output
+        /// in the lake
+        #[arg(long = "exclude", value_name = "SELECTOR")]
+        exclude: Vec<String>,
+        /// Override a parameter: NAME=VALUE for every query declaring it, QUERY.NAME=VALUE
+        /// for one; typed by its default (a number takes a finite number)
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
         /// The run's cut-off time, RFC 3339 (default: now)
         #[arg(long, value_name = "TS")]
         as_of: Option<String>,
@@ -101,6 +111,28 @@ pub enum Command {
         /// and what it reads)
         #[arg(long)]
         skip_als: bool,
+    },
+    /// Runs the data tests of the selected features (all by default) on their current
+    /// outputs in the lake; exit 1 when an `error` test fails
+    Test {
+        /// Features to test: NAME, NAME+, tag:TAG (as `bookrec batch --select`, without
+        /// the ones they read)
+        #[arg(long = "select", value_name = "SELECTOR")]
+        select: Vec<String>,
+        #[arg(long = "exclude", value_name = "SELECTOR")]
+        exclude: Vec<String>,
+        /// `${as_of}` in the tests, RFC 3339 (default: now)
+        #[arg(long, value_name = "TS")]
+        as_of: Option<String>,
+        /// Parameter overrides, as `bookrec batch --param`
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// The folder of feature queries (overrides batch.queries_dir)
+        #[arg(long, value_name = "DIR")]
+        queries: Option<PathBuf>,
+        /// Print the results as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Long-running scheduler of batch runs (cron jobs from config), one run at a time
     /// across machines (a lease in the store).
@@ -597,8 +629,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Test {
+            select,
+            exclude,
+            as_of,
+            params,
+            queries,
+            json,
+        } => {
+            init_logging(&config)?;
+            let dir = queries.unwrap_or_else(|| config.batch.queries_dir.clone());
+            let as_of = as_of_arg(as_of)?;
+            let params = crate::batch::runner::Params::parse(&params)?;
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            let report = runtime()?.block_on(async {
+                let selected =
+                    crate::batch::runner::test_selection(&lake, &dir, &select, &exclude).await?;
+                crate::batch::datatest::run_on_lake(&lake, &dir, selected.as_ref(), &as_of, &params)
+                    .await
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for (_, results) in &report.features {
+                    for r in results {
+                        println!("{r}");
+                    }
+                }
+                println!(
+                    "{} passed, {} warned, {} failed",
+                    report.passed(),
+                    report.warned(),
+                    report.failed()
+                );
+            }
+            if report.failed() > 0 {
+                anyhow::bail!("{} data test(s) failed", report.failed());
+            }
+            Ok(())
+        }
         Command::Batch {
             select,
+            exclude,
+            params,
             as_of,
             queries,
             skip_als,
@@ -608,21 +681,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = queries {
                 batch.queries_dir = dir;
             }
-            let as_of = match as_of {
-                Some(ts) => chrono::DateTime::parse_from_rfc3339(&ts)
-                    .with_context(|| format!("--as-of {ts:?}: not an RFC 3339 timestamp"))?
-                    .to_utc(),
-                None => chrono::Utc::now(),
+            let as_of = as_of_arg(as_of)?;
+            let selection = crate::batch::runner::Selection {
+                select,
+                exclude,
+                params: crate::batch::runner::Params::parse(&params)?,
             };
             let lake = crate::lake::Lake::open(&config.lake)?;
             let record = runtime()?.block_on(async {
                 let store = crate::store::Store::connect(&config.store.url).await?;
                 let training = crate::batch::runner::Training::from_config(&config);
-                crate::batch::runner::run(
+                crate::batch::runner::run_with(
                     &lake,
                     Some(&store),
                     &batch,
-                    &select,
+                    &selection,
                     as_of,
                     (!skip_als).then_some(&training),
                     &mut |line| eprintln!("{line}"),
@@ -1102,6 +1175,16 @@ where
             Err(e) => return Err(anyhow::Error::new(e).context(format!("{what}: gave up"))),
         }
     }
+}
+
+/// `--as-of TS` (RFC 3339), default now.
+fn as_of_arg(as_of: Option<String>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    Ok(match as_of {
+        Some(ts) => chrono::DateTime::parse_from_rfc3339(&ts)
+            .with_context(|| format!("--as-of {ts:?}: not an RFC 3339 timestamp"))?
+            .to_utc(),
+        None => chrono::Utc::now(),
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -385,6 +385,13 @@ pub struct JobConfig {
     /// leave the ALS step out (e.g. hourly features, with ALS in a nightly job)
     #[serde(default)]
     pub skip_als: bool,
+    /// selectors left out (as `bookrec batch --exclude`)
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// parameter overrides (as `bookrec batch --param`): `NAME = "VALUE"` for every query
+    /// declaring NAME, `"QUERY.NAME" = "VALUE"` for one query
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -10,6 +10,11 @@
 -- param: w_favorite = 4
 -- param: w_add_to_cart = 6
 -- param: w_purchase = 10
+-- tags: daily, cold_start
+-- test: unique(book_id)
+-- test: not_null(book_id)
+-- test: range(popularity, 0, )
+-- test: relationships(book_id, books.book_id) warn
 WITH e AS (
     SELECT
         book_id,

@@ -4,6 +4,11 @@
 -- output: lake, db
 -- keys: category
 -- param: half_life_days = 7
+-- tags: daily, cold_start
+-- test: unique(category)
+-- test: not_null(category)
+-- test: range(popularity_rank, 1, )
+-- test: relationships(category, books.category)
 SELECT
     b.category,
     count(*) FILTER (WHERE e.event_ts > ${as_of} - INTERVAL '7 days') AS events_7d,

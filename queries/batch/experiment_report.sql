@@ -12,6 +12,11 @@
 -- keys: experiment, variant
 -- param: days = 28
 -- param: attribution_hours = 24
+-- tags: experiments
+-- test: unique(experiment, variant)
+-- test: not_null(experiment, variant)
+-- test: range(ctr, 0, 1)
+-- test: sql(SELECT * FROM ${this} WHERE clicks > impressions OR conversions > impressions OR users > impressions)
 WITH shown AS (
     -- one row per (impression, experiment it was in). Built-in functions only (the report
     -- also runs on a Ballista cluster, whose executors know no bookrec functions): the

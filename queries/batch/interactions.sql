@@ -25,6 +25,11 @@
 -- param: w_saved_favorite = 4
 -- param: w_saved_rating = 1
 -- param: w_saved_progress = 8
+-- tags: daily, model
+-- test: unique(user_id, book_id)
+-- test: not_null(user_id, book_id, weight)
+-- test: sql(SELECT * FROM ${this} WHERE weight <= 0 OR isnan(weight))
+-- test: row_count(>= 1) warn
 WITH weighted AS (
     SELECT
         user_id,

@@ -10,6 +10,11 @@
 -- param: w_saved_favorite = 4
 -- param: w_saved_rating = 2
 -- param: w_saved_progress = 3
+-- tags: daily
+-- test: unique(user_id)
+-- test: not_null(user_id, first_seen, last_seen)
+-- test: range(events, 0, )
+-- test: range(recency_days, 0, )
 WITH ev AS (
     SELECT e.user_id, e.event_type, e.event_ts, b.category, b.author
     FROM events e

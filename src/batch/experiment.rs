@@ -96,14 +96,9 @@ pub async fn report(
         .map_err(|e| ExperimentError::Catalog(format!("{shown}: {e}")))?;
     let query = catalog::parse_kind(&path, &text, Kind::Batch)
         .map_err(|e| ExperimentError::Catalog(e.to_string()))?;
-    for p in params.keys() {
-        if !query.params.contains_key(p) {
-            return Err(ExperimentError::Catalog(format!(
-                "{shown}: no parameter {p:?} (it has: {})",
-                query.params.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
-    }
+    query
+        .check_params(params)
+        .map_err(|e| ExperimentError::Catalog(e.to_string()))?;
     let sql_err = |source| ExperimentError::Sql {
         path: shown.clone(),
         source,

@@ -11,6 +11,7 @@
 //! The SQL engine itself (the session over the lake, the lake scan, the query catalogue)
 //! lives in [`crate::sql`]; this module only sequences it.
 
+pub mod datatest;
 pub mod experiment;
 pub mod publish;
 pub mod runner;

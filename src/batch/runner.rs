@@ -33,6 +33,12 @@ pub enum RunError {
     #[error("--select {0}: no query has that name (nor is it the als step)")]
     UnknownSelect(String),
     #[error("{0}")]
+    Param(String),
+    #[error(
+        "data tests of {feature} failed (its output is not written; nothing after it runs):\n{report}"
+    )]
+    TestsFailed { feature: String, report: String },
+    #[error("{0}")]
     Publish(#[from] super::publish::PublishError),
 }
 
@@ -170,6 +176,17 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
                 if let Ok(t) = MemTable::try_new(schema, vec![vec![]]) {
                     let _ = ctx.register_table(q.name.as_str(), Arc::new(t));
                 }
+                // its data tests plan against its result's columns
+                for t in &q.tests {
+                    let test_sql = q.render_text(&t.offending(&q.name), &as_of, &HashMap::new());
+                    if let Err(e) = crate::sql::plan_read_only(&ctx, &test_sql).await {
+                        errors.push(CatalogError {
+                            path: q.path.clone(),
+                            line: t.line,
+                            message: format!("test {}: {e}", t.text),
+                        });
+                    }
+                }
             }
             Err(e) => errors.push(located(q, &e)),
         }
@@ -195,6 +212,8 @@ pub struct OutputReport {
     pub query_seconds: f64,
     pub lake_path: Option<String>,
     pub db_table: Option<String>,
+    /// its data tests' results (warnings included; a failing `error` test fails the run)
+    pub tests: Vec<super::datatest::TestResult>,
 }
 
 /// The record of one batch run.
@@ -227,6 +246,23 @@ pub async fn run(
     training: Option<&Training>,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
+    let selection = Selection {
+        select: select.to_vec(),
+        ..Selection::default()
+    };
+    run_with(lake, store, batch, &selection, as_of, training, progress).await
+}
+
+/// [`run`] with a [`Selection`]: selectors, exclusions and parameter overrides.
+pub async fn run_with(
+    lake: &Lake,
+    store: Option<&crate::store::Store>,
+    batch: &crate::config::BatchConfig,
+    selection: &Selection,
+    as_of: DateTime<Utc>,
+    training: Option<&Training>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<RunRecord, RunError> {
     let engine = crate::config::Engine::parse(&batch.engine)?;
     let (ctx, tables) = crate::sql::session_on(lake, &engine).await?;
     let result = run_on(
@@ -235,7 +271,7 @@ pub async fn run(
         lake,
         store,
         &batch.queries_dir,
-        select,
+        selection,
         as_of,
         training,
         progress,
@@ -255,15 +291,17 @@ async fn run_on(
     lake: &Lake,
     store: Option<&crate::store::Store>,
     dir: &Path,
-    select: &[String],
+    selection: &Selection,
     as_of: DateTime<Utc>,
     training: Option<&Training>,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RunRecord, RunError> {
     use super::publish;
     let (queries, reads) = ordered(ctx, dir, &as_of).await?;
+    let select = &selection.select;
     let train_step = select.is_empty() || select.iter().any(|s| s == publish::STEP);
     let train_step = train_step && training.is_some() && store.is_some();
+    let train_step = train_step && !selection.exclude.iter().any(|s| s == publish::STEP);
     let mut select: Vec<String> = select
         .iter()
         .filter(|s| s.as_str() != publish::STEP)
@@ -272,13 +310,15 @@ async fn run_on(
     if train_step && !select.is_empty() {
         select.push(publish::INPUT.to_owned());
     }
-    for s in &select {
-        if !queries.iter().any(|q| &q.name == s) {
-            return Err(RunError::UnknownSelect(s.clone()));
-        }
-    }
-    let train_step = train_step && queries.iter().any(|q| q.name == publish::INPUT);
-    let wanted = closure(&queries, &reads, &select);
+    let exclude: Vec<String> = selection
+        .exclude
+        .iter()
+        .filter(|s| s.as_str() != publish::STEP)
+        .cloned()
+        .collect();
+    let wanted = selected(&queries, &reads, &select, &exclude)?;
+    let train_step = train_step && wanted.contains(publish::INPUT);
+    selection.params.check(&queries)?;
     let started = Utc::now();
     let run_id = format!(
         "{}-{}",
@@ -303,15 +343,28 @@ async fn run_on(
     for q in queries.iter().filter(|q| wanted.contains(&q.name)) {
         done += 1;
         let t0 = Instant::now();
-        match run_one(ctx, tables, lake, store, q, &as_of, &run_id).await {
+        let params = selection.params.for_query(q)?;
+        match run_one(ctx, tables, lake, store, q, &as_of, &run_id, &params).await {
             Ok(out) => {
                 progress(&format!(
-                    "[{done}/{total}] {} ({}): {} rows in {:.2} s",
+                    "[{done}/{total}] {} ({}): {} rows in {:.2} s{}",
                     q.name,
                     q.path.display(),
                     out.rows,
-                    t0.elapsed().as_secs_f64()
+                    t0.elapsed().as_secs_f64(),
+                    if out.tests.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", tests {}/{} passed",
+                            out.tests.iter().filter(|t| t.passed).count(),
+                            out.tests.len()
+                        )
+                    }
                 ));
+                for t in out.tests.iter().filter(|t| !t.passed) {
+                    progress(&t.to_string());
+                }
                 record.outputs.push(out);
             }
             Err(e) => {
@@ -402,12 +455,9 @@ async fn run_on(
 }
 
 /// The selected queries and everything they read, transitively.
-fn closure(queries: &[Query], reads: &Reads, select: &[String]) -> BTreeSet<String> {
-    if select.is_empty() {
-        return queries.iter().map(|q| q.name.clone()).collect();
-    }
+fn closure(reads: &Reads, seeds: BTreeSet<String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut todo: Vec<String> = select.to_vec();
+    let mut todo: Vec<String> = seeds.into_iter().collect();
     while let Some(n) = todo.pop() {
         if !out.insert(n.clone()) {
             continue;
@@ -421,6 +471,185 @@ fn closure(queries: &[Query], reads: &Reads, select: &[String]) -> BTreeSet<Stri
     out
 }
 
+/// What one selector names: `name` or `+name` (the query; its ancestors come anyway),
+/// `name+` (and every query downstream of it), `tag:T` (the queries tagged T).
+fn matches(queries: &[Query], reads: &Reads, selector: &str) -> Result<BTreeSet<String>, RunError> {
+    let unknown = || RunError::UnknownSelect(selector.to_string());
+    let s = selector.trim().trim_start_matches('+');
+    let (s, downstream) = match s.strip_suffix('+') {
+        Some(x) => (x, true),
+        None => (s, false),
+    };
+    let mut seeds: BTreeSet<String> = match s.strip_prefix("tag:") {
+        Some(tag) => queries
+            .iter()
+            .filter(|q| q.tags.iter().any(|t| t == tag))
+            .map(|q| q.name.clone())
+            .collect(),
+        None => queries
+            .iter()
+            .filter(|q| q.name == s)
+            .map(|q| q.name.clone())
+            .collect(),
+    };
+    if seeds.is_empty() {
+        return Err(unknown());
+    }
+    if downstream {
+        // whatever reads a seed, transitively
+        loop {
+            let more: Vec<String> = reads
+                .iter()
+                .filter(|(n, r)| !seeds.contains(*n) && r.iter().any(|x| seeds.contains(x)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            seeds.extend(more);
+        }
+    }
+    Ok(seeds)
+}
+
+/// The queries a run runs: the selected ones (all when none is) and the queries they read,
+/// transitively, minus the excluded ones (a query reading an excluded one reads its current
+/// output in the lake).
+fn selected(
+    queries: &[Query],
+    reads: &Reads,
+    select: &[String],
+    exclude: &[String],
+) -> Result<BTreeSet<String>, RunError> {
+    let mut wanted = if select.is_empty() {
+        queries.iter().map(|q| q.name.clone()).collect()
+    } else {
+        let mut seeds = BTreeSet::new();
+        for s in select {
+            seeds.extend(matches(queries, reads, s)?);
+        }
+        closure(reads, seeds)
+    };
+    for x in exclude {
+        for n in matches(queries, reads, x)? {
+            wanted.remove(&n);
+        }
+    }
+    Ok(wanted)
+}
+
+/// The features `bookrec test` tests: those the selectors name (without the queries they
+/// read), minus the excluded ones; None: all.
+pub async fn test_selection(
+    lake: &Lake,
+    dir: &Path,
+    select: &[String],
+    exclude: &[String],
+) -> Result<Option<BTreeSet<String>>, RunError> {
+    if select.is_empty() && exclude.is_empty() {
+        return Ok(None);
+    }
+    let ctx = crate::sql::session(lake).await?;
+    let (queries, reads) = ordered(&ctx, dir, &Utc::now()).await?;
+    let mut out: BTreeSet<String> = if select.is_empty() {
+        queries.iter().map(|q| q.name.clone()).collect()
+    } else {
+        let mut s = BTreeSet::new();
+        for x in select {
+            s.extend(matches(&queries, &reads, x)?);
+        }
+        s
+    };
+    for x in exclude {
+        for n in matches(&queries, &reads, x)? {
+            out.remove(&n);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// What a run selects: selectors (see [`matches`]; `als` is the ALS step), exclusions, and
+/// parameter overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub select: Vec<String>,
+    pub exclude: Vec<String>,
+    pub params: Params,
+}
+
+/// Parameter overrides of a run: `NAME=VALUE` for every query that declares NAME,
+/// `QUERY.NAME=VALUE` for that query only (it wins over the first form).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params {
+    pub all: std::collections::BTreeMap<String, String>,
+    pub per_query: std::collections::BTreeMap<(String, String), String>,
+}
+
+impl Params {
+    /// From `--param` arguments.
+    pub fn parse(args: &[String]) -> Result<Params, RunError> {
+        let mut p = Params::default();
+        for a in args {
+            let (query, name, value) = catalog::parse_param(a).map_err(RunError::Param)?;
+            match query {
+                Some(q) => p.per_query.insert((q, name), value),
+                None => p.all.insert(name, value),
+            };
+        }
+        Ok(p)
+    }
+
+    /// From a scheduled job's `params` table (keys `NAME` or `QUERY.NAME`).
+    pub fn from_map(map: &std::collections::BTreeMap<String, String>) -> Result<Params, RunError> {
+        let args: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Params::parse(&args)
+    }
+
+    /// Every override names a declared parameter of some query (a `QUERY.NAME` one, of
+    /// that query).
+    pub fn check(&self, queries: &[Query]) -> Result<(), RunError> {
+        for name in self.all.keys() {
+            if !queries.iter().any(|q| q.params.contains_key(name)) {
+                return Err(RunError::Param(format!(
+                    "--param {name}: no query declares it"
+                )));
+            }
+        }
+        for (q, name) in self.per_query.keys() {
+            match queries.iter().find(|x| &x.name == q) {
+                None => return Err(RunError::Param(format!("--param {q}.{name}: no query {q}"))),
+                Some(x) if !x.params.contains_key(name) => {
+                    return Err(RunError::Param(format!(
+                        "--param {q}.{name}: {} declares no {name}",
+                        x.path.display()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The overrides that apply to `q`, checked against its parameters' types.
+    pub fn for_query(&self, q: &Query) -> Result<HashMap<String, String>, RunError> {
+        let mut out: HashMap<String, String> = self
+            .all
+            .iter()
+            .filter(|(n, _)| q.params.contains_key(*n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for ((query, name), v) in &self.per_query {
+            if query == &q.name {
+                out.insert(name.clone(), v.clone());
+            }
+        }
+        q.check_params(&out)
+            .map_err(|e| RunError::Param(format!("--param: {e}")))?;
+        Ok(out)
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "the run's context, one each")]
 async fn run_one(
     ctx: &SessionContext,
     tables: &crate::sql::Tables,
@@ -429,9 +658,10 @@ async fn run_one(
     q: &Query,
     as_of: &DateTime<Utc>,
     run_id: &str,
+    params: &HashMap<String, String>,
 ) -> Result<OutputReport, RunError> {
     let t0 = Instant::now();
-    let sql = q.render(as_of, &HashMap::new());
+    let sql = q.render(as_of, params);
     let fail = |e: datafusion::error::DataFusionError| RunError::Catalog(vec![located(q, &e)]);
     let df = crate::sql::plan_read_only(ctx, &sql).await.map_err(fail)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
@@ -442,6 +672,20 @@ async fn run_one(
     tables
         .register(ctx, &q.name, schema.clone(), batches.clone())
         .await?;
+    // the data tests, on the result, before anything is written: a failing `error` test
+    // leaves the previous run's output current
+    let tests = super::datatest::run(ctx, q, &q.name, as_of, params).await;
+    if tests.iter().any(super::datatest::TestResult::blocks) {
+        return Err(RunError::TestsFailed {
+            feature: q.name.clone(),
+            report: tests
+                .iter()
+                .filter(|t| !t.passed)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
     let mut lake_path = None;
     if q.outputs.lake {
         let folder = format!("features/{}/run={run_id}", q.name);
@@ -488,6 +732,7 @@ async fn run_one(
         seconds: t0.elapsed().as_secs_f64(),
         query_seconds,
         lake_path,
+        tests,
     })
 }
 

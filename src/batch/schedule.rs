@@ -42,6 +42,8 @@ pub enum ScheduleError {
         expr: String,
         reason: String,
     },
+    #[error("schedule.jobs {job:?}: params: {reason}")]
+    Params { job: String, reason: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("schedule metrics: {0}")]
@@ -51,7 +53,7 @@ pub enum ScheduleError {
 struct Job {
     name: String,
     cron: cron::Schedule,
-    select: Vec<String>,
+    selection: super::runner::Selection,
     skip_als: bool,
 }
 
@@ -194,11 +196,20 @@ pub async fn run_observed(
         .jobs
         .iter()
         .map(|j| {
+            let params =
+                super::runner::Params::from_map(&j.params).map_err(|e| ScheduleError::Params {
+                    job: j.name.clone(),
+                    reason: e.to_string(),
+                })?;
             cron::Schedule::from_str(&j.cron)
                 .map(|cron| Job {
                     name: j.name.clone(),
                     cron,
-                    select: j.select.clone(),
+                    selection: super::runner::Selection {
+                        select: j.select.clone(),
+                        exclude: j.exclude.clone(),
+                        params,
+                    },
                     skip_als: j.skip_als,
                 })
                 .map_err(|e| ScheduleError::Cron {
@@ -328,11 +339,11 @@ async fn tick_jobs(
                 }
             })
         };
-        let result = super::runner::run(
+        let result = super::runner::run_with(
             lake,
             Some(store),
             batch,
-            &job.select,
+            &job.selection,
             Utc::now(),
             training.filter(|_| !job.skip_als),
             &mut |l| tracing::info!(job = %job.name, "{l}"),

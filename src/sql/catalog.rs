@@ -74,6 +74,10 @@ pub struct Query {
     pub sink: BTreeMap<String, (String, usize)>,
     /// a source's raw inputs: table → the columns it reads, with the header line
     pub inputs: Vec<Input>,
+    /// a batch feature's data tests (`-- test: …`), run on its result
+    pub tests: Vec<super::datatest::DataTest>,
+    /// a batch feature's tags (`-- tags: daily, cold_start`), for `--select tag:NAME`
+    pub tags: Vec<String>,
 }
 
 /// One `-- input: table(col, …)` line of a source.
@@ -145,6 +149,8 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
     let mut keys = Vec::new();
     let mut params = BTreeMap::new();
     let mut inputs: Vec<Input> = Vec::new();
+    let mut tests = Vec::new();
+    let mut tags: Vec<String> = Vec::new();
     let mut last_key = String::new();
     let mut sql_line = 0;
     for (i, line) in text.lines().enumerate() {
@@ -183,6 +189,27 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
                 }
                 input.line = n;
                 inputs.push(input);
+            }
+            "test" | "tags" if kind != Kind::Batch => {
+                return Err(at(
+                    path,
+                    n,
+                    format!("`{key}` belongs to a batch feature (queries/batch/)"),
+                ));
+            }
+            "test" => tests.push(super::datatest::parse(value, n).map_err(|m| at(path, n, m))?),
+            "tags" => {
+                for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !t
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    {
+                        return Err(at(path, n, format!("tag {t:?}: use [a-z0-9_]+")));
+                    }
+                    if !tags.iter().any(|x| x == t) {
+                        tags.push(t.to_string());
+                    }
+                }
             }
             "output" | "keys" | "param" if kind == Kind::Source => {
                 return Err(at(
@@ -313,6 +340,20 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
             ));
         }
     }
+    // a SQL test may use ${this}, ${as_of} and the declared params
+    for t in &tests {
+        if let super::datatest::Check::Sql(text) = &t.check {
+            for (_, used) in placeholders(text) {
+                if used != "this" && used != "as_of" && !params.contains_key(&used) {
+                    return Err(at(
+                        path,
+                        t.line,
+                        format!("${{{used}}} is not a declared param (nor this or as_of)"),
+                    ));
+                }
+            }
+        }
+    }
     Ok(Query {
         name,
         path: path.to_path_buf(),
@@ -324,6 +365,8 @@ pub fn parse_kind(path: &Path, text: &str, kind: Kind) -> Result<Query, CatalogE
         sql_line,
         sink,
         inputs,
+        tests,
+        tags,
     })
 }
 
@@ -345,13 +388,108 @@ fn placeholders(sql: &str) -> Vec<(usize, String)> {
     out
 }
 
-/// A parameter value as a SQL literal.
-fn literal(value: &str) -> String {
-    if value.parse::<f64>().is_ok() {
-        value.to_string()
+/// A number as a SQL literal (parenthesized when negative: `x -${p}` must not become the
+/// comment `x --5`); None when `value` is not a finite number.
+fn number_literal(value: &str) -> Option<String> {
+    let v = value.trim();
+    let text = if let Ok(i) = v.parse::<i64>() {
+        i.to_string()
     } else {
-        let unquoted = value.trim_matches('\'');
-        format!("'{}'", unquoted.replace('\'', "''"))
+        let f = v.parse::<f64>().ok().filter(|f| f.is_finite())?;
+        format!("{f:?}")
+    };
+    Some(if text.starts_with('-') {
+        format!("({text})")
+    } else {
+        text
+    })
+}
+
+/// A string as a SQL literal: quoted, its quotes doubled (it cannot end its quote).
+fn string_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A default as written in the header: a finite number, or text (one pair of surrounding
+/// single quotes is the quoting, `''` inside it a quote).
+fn default_literal(default: &str) -> String {
+    if let Some(n) = number_literal(default) {
+        return n;
+    }
+    let d = default.trim();
+    let unquoted = d
+        .strip_prefix('\'')
+        .and_then(|x| x.strip_suffix('\''))
+        .map_or_else(|| d.to_string(), |x| x.replace("''", "'"));
+    string_literal(&unquoted)
+}
+
+/// The most characters a parameter's value may have.
+pub const MAX_PARAM_LEN: usize = 1000;
+
+/// `NAME=VALUE` (every query that declares NAME) or `QUERY.NAME=VALUE` (that query only),
+/// as given on the command line.
+pub fn parse_param(arg: &str) -> Result<(Option<String>, String, String), String> {
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("--param {arg:?}: write NAME=VALUE or QUERY.NAME=VALUE"))?;
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let (query, name) = match key.trim().split_once('.') {
+        Some((q, n)) => (Some(q.to_string()), n.to_string()),
+        None => (None, key.trim().to_string()),
+    };
+    if !ident(&name) || query.as_deref().is_some_and(|q| !ident(q)) {
+        return Err(format!(
+            "--param {arg:?}: a name is [a-z0-9_]+ (QUERY.NAME for one query)"
+        ));
+    }
+    Ok((query, name, value.to_string()))
+}
+
+impl Query {
+    /// Checks `overrides` against the declared parameters: each must be declared, a
+    /// parameter whose default is a number takes a finite number (NaN and infinities are
+    /// refused), any other takes text (rendered quoted); at most [`MAX_PARAM_LEN`]
+    /// characters.
+    pub fn check_params(&self, overrides: &HashMap<String, String>) -> Result<(), CatalogError> {
+        let mut names: Vec<&String> = overrides.keys().collect();
+        names.sort();
+        for p in names {
+            let value = &overrides[p];
+            let Some(default) = self.params.get(p) else {
+                let has = self.params.keys().cloned().collect::<Vec<_>>().join(", ");
+                return Err(at(
+                    &self.path,
+                    1,
+                    format!(
+                        "no parameter {p:?} (it has: {})",
+                        if has.is_empty() { "none" } else { &has }
+                    ),
+                ));
+            };
+            if value.chars().count() > MAX_PARAM_LEN {
+                return Err(at(
+                    &self.path,
+                    1,
+                    format!("param {p}: the value is longer than {MAX_PARAM_LEN} characters"),
+                ));
+            }
+            if number_literal(default).is_some() && number_literal(value).is_none() {
+                return Err(at(
+                    &self.path,
+                    1,
+                    format!(
+                        "param {p} = {value:?}: a finite number, like its default {default} \
+                         (NaN and infinities are refused)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -362,17 +500,53 @@ impl Query {
         as_of: &chrono::DateTime<chrono::Utc>,
         overrides: &HashMap<String, String>,
     ) -> String {
-        let mut sql = self.sql.clone();
+        self.render_text(&self.sql, as_of, overrides)
+    }
+
+    /// `text` with this query's parameters and `as_of` filled in, in one pass: a value is
+    /// never scanned again (a `${…}` inside a value stays as it is). A value of a numeric
+    /// parameter is a number literal when it is a finite number, else quoted text (which
+    /// planning then refuses where a number is needed: [`Query::check_params`] says it
+    /// first); any other value is quoted text.
+    pub fn render_text(
+        &self,
+        text: &str,
+        as_of: &chrono::DateTime<chrono::Utc>,
+        overrides: &HashMap<String, String>,
+    ) -> String {
         let as_of = format!(
             "TIMESTAMP '{}'",
             as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         );
-        sql = sql.replace("${as_of}", &as_of);
-        for (p, default) in &self.params {
-            let v = overrides.get(p).unwrap_or(default);
-            sql = sql.replace(&format!("${{{p}}}"), &literal(v));
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find("${") {
+            let Some(j) = rest[i + 2..].find('}') else {
+                break;
+            };
+            let name = rest[i + 2..i + 2 + j].trim();
+            out.push_str(&rest[..i]);
+            let value = if name == "as_of" {
+                Some(as_of.clone())
+            } else {
+                self.params
+                    .get(name)
+                    .map(|default| match overrides.get(name) {
+                        Some(v) if number_literal(default).is_some() => {
+                            number_literal(v).unwrap_or_else(|| string_literal(v))
+                        }
+                        Some(v) => string_literal(v),
+                        None => default_literal(default),
+                    })
+            };
+            match value {
+                Some(v) => out.push_str(&v),
+                None => out.push_str(&rest[i..i + 2 + j + 1]),
+            }
+            rest = &rest[i + 2 + j + 1..];
         }
-        sql
+        out.push_str(rest);
+        out
     }
 
     /// The file line of a 1-based line within `sql`.
@@ -571,6 +745,57 @@ mod tests {
             q.render(&as_of, &o),
             "SELECT 7 AS h, 'it''s' AS k, TIMESTAMP '2026-11-26T00:00:00.000000Z' AS t"
         );
+        q.check_params(&o).expect("text takes anything");
+        // a string cannot end its quote; `${…}` inside a value is not expanded
+        o.insert(
+            "kind".to_string(),
+            "x' OR 1=1 -- ${half_life_days}".to_string(),
+        );
+        o.insert("half_life_days".to_string(), "-3".to_string());
+        assert_eq!(
+            q.render(&as_of, &o),
+            "SELECT (-3) AS h, 'x'' OR 1=1 -- ${half_life_days}' AS k, \
+             TIMESTAMP '2026-11-26T00:00:00.000000Z' AS t"
+        );
+        // typed by the default: a number takes a finite number only
+        for bad in [
+            "NaN",
+            "inf",
+            "-Infinity",
+            "1e999",
+            "seven",
+            "7; DROP TABLE x",
+        ] {
+            let o = HashMap::from([("half_life_days".to_string(), bad.to_string())]);
+            let e = q.check_params(&o).expect_err(bad);
+            assert!(e.message.contains("finite number"), "{bad}: {e}");
+        }
+        let o = HashMap::from([("half_life_days".to_string(), "14.5".to_string())]);
+        q.check_params(&o).expect("a number");
+        assert!(q.render(&as_of, &o).starts_with("SELECT 14.5 AS h"));
+        let o = HashMap::from([("colour".to_string(), "red".to_string())]);
+        let e = q.check_params(&o).expect_err("undeclared");
+        assert!(e.message.contains("half_life_days, kind"), "{e}");
+        let o = HashMap::from([("kind".to_string(), "x".repeat(MAX_PARAM_LEN + 1))]);
+        assert!(q.check_params(&o).is_err());
+        // a quoted default is text
+        let t = "-- name: t\n-- output: lake\n-- param: s = 'a''b'\nSELECT ${s}";
+        let q = parse(Path::new("t.sql"), t).expect("parses");
+        assert_eq!(q.render(&as_of, &HashMap::new()), "SELECT 'a''b'");
+        assert_eq!(
+            parse_param("book_popularity.half_life_days=14"),
+            Ok((
+                Some("book_popularity".into()),
+                "half_life_days".into(),
+                "14".into()
+            ))
+        );
+        assert_eq!(
+            parse_param("kind=a=b"),
+            Ok((None, "kind".into(), "a=b".into()))
+        );
+        assert!(parse_param("Bad Name=1").is_err());
+        assert!(parse_param("no-equals").is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::lake::Lake;
 
 pub mod catalog;
 pub mod cdc_state;
+pub mod datatest;
 pub mod functions;
 pub mod scan;
 pub mod sources;

@@ -468,3 +468,319 @@ async fn a_cdc_table_with_varying_field_types_still_loads() {
         assert!(text.contains(line), "{line} not in\n{text}");
     }
 }
+
+/// A copy of the shipped queries in a temporary folder, `edit` applied to each file's text
+/// (name → text), plus `extra` files.
+fn queries_copy(
+    edit: impl Fn(&str, String) -> String,
+    extra: &[(&str, &str)],
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in std::fs::read_dir(queries_dir()).expect("queries") {
+        let path = f.expect("entry").path();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("name")
+            .to_string();
+        // no DB here: lake outputs only
+        let text = std::fs::read_to_string(&path)
+            .expect("query")
+            .replace("-- output: lake, db", "-- output: lake");
+        std::fs::write(
+            dir.path().join(path.file_name().expect("file name")),
+            edit(&name, text),
+        )
+        .expect("write");
+    }
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(format!("{name}.sql")), text).expect("write extra");
+    }
+    dir
+}
+
+async fn run_selected(
+    lake: &Lake,
+    dir: &Path,
+    selection: &bookrec::batch::runner::Selection,
+) -> Result<bookrec::batch::runner::RunRecord, bookrec::batch::runner::RunError> {
+    let cfg = bookrec::config::BatchConfig {
+        queries_dir: dir.to_path_buf(),
+        engine: "datafusion".into(),
+    };
+    bookrec::batch::runner::run_with(lake, None, &cfg, selection, as_of(), None, &mut |_| {}).await
+}
+
+#[tokio::test]
+async fn data_tests_selectors_and_params_shape_a_run() {
+    use bookrec::batch::runner::{Params, RunError, Selection};
+    let lake_dir = tempfile::tempdir().expect("tempdir");
+    let lake = fixture_lake(lake_dir.path()).await;
+    let all = Selection::default();
+
+    // the shipped tests pass on the fixture, and each output reports them
+    let shipped = queries_copy(|_, t| t, &[]);
+    let record = run_selected(&lake, shipped.path(), &all)
+        .await
+        .expect("run");
+    for o in &record.outputs {
+        assert!(o.tests.len() >= 4, "{}: {:?}", o.name, o.tests);
+        assert!(
+            o.tests.iter().all(|t| t.passed),
+            "{}: {:?}",
+            o.name,
+            o.tests
+        );
+    }
+    let current = |name: &str| {
+        std::fs::read_to_string(lake_dir.path().join(format!("features/{name}/_current")))
+            .expect("current")
+    };
+    let before = current("interactions");
+
+    // an `error` test that fails: the run stops, names the file, line and rows; the
+    // feature's previous output stays current
+    let failing = queries_copy(
+        |name, t| {
+            if name == "interactions" {
+                t.replacen(
+                    "-- tags:",
+                    "-- test: accepted_values(book_id, ['b1'])\n-- tags:",
+                    1,
+                )
+            } else {
+                t
+            }
+        },
+        &[],
+    );
+    let err = run_selected(&lake, failing.path(), &all)
+        .await
+        .expect_err("a failing test");
+    let RunError::TestsFailed { feature, report } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(feature, "interactions");
+    let file = failing.path().join("interactions.sql");
+    let line = std::fs::read_to_string(&file)
+        .expect("read")
+        .lines()
+        .position(|l| l.contains("accepted_values(book_id"))
+        .expect("line")
+        + 1;
+    assert!(
+        report.contains(&format!(
+            "FAIL {}:{line}: test accepted_values(book_id, ['b1'])",
+            file.display()
+        )),
+        "{report}"
+    );
+    assert!(report.contains("offending row(s), e.g."), "{report}");
+    assert!(report.contains("b2"), "a sample row: {report}");
+    assert_eq!(
+        current("interactions"),
+        before,
+        "the failed output is not current"
+    );
+
+    // the same test as `warn`: the run goes on and reports it
+    let warning = queries_copy(
+        |name, t| {
+            if name == "interactions" {
+                t.replacen(
+                    "-- tags:",
+                    "-- test: accepted_values(book_id, ['b1']) warn\n-- tags:",
+                    1,
+                )
+            } else {
+                t
+            }
+        },
+        &[],
+    );
+    let record = run_selected(&lake, warning.path(), &all)
+        .await
+        .expect("warned run");
+    let inter = record
+        .outputs
+        .iter()
+        .find(|o| o.name == "interactions")
+        .expect("interactions ran");
+    assert!(
+        inter.tests.iter().any(|t| !t.passed && t.failing_rows > 0),
+        "{:?}",
+        inter.tests
+    );
+    assert_ne!(current("interactions"), before);
+
+    // selectors: tags, name+ (downstream), exclusions
+    let extra = queries_copy(
+        |_, t| t,
+        &[(
+            "heavy_users",
+            "-- name: heavy_users\n-- output: lake\n-- test: unique(user_id)\n\
+             SELECT user_id, sum(weight) AS w FROM interactions GROUP BY user_id\n",
+        )],
+    );
+    let names = |r: &bookrec::batch::runner::RunRecord| {
+        r.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>()
+    };
+    let sel = |select: &[&str], exclude: &[&str]| Selection {
+        select: select.iter().map(|s| s.to_string()).collect(),
+        exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        params: Params::default(),
+    };
+    let r = run_selected(&lake, extra.path(), &sel(&["tag:cold_start"], &[]))
+        .await
+        .expect("tag");
+    assert_eq!(names(&r), vec!["book_popularity", "category_popularity"]);
+    let r = run_selected(&lake, extra.path(), &sel(&["interactions+"], &[]))
+        .await
+        .expect("downstream");
+    assert_eq!(names(&r), vec!["interactions", "heavy_users"]);
+    // a selected feature brings what it reads; an excluded one is read from the lake
+    let r = run_selected(
+        &lake,
+        extra.path(),
+        &sel(&["heavy_users"], &["interactions"]),
+    )
+    .await
+    .expect("exclude");
+    assert_eq!(names(&r), vec!["heavy_users"]);
+    let r = run_selected(
+        &lake,
+        extra.path(),
+        &sel(&[], &["tag:daily", "tag:experiments"]),
+    )
+    .await
+    .expect("exclude tags");
+    assert_eq!(names(&r), vec!["heavy_users"]);
+    for bad in ["tag:nope", "nope+"] {
+        let e = run_selected(&lake, extra.path(), &sel(&[bad], &[]))
+            .await
+            .expect_err(bad);
+        assert!(e.to_string().contains(bad), "{e}");
+    }
+
+    // params: typed by the default, per query or for all that declare it
+    let with = |args: &[&str]| Selection {
+        select: vec!["interactions".into()],
+        exclude: Vec::new(),
+        params: Params::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params parse"),
+    };
+    let base = run_selected(&lake, shipped.path(), &with(&[]))
+        .await
+        .expect("base");
+    let base_sum = sum_weight(&lake).await;
+    let heavier = run_selected(&lake, shipped.path(), &with(&["interactions.w_view=100"]))
+        .await
+        .expect("override");
+    assert_eq!(base.outputs[0].rows, heavier.outputs[0].rows);
+    assert!(sum_weight(&lake).await > base_sum, "views weigh more");
+    for (args, says) in [
+        (vec!["w_view=NaN"], "finite number"),
+        (vec!["interactions.w_view=inf"], "finite number"),
+        (vec!["no_such_param=1"], "no query declares it"),
+        (vec!["nope.w_view=1"], "no query nope"),
+        (vec!["w_view"], "NAME=VALUE"),
+    ] {
+        let e = match Params::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()) {
+            Err(e) => e,
+            Ok(p) => run_selected(
+                &lake,
+                shipped.path(),
+                &Selection {
+                    select: vec!["interactions".into()],
+                    exclude: Vec::new(),
+                    params: p,
+                },
+            )
+            .await
+            .expect_err("a bad param"),
+        };
+        assert!(e.to_string().contains(says), "{args:?}: {e}");
+    }
+
+    // `bookrec test`: the lake's current outputs, exit 1 on a failing `error` test
+    let cli = |dir: &Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bookrec"))
+            .arg("test")
+            .args(args)
+            .env(
+                "BOOKREC__LAKE__URL",
+                format!("file://{}", lake_dir.path().display()),
+            )
+            .env("BOOKREC__BATCH__QUERIES_DIR", dir)
+            .env("BOOKREC__LOG__FILTER", "error")
+            .env_remove("BOOKREC__STORE__URL")
+            .output()
+            .expect("run bookrec test")
+    };
+    let out = cli(shipped.path(), &["--as-of", "2026-11-26T00:00:00Z"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("PASS ") && text.contains(" 0 failed"),
+        "{text}"
+    );
+    let out = cli(failing.path(), &["--select", "interactions"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAIL ") && text.contains("1 failed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("book_popularity"),
+        "only the selection: {text}"
+    );
+    let out = cli(failing.path(), &["--select", "interactions", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(json["features"][0][0], "interactions", "{json}");
+
+    // `bookrec check` plans the tests too: a column the result lacks is named at its line
+    let broken = queries_copy(
+        |name, t| {
+            if name == "user_profile" {
+                t.replacen("-- tags:", "-- test: unique(no_such_column)\n-- tags:", 1)
+            } else {
+                t
+            }
+        },
+        &[],
+    );
+    let e = bookrec::batch::runner::check(&lake, broken.path())
+        .await
+        .expect_err("a test on a missing column");
+    let file = broken.path().join("user_profile.sql");
+    let line = std::fs::read_to_string(&file)
+        .expect("read")
+        .lines()
+        .position(|l| l.contains("no_such_column"))
+        .expect("line")
+        + 1;
+    assert!(
+        e.to_string().contains(&format!(
+            "{}:{line}: test unique(no_such_column)",
+            file.display()
+        )),
+        "{e}"
+    );
+}
+
+async fn sum_weight(lake: &Lake) -> f64 {
+    let ctx = bookrec::sql::session(lake).await.expect("session");
+    let b = bookrec::sql::query(&ctx, "SELECT sum(weight) FROM interactions")
+        .await
+        .expect("sum");
+    b[0].column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .expect("f64")
+        .value(0)
+}

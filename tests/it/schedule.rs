@@ -17,6 +17,8 @@ fn schedule(cron: &str, policy: MissedRunPolicy) -> bookrec::config::ScheduleCon
         cron: cron.into(),
         select: vec!["interactions".into()],
         skip_als: true,
+        exclude: Vec::new(),
+        params: Default::default(),
     }];
     c.missed_run_policy = policy;
     c.tick_ms = 50;
