@@ -134,6 +134,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The batch runs recorded in the store, newest first: trigger, selection, status,
+    /// per feature rows, seconds and data tests, the model step
+    Runs {
+        /// How many (newest first)
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        last: u32,
+        /// Print the records as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Long-running scheduler of batch runs (cron jobs from config), one run at a time
     /// across machines (a lease in the store).
     Schedule,
@@ -629,6 +639,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Runs { last, json } => {
+            init_logging(&config)?;
+            let runs = runtime()?.block_on(async {
+                let store = crate::store::Store::connect(&config.store.url).await?;
+                store
+                    .run_history(last as usize)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                print!("{}", runs_table(&runs));
+            }
+            Ok(())
+        }
         Command::Test {
             select,
             exclude,
@@ -686,6 +712,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 select,
                 exclude,
                 params: crate::batch::runner::Params::parse(&params)?,
+                trigger: "cli".into(),
             };
             let lake = crate::lake::Lake::open(&config.lake)?;
             let record = runtime()?.block_on(async {
@@ -1175,6 +1202,74 @@ where
             Err(e) => return Err(anyhow::Error::new(e).context(format!("{what}: gave up"))),
         }
     }
+}
+
+/// `bookrec runs` as text: a line per run, then a line per feature.
+fn runs_table(runs: &[crate::store::RunRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if runs.is_empty() {
+        out.push_str("no batch run recorded yet\n");
+    }
+    for r in runs {
+        let d = &r.details;
+        let list = |k: &str| {
+            d[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        let seconds = chrono::DateTime::parse_from_rfc3339(&r.finished_at)
+            .ok()
+            .zip(chrono::DateTime::parse_from_rfc3339(&r.started_at).ok())
+            .map(|(f, s)| (f - s).num_milliseconds() as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "{} {:<9} {} as_of {} trigger {} select [{}] exclude [{}] params {}{}",
+            r.run_id,
+            r.status,
+            seconds.map_or("?".into(), |s| format!("{s:.1} s")),
+            r.as_of,
+            d["trigger"].as_str().unwrap_or("?"),
+            list("select"),
+            list("exclude"),
+            d["params"],
+            match &d["model"] {
+                serde_json::Value::Null => String::new(),
+                m => format!(
+                    " model {} {}",
+                    m["version"].as_str().unwrap_or("?"),
+                    if m["promoted"].as_bool() == Some(true) {
+                        "promoted"
+                    } else {
+                        "not promoted"
+                    }
+                ),
+            }
+        );
+        for o in r.outputs.as_array().into_iter().flatten() {
+            let tests = o["tests"].as_array().cloned().unwrap_or_default();
+            let failed = tests.iter().filter(|t| t["passed"] == false).count();
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>10} rows {:>8.2} s  tests {}/{} passed{}",
+                o["name"].as_str().unwrap_or("?"),
+                o["rows"],
+                o["seconds"].as_f64().unwrap_or(0.0),
+                tests.len() - failed,
+                tests.len(),
+                if failed > 0 { " (warnings)" } else { "" }
+            );
+        }
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "  error: {}", e.lines().next().unwrap_or(""));
+        }
+    }
+    out
 }
 
 /// `--as-of TS` (RFC 3339), default now.

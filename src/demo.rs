@@ -352,11 +352,15 @@ pub async fn run(cfg: Config, opts: Options, cancel: CancellationToken) -> Resul
     eprintln!("== SQL features, ALS, publishing to {}", cfg.store.url);
     let store = crate::store::Store::connect(&cfg.store.url).await?;
     let training = crate::batch::runner::Training::from_config(&cfg);
-    let record = crate::batch::runner::run(
+    let selection = crate::batch::runner::Selection {
+        trigger: "demo".into(),
+        ..Default::default()
+    };
+    let record = crate::batch::runner::run_with(
         &lake,
         Some(&store),
         &cfg.batch,
-        &[],
+        &selection,
         chrono::Utc::now(),
         Some(&training),
         &mut |line| eprintln!("   {line}"),

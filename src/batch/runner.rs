@@ -232,6 +232,12 @@ pub struct RunRecord {
     /// the ALS step, when it ran
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<super::publish::PublishReport>,
+    /// what started it (`cli`, `schedule:JOB`, `demo`, `api`)
+    pub trigger: String,
+    pub select: Vec<String>,
+    pub exclude: Vec<String>,
+    /// parameter overrides: `NAME` or `QUERY.NAME` → value
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs the selected queries of `batch.queries_dir` (all when `select` is empty; a
@@ -336,6 +342,14 @@ async fn run_on(
         input_watermark: watermark,
         error: None,
         model: None,
+        trigger: if selection.trigger.is_empty() {
+            "api".into()
+        } else {
+            selection.trigger.clone()
+        },
+        select: selection.select.clone(),
+        exclude: selection.exclude.clone(),
+        params: selection.params.as_map(),
     };
     let total = wanted.len();
     let mut done = 0;
@@ -441,6 +455,14 @@ async fn run_on(
                 &outputs,
                 &record.input_watermark.to_string(),
                 record.error.as_deref(),
+                &serde_json::json!({
+                    "trigger": record.trigger,
+                    "select": record.select,
+                    "exclude": record.exclude,
+                    "params": record.params,
+                    "model": record.model,
+                })
+                .to_string(),
             )
             .await
             .map_err(|e| RunError::Output {
@@ -575,6 +597,8 @@ pub struct Selection {
     pub select: Vec<String>,
     pub exclude: Vec<String>,
     pub params: Params,
+    /// what started the run, for its record: `cli`, `schedule:JOB`, `demo`; empty: `api`
+    pub trigger: String,
 }
 
 /// Parameter overrides of a run: `NAME=VALUE` for every query that declares NAME,
@@ -597,6 +621,15 @@ impl Params {
             };
         }
         Ok(p)
+    }
+
+    /// As `NAME` / `QUERY.NAME` → value (the run record's form).
+    pub fn as_map(&self) -> std::collections::BTreeMap<String, String> {
+        let mut out = self.all.clone();
+        for ((q, n), v) in &self.per_query {
+            out.insert(format!("{q}.{n}"), v.clone());
+        }
+        out
     }
 
     /// From a scheduled job's `params` table (keys `NAME` or `QUERY.NAME`).

@@ -209,6 +209,7 @@ pub async fn run_observed(
                         select: j.select.clone(),
                         exclude: j.exclude.clone(),
                         params,
+                        trigger: format!("schedule:{}", j.name),
                     },
                     skip_als: j.skip_als,
                 })

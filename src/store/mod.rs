@@ -88,6 +88,11 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "model versions and published recommendations",
         models::MODEL_TABLES,
     ),
+    (
+        4,
+        "batch run details: trigger, selection, parameters, model step",
+        &["ALTER TABLE batch_runs ADD COLUMN details TEXT"],
+    ),
 ];
 
 impl Store {
@@ -292,10 +297,11 @@ impl Store {
         outputs: &str,
         input_watermark: &str,
         error: Option<&str>,
+        details: &str,
     ) -> Result<(), StoreError> {
         let sql = format!(
-            "INSERT INTO batch_runs (run_id, as_of, started_at, finished_at, status, outputs, input_watermark, error) VALUES ({})",
-            self.placeholders(8, 0)
+            "INSERT INTO batch_runs (run_id, as_of, started_at, finished_at, status, outputs, input_watermark, error, details) VALUES ({})",
+            self.placeholders(9, 0)
         );
         let q = sqlx::query(&sql)
             .bind(run_id)
@@ -305,8 +311,46 @@ impl Store {
             .bind(status)
             .bind(outputs)
             .bind(input_watermark)
-            .bind(error);
+            .bind(error)
+            .bind(details);
         self.execute("batch_runs", q).await.map(|_| ())
+    }
+
+    /// The `last` newest runs, newest first, whole (`bookrec runs`).
+    pub async fn run_history(&self, last: usize) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!(
+            "SELECT run_id, as_of, started_at, finished_at, status, outputs, error, details \
+             FROM batch_runs ORDER BY started_at DESC, run_id DESC LIMIT {}",
+            last.clamp(1, 100_000)
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Table {
+                table: "batch_runs".into(),
+                source,
+            })?;
+        use models::text_at;
+        let json = |r: &AnyRow, i: usize| {
+            text_at(r, i)
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(RunRow {
+                    run_id: text_at(r, 0)?,
+                    as_of: text_at(r, 1)?,
+                    started_at: text_at(r, 2)?,
+                    finished_at: text_at(r, 3)?,
+                    status: text_at(r, 4)?,
+                    outputs: json(r, 5),
+                    error: text_at(r, 6),
+                    details: json(r, 7),
+                })
+            })
+            .collect())
     }
 
     /// Replaces the contents of `feat_<name>` with `batches`, in one transaction (the
@@ -654,6 +698,21 @@ impl Store {
         runs.reverse();
         Ok(runs)
     }
+}
+
+/// One recorded batch run (`batch_runs`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRow {
+    pub run_id: String,
+    pub as_of: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub status: String,
+    /// per feature: rows, seconds, outputs, data test results
+    pub outputs: serde_json::Value,
+    pub error: Option<String>,
+    /// trigger, selection, parameters, the model step (null for runs recorded before)
+    pub details: serde_json::Value,
 }
 
 /// Integers as Int64 and floats as Float64, the two numeric types bound to the database.

@@ -629,6 +629,7 @@ async fn data_tests_selectors_and_params_shape_a_run() {
         select: select.iter().map(|s| s.to_string()).collect(),
         exclude: exclude.iter().map(|s| s.to_string()).collect(),
         params: Params::default(),
+        trigger: String::new(),
     };
     let r = run_selected(&lake, extra.path(), &sel(&["tag:cold_start"], &[]))
         .await
@@ -668,6 +669,7 @@ async fn data_tests_selectors_and_params_shape_a_run() {
         exclude: Vec::new(),
         params: Params::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("params parse"),
+        trigger: String::new(),
     };
     let base = run_selected(&lake, shipped.path(), &with(&[]))
         .await
@@ -694,6 +696,7 @@ async fn data_tests_selectors_and_params_shape_a_run() {
                     select: vec!["interactions".into()],
                     exclude: Vec::new(),
                     params: p,
+                    trigger: String::new(),
                 },
             )
             .await

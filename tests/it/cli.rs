@@ -225,3 +225,74 @@ async fn the_sql_engine_cannot_read_files_outside_the_lake() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_runs_are_recorded_and_listed_by_bookrec_runs() {
+    let lake_dir = tempfile::tempdir().expect("tempdir");
+    crate::batch::fixture_lake(lake_dir.path()).await;
+    let db = tempfile::tempdir().expect("db dir");
+    let with_env = |c: &mut Command| {
+        c.env(
+            "BOOKREC__LAKE__URL",
+            format!("file://{}", lake_dir.path().display()),
+        )
+        .env(
+            "BOOKREC__STORE__URL",
+            format!("sqlite://{}", db.path().join("rec.db").display()),
+        )
+        .env("BOOKREC__LOG__FILTER", "error");
+    };
+    let mut empty = bookrec();
+    with_env(&mut empty);
+    let out = empty.arg("runs").output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no batch run recorded yet"));
+    let mut batch = bookrec();
+    with_env(&mut batch);
+    let out = batch
+        .args([
+            "batch",
+            "--select",
+            "tag:cold_start",
+            "--param",
+            "book_popularity.half_life_days=3",
+            "--as-of",
+            "2026-11-26T00:00:00Z",
+            "--skip-als",
+        ])
+        .output()
+        .expect("batch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut runs = bookrec();
+    with_env(&mut runs);
+    let out = runs.args(["runs", "--last", "1"]).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "succeeded",
+        "trigger cli select [tag:cold_start]",
+        "\"book_popularity.half_life_days\":\"3\"",
+        "book_popularity",
+        "category_popularity",
+        "tests 4/4 passed",
+    ] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    let mut bad = bookrec();
+    with_env(&mut bad);
+    let out = bad.args(["runs", "--last", "0"]).output().expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--last"));
+}

@@ -89,6 +89,41 @@ async fn the_same_batch_gives_the_same_outputs_on_sqlite_mariadb_and_postgres() 
         let runs = again.runs().await.expect("runs");
         assert_eq!(runs.len(), 2, "{url}: {runs:?}");
         assert!(runs.iter().all(|(_, s)| s == "succeeded"));
+        // the run history: newest first, whole (trigger, selection, params, tests)
+        let selection = bookrec::batch::runner::Selection {
+            select: vec!["tag:cold_start".into()],
+            exclude: vec!["category_popularity".into()],
+            params: bookrec::batch::runner::Params::parse(&["half_life_days=14".into()])
+                .expect("params"),
+            trigger: "cli".into(),
+        };
+        let third = bookrec::batch::runner::run_with(
+            &lake,
+            Some(&again),
+            &batch_config(),
+            &selection,
+            as_of(),
+            None,
+            &mut |_| {},
+        )
+        .await
+        .expect("selected batch");
+        let history = again.run_history(2).await.expect("history");
+        assert_eq!(history.len(), 2, "{url}");
+        let h = &history[0];
+        assert_eq!(h.run_id, third.run_id, "{url}: newest first");
+        assert_eq!(h.details["trigger"], "cli", "{url}: {h:?}");
+        assert_eq!(h.details["select"][0], "tag:cold_start", "{url}");
+        assert_eq!(h.details["exclude"][0], "category_popularity", "{url}");
+        assert_eq!(h.details["params"]["half_life_days"], "14", "{url}");
+        assert_eq!(h.outputs[0]["name"], "book_popularity", "{url}: {h:?}");
+        assert!(
+            h.outputs[0]["tests"]
+                .as_array()
+                .is_some_and(|t| !t.is_empty() && t.iter().all(|t| t["passed"] == true)),
+            "{url}: {h:?}"
+        );
+        assert_eq!(history[1].details["trigger"], "api", "{url}");
         let mut tables = Vec::new();
         for name in ["book_popularity", "category_popularity", "user_profile"] {
             let rows = again.dump(name).await.expect("dump");
