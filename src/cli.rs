@@ -134,6 +134,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Writes the analysts' docs: a static HTML site with a page per feature and source
+    /// view (description, parameters, columns, tests, lineage, last runs, SQL) and the
+    /// lineage graph; `--serve` serves it afterwards
+    Docs {
+        /// The site's folder
+        #[arg(long, value_name = "DIR", default_value = "target/bookrec-docs")]
+        out: PathBuf,
+        /// Serve the site on this address until Ctrl-C (e.g. 127.0.0.1:8089)
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<std::net::SocketAddr>,
+        /// The folder of feature queries (overrides batch.queries_dir)
+        #[arg(long, value_name = "DIR")]
+        queries: Option<PathBuf>,
+    },
     /// The batch runs recorded in the store, newest first: trigger, selection, status,
     /// per feature rows, seconds and data tests, the model step
     Runs {
@@ -638,6 +652,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {}. {name}{kind}", i + 1);
             }
             Ok(())
+        }
+        Command::Docs {
+            out,
+            serve,
+            queries,
+        } => {
+            init_logging(&config)?;
+            let dir = queries.unwrap_or_else(|| config.batch.queries_dir.clone());
+            let lake = crate::lake::Lake::open(&config.lake)?;
+            runtime()?.block_on(async {
+                let report =
+                    crate::batch::docs::build(&lake, &dir, &config.stream.queries_dir, &out)
+                        .await?;
+                println!("{}", serde_json::to_string(&report)?);
+                if let Some(addr) = serve {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("--serve {addr}: cannot listen"))?;
+                    eprintln!("serving {} on http://{addr}/ (Ctrl-C stops)", out.display());
+                    let cancel = tokio_util::sync::CancellationToken::new();
+                    let stop = cancel.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        stop.cancel();
+                    });
+                    crate::batch::docs::serve(out.clone(), listener, cancel).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
         }
         Command::Runs { last, json } => {
             init_logging(&config)?;

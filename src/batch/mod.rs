@@ -12,6 +12,7 @@
 //! lives in [`crate::sql`]; this module only sequences it.
 
 pub mod datatest;
+pub mod docs;
 pub mod experiment;
 pub mod publish;
 pub mod runner;

@@ -122,6 +122,15 @@ pub struct CheckReport {
     pub order: Vec<String>,
     /// which of `order` are source views (`lake.sources_dir`)
     pub sources: Vec<String>,
+    /// the tables each of `order` reads
+    #[serde(skip)]
+    pub reads: std::collections::BTreeMap<String, BTreeSet<String>>,
+    /// each feature's result columns: (name, type, nullable)
+    #[serde(skip)]
+    pub columns: std::collections::BTreeMap<String, Vec<(String, String, bool)>>,
+    /// the parsed features and sources, by name
+    #[serde(skip)]
+    pub queries: std::collections::BTreeMap<String, Query>,
 }
 
 /// Parses and plans the source views and every query (with default parameters) in one
@@ -165,6 +174,7 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
     let known = crate::sql::sources::table_names(&ctx);
     let order = catalog::order(&nodes, &all_reads, &known).map_err(RunError::Catalog)?;
     let queries: Vec<&Query> = order.iter().map(|i| &nodes[*i]).collect();
+    let mut columns = std::collections::BTreeMap::new();
     for q in &queries {
         if sources.iter().any(|s| s.name == q.name) {
             continue; // planned and run when the session opened
@@ -173,6 +183,14 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
         match crate::sql::plan_read_only(&ctx, &sql).await {
             Ok(df) => {
                 let schema = Arc::new(df.schema().as_arrow().clone());
+                columns.insert(
+                    q.name.clone(),
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable()))
+                        .collect::<Vec<_>>(),
+                );
                 if let Ok(t) = MemTable::try_new(schema, vec![vec![]]) {
                     let _ = ctx.register_table(q.name.as_str(), Arc::new(t));
                 }
@@ -193,8 +211,15 @@ pub async fn check(lake: &Lake, dir: &Path) -> Result<CheckReport, RunError> {
     }
     if errors.is_empty() {
         Ok(CheckReport {
-            order: queries.into_iter().map(|q| q.name.clone()).collect(),
-            sources: sources.into_iter().map(|q| q.name).collect(),
+            order: queries.iter().map(|q| q.name.clone()).collect(),
+            sources: sources.iter().map(|q| q.name.clone()).collect(),
+            reads: nodes
+                .iter()
+                .map(|q| q.name.clone())
+                .zip(all_reads)
+                .collect(),
+            columns,
+            queries: nodes.iter().map(|q| (q.name.clone(), q.clone())).collect(),
         })
     } else {
         Err(RunError::Catalog(errors))

@@ -78,7 +78,7 @@ pub fn start_demo(cwd: &Path, data: &Path) -> (Killed, String) {
     (child, page.expect("the demo printed its page URL"))
 }
 
-struct Driver {
+pub struct Driver {
     base: String,
     session: String,
     http: reqwest::Client,
@@ -89,7 +89,7 @@ struct Driver {
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Driver {
-    async fn start() -> Driver {
+    pub async fn start() -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -141,7 +141,7 @@ impl Driver {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
@@ -158,7 +158,7 @@ impl Driver {
         r["value"].clone()
     }
 
-    async fn script(&self, script: &str) -> Value {
+    pub async fn script(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
             "/execute/sync",
@@ -167,7 +167,7 @@ impl Driver {
         .await
     }
 
-    async fn click(&self, css: &str) {
+    pub async fn click(&self, css: &str) {
         let e = self
             .call(
                 reqwest::Method::POST,

@@ -14,6 +14,7 @@ mod compose;
 mod compose_run;
 mod debezium;
 mod demo;
+mod docs;
 mod features;
 mod fuzz_corpus;
 mod http_limits;
