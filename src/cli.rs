@@ -1,7 +1,7 @@
 //! The command line: parses arguments, loads the config, sets up logging, runs a subcommand.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -273,7 +273,18 @@ pub enum Command {
     /// Ad-hoc SQL over the lake (tables: events, dead_letters).
     Sql {
         /// The statement, e.g. "SELECT event_type, count(*) FROM events GROUP BY 1"
-        query: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        query: Option<String>,
+        /// Run a feature file (queries/batch/NAME.sql) as `bookrec batch` would, without
+        /// writing its output: its header checked, `${as_of}` and its parameters filled in
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// With --file: `${as_of}`, RFC 3339 (default: now)
+        #[arg(long, value_name = "TS", requires = "file")]
+        as_of: Option<String>,
+        /// With --file: override a parameter, NAME=VALUE (typed by its default)
+        #[arg(long = "param", value_name = "NAME=VALUE", requires = "file")]
+        params: Vec<String>,
         /// Output format (json = one object per line)
         #[arg(long, value_enum, default_value = "table")]
         format: crate::sql::Format,
@@ -1066,17 +1077,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sql {
             query,
+            file,
+            as_of,
+            params,
             format,
             out,
             allow_writes,
         } => {
+            let query = match (query, file) {
+                (Some(q), _) => q,
+                (None, Some(path)) => feature_sql(&path, as_of, &params)?,
+                (None, None) => anyhow::bail!("give a statement or --file FILE"),
+            };
             let lake = crate::lake::Lake::open(&config.lake)?;
             let batches = runtime()?.block_on(async {
                 let ctx = crate::sql::session(&lake).await?;
                 if allow_writes {
                     crate::sql::query_in_lake(&ctx, &query, &lake).await
                 } else {
-                    crate::sql::query_read_only(&ctx, &query).await
+                    // an empty result keeps its columns (csv header, arrow/parquet schema)
+                    let df = crate::sql::plan_read_only(&ctx, &query)
+                        .await
+                        .map_err(crate::sql::SqlError::Query)?;
+                    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+                    let mut batches = df.collect().await.map_err(crate::sql::SqlError::Query)?;
+                    if batches.is_empty() {
+                        batches.push(arrow::array::RecordBatch::new_empty(schema));
+                    }
+                    Ok(batches)
                 }
             })?;
             match out {
@@ -1313,6 +1341,25 @@ fn runs_table(runs: &[crate::store::RunRow]) -> String {
         }
     }
     out
+}
+
+/// A feature file's SQL as `bookrec batch` runs it: header checked, parameters (typed by
+/// their defaults) and `${as_of}` filled in.
+fn feature_sql(path: &Path, as_of: Option<String>, params: &[String]) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?;
+    let q = crate::sql::catalog::parse(path, &text)?;
+    let mut overrides = std::collections::HashMap::new();
+    for p in params {
+        let (query, name, value) =
+            crate::sql::catalog::parse_param(p).map_err(|e| anyhow::anyhow!(e))?;
+        if query.as_ref().is_some_and(|x| x != &q.name) {
+            anyhow::bail!("--param {p}: this file is {}", q.name);
+        }
+        overrides.insert(name, value);
+    }
+    q.check_params(&overrides)?;
+    Ok(q.render(&as_of_arg(as_of)?, &overrides))
 }
 
 /// `--as-of TS` (RFC 3339), default now.

@@ -741,6 +741,8 @@ pub enum Format {
     /// one JSON object per line
     Json,
     Parquet,
+    /// an Arrow IPC stream (pyarrow: `pa.ipc.open_stream(data).read_pandas()`)
+    Arrow,
 }
 
 /// Writes batches in `format`.
@@ -781,6 +783,18 @@ pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Re
                 .map_err(|e| err("parquet")(&e))?;
             let bytes = crate::lake::write_parquet(&concat).map_err(|e| err("parquet")(&e))?;
             out.write_all(&bytes).map_err(|e| err("parquet")(&e))
+        }
+        Format::Arrow => {
+            let schema = batches.first().map_or_else(
+                || Arc::new(arrow::datatypes::Schema::empty()),
+                RecordBatch::schema,
+            );
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(out, &schema)
+                .map_err(|e| err("arrow")(&e))?;
+            for b in batches {
+                w.write(b).map_err(|e| err("arrow")(&e))?;
+            }
+            w.finish().map_err(|e| err("arrow")(&e))
         }
     }
 }
