@@ -88,8 +88,9 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "model versions and published recommendations",
         models::MODEL_TABLES,
     ),
+    // (4: exact ids, dialect-specific: `Store::exact_id_statements`)
     (
-        4,
+        5,
         "batch run details: trigger, selection, parameters, model step",
         &["ALTER TABLE batch_runs ADD COLUMN details TEXT"],
     ),
@@ -189,6 +190,7 @@ impl Store {
             .map(|(v, n, stmts)| (*v, *n, stmts.iter().map(|s| s.to_string()).collect()))
             .collect();
         all.push((4, "exact ids", self.exact_id_statements()));
+        all.sort_by_key(|(v, _, _)| *v);
         for (version, name, statements) in &all {
             let (version, name) = (version, *name);
             let select = format!(
