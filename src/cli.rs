@@ -779,7 +779,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &selection,
                     as_of,
                     (!skip_als).then_some(&training),
-                    &mut |line| eprintln!("{line}"),
+                    &mut batch_progress(),
                 )
                 .await
                 .map_err(anyhow::Error::from)
@@ -1275,6 +1275,44 @@ where
     }
 }
 
+/// `bookrec batch`'s progress: on a terminal a bar over the features (`[i/n] name …` lines
+/// move it, failures and other lines print above it), else the lines on stderr.
+fn batch_progress() -> impl FnMut(&str) + Send {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("batch {bar:30} {pos}/{len} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    move |line: &str| {
+        let Some(b) = &bar else {
+            eprintln!("{line}");
+            return;
+        };
+        let step = line
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(n, rest)| {
+                let (done, total) = n.split_once('/')?;
+                Some((done.parse::<u64>().ok()?, total.parse::<u64>().ok()?, rest))
+            });
+        match step {
+            Some((done, total, rest)) if !rest.contains("FAILED") => {
+                b.set_length(total);
+                b.set_position(done);
+                b.set_message(rest.split(" (").next().unwrap_or("").trim().to_string());
+                if done == total {
+                    b.finish();
+                }
+            }
+            _ => b.println(line),
+        }
+    }
+}
+
 /// `bookrec runs` as text: a line per run, then a line per feature.
 fn runs_table(runs: &[crate::store::RunRow]) -> String {
     use std::fmt::Write;
@@ -1327,8 +1365,9 @@ fn runs_table(runs: &[crate::store::RunRow]) -> String {
             let failed = tests.iter().filter(|t| t["passed"] == false).count();
             let _ = writeln!(
                 out,
-                "  {:<24} {:>10} rows {:>8.2} s  tests {}/{} passed{}",
+                "  {:<24} {:<12} {:>10} rows {:>8.2} s  tests {}/{} passed{}",
                 o["name"].as_str().unwrap_or("?"),
+                o["status"].as_str().unwrap_or("succeeded"),
                 o["rows"],
                 o["seconds"].as_f64().unwrap_or(0.0),
                 tests.len() - failed,

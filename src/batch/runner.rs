@@ -37,7 +37,11 @@ pub enum RunError {
     #[error(
         "data tests of {feature} failed (its output is not written; nothing after it runs):\n{report}"
     )]
-    TestsFailed { feature: String, report: String },
+    TestsFailed {
+        feature: String,
+        report: String,
+        tests: Vec<super::datatest::TestResult>,
+    },
     #[error("{0}")]
     Publish(#[from] super::publish::PublishError),
 }
@@ -239,6 +243,8 @@ pub struct OutputReport {
     pub db_table: Option<String>,
     /// its data tests' results (warnings included; a failing `error` test fails the run)
     pub tests: Vec<super::datatest::TestResult>,
+    /// `succeeded`, `tests_failed` (an `error` test failed: nothing written) or `failed`
+    pub status: String,
 }
 
 /// The record of one batch run.
@@ -408,6 +414,20 @@ async fn run_on(
             }
             Err(e) => {
                 progress(&format!("[{done}/{total}] {} FAILED", q.name));
+                let (status, tests) = match &e {
+                    RunError::TestsFailed { tests, .. } => ("tests_failed", tests.clone()),
+                    _ => ("failed", Vec::new()),
+                };
+                record.outputs.push(OutputReport {
+                    name: q.name.clone(),
+                    rows: 0,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    query_seconds: 0.0,
+                    lake_path: None,
+                    db_table: None,
+                    tests,
+                    status: status.into(),
+                });
                 failure = Some(e);
                 break;
             }
@@ -742,6 +762,7 @@ async fn run_one(
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("\n"),
+            tests,
         });
     }
     let mut lake_path = None;
@@ -791,6 +812,7 @@ async fn run_one(
         query_seconds,
         lake_path,
         tests,
+        status: "succeeded".into(),
     })
 }
 

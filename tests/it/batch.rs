@@ -557,7 +557,10 @@ async fn data_tests_selectors_and_params_shape_a_run() {
     let err = run_selected(&lake, failing.path(), &all)
         .await
         .expect_err("a failing test");
-    let RunError::TestsFailed { feature, report } = &err else {
+    let RunError::TestsFailed {
+        feature, report, ..
+    } = &err
+    else {
         panic!("{err}");
     };
     assert_eq!(feature, "interactions");
@@ -581,6 +584,31 @@ async fn data_tests_selectors_and_params_shape_a_run() {
         current("interactions"),
         before,
         "the failed output is not current"
+    );
+    // the run record keeps the failed feature, its status and its tests' results
+    let failed_record = std::fs::read_dir(lake_dir.path().join("features/_runs"))
+        .expect("runs")
+        .filter_map(|e| std::fs::read_to_string(e.expect("entry").path()).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .find(|r| r["status"] == "failed")
+        .expect("a failed run record");
+    let last = failed_record["outputs"]
+        .as_array()
+        .and_then(|o| o.last())
+        .expect("outputs");
+    assert_eq!(
+        (&last["name"], &last["status"]),
+        (
+            &serde_json::json!("interactions"),
+            &serde_json::json!("tests_failed")
+        ),
+        "{failed_record}"
+    );
+    assert!(
+        last["tests"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["passed"] == false)),
+        "{failed_record}"
     );
 
     // the same test as `warn`: the run goes on and reports it
