@@ -35,6 +35,19 @@ pub struct TestResult {
 }
 
 impl TestResult {
+    /// `t` of `q`, not run yet (failed until it passes).
+    fn of(q: &Query, t: &crate::sql::datatest::DataTest) -> TestResult {
+        TestResult {
+            at: format!("{}:{}", q.path.display(), t.line),
+            test: t.text.clone(),
+            severity: t.severity,
+            passed: false,
+            failing_rows: 0,
+            sample: String::new(),
+            error: None,
+        }
+    }
+
     /// Failed, and its severity stops the run.
     pub fn blocks(&self) -> bool {
         !self.passed && self.severity == Severity::Error
@@ -73,15 +86,7 @@ pub async fn run(
     let mut out = Vec::with_capacity(q.tests.len());
     for t in &q.tests {
         let sql = q.render_text(&t.offending(table), as_of, params);
-        let mut result = TestResult {
-            at: format!("{}:{}", q.path.display(), t.line),
-            test: t.text.clone(),
-            severity: t.severity,
-            passed: false,
-            failing_rows: 0,
-            sample: String::new(),
-            error: None,
-        };
+        let mut result = TestResult::of(q, t);
         let counted = crate::sql::query_read_only(
             ctx,
             &format!("SELECT count(*) AS n FROM ({sql}) AS offending"),
@@ -173,16 +178,11 @@ pub async fn run_on_lake(
             q.tests
                 .iter()
                 .map(|t| TestResult {
-                    at: format!("{}:{}", q.path.display(), t.line),
-                    test: t.text.clone(),
-                    severity: t.severity,
-                    passed: false,
-                    failing_rows: 0,
-                    sample: String::new(),
                     error: Some(format!(
                         "the lake has no output of {} (run `bookrec batch --select {}`)",
                         q.name, q.name
                     )),
+                    ..TestResult::of(q, t)
                 })
                 .collect()
         };

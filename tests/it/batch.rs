@@ -499,6 +499,20 @@ fn queries_copy(
     dir
 }
 
+/// The shipped queries with one more test in `feature`'s header.
+fn with_test(feature: &str, test: &str) -> tempfile::TempDir {
+    queries_copy(
+        |name, t| {
+            if name == feature {
+                t.replacen("-- tags:", &format!("-- test: {test}\n-- tags:"), 1)
+            } else {
+                t
+            }
+        },
+        &[],
+    )
+}
+
 async fn run_selected(
     lake: &Lake,
     dir: &Path,
@@ -540,20 +554,7 @@ async fn data_tests_selectors_and_params_shape_a_run() {
 
     // an `error` test that fails: the run stops, names the file, line and rows; the
     // feature's previous output stays current
-    let failing = queries_copy(
-        |name, t| {
-            if name == "interactions" {
-                t.replacen(
-                    "-- tags:",
-                    "-- test: accepted_values(book_id, ['b1'])\n-- tags:",
-                    1,
-                )
-            } else {
-                t
-            }
-        },
-        &[],
-    );
+    let failing = with_test("interactions", "accepted_values(book_id, ['b1'])");
     let err = run_selected(&lake, failing.path(), &all)
         .await
         .expect_err("a failing test");
@@ -612,20 +613,7 @@ async fn data_tests_selectors_and_params_shape_a_run() {
     );
 
     // the same test as `warn`: the run goes on and reports it
-    let warning = queries_copy(
-        |name, t| {
-            if name == "interactions" {
-                t.replacen(
-                    "-- tags:",
-                    "-- test: accepted_values(book_id, ['b1']) warn\n-- tags:",
-                    1,
-                )
-            } else {
-                t
-            }
-        },
-        &[],
-    );
+    let warning = with_test("interactions", "accepted_values(book_id, ['b1']) warn");
     let record = run_selected(&lake, warning.path(), &all)
         .await
         .expect("warned run");
@@ -775,16 +763,7 @@ async fn data_tests_selectors_and_params_shape_a_run() {
     assert_eq!(json["features"][0][0], "interactions", "{json}");
 
     // `bookrec check` plans the tests too: a column the result lacks is named at its line
-    let broken = queries_copy(
-        |name, t| {
-            if name == "user_profile" {
-                t.replacen("-- tags:", "-- test: unique(no_such_column)\n-- tags:", 1)
-            } else {
-                t
-            }
-        },
-        &[],
-    );
+    let broken = with_test("user_profile", "unique(no_such_column)");
     let e = bookrec::batch::runner::check(&lake, broken.path())
         .await
         .expect_err("a test on a missing column");
