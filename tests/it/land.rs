@@ -214,6 +214,51 @@ async fn lands_every_event_once_on_s3() {
             .any(|p| p.contains("bookrec/events/dt=2026-11-25/hour=")),
         "{on_disk:?}"
     );
+    // what the notebooks run (`bookrec sql --format arrow`, notebooks/bookrec_nb.py) reads
+    // the S3 lake through the same config keys
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookrec"))
+        .args([
+            "sql",
+            "SELECT event_type, count(*) AS n FROM events GROUP BY 1",
+            "--format",
+            "arrow",
+        ])
+        .env("BOOKREC__LAKE__URL", &cfg.lake.url)
+        .env("BOOKREC__LAKE__S3_ENDPOINT", &cfg.lake.s3_endpoint)
+        .env("BOOKREC__LAKE__S3_ALLOW_HTTP", "true")
+        .env("BOOKREC__LAKE__S3_PATH_STYLE", "true")
+        .env(
+            "BOOKREC__LAKE__S3_ACCESS_KEY_ID",
+            &cfg.lake.s3_access_key_id,
+        )
+        .env(
+            "BOOKREC__LAKE__S3_SECRET_ACCESS_KEY",
+            &cfg.lake.s3_secret_access_key,
+        )
+        .env("BOOKREC__LAKE__S3_REGION", &cfg.lake.s3_region)
+        .env("BOOKREC__LOG__FILTER", "error")
+        .output()
+        .expect("bookrec sql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out.stdout), None)
+        .expect("an Arrow IPC stream");
+    let mut total = 0;
+    for b in reader {
+        let b = b.expect("batch");
+        let n =
+            arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Int64).expect("cast");
+        use arrow::array::AsArray;
+        total += n
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .flatten()
+            .sum::<i64>();
+    }
+    assert_eq!(total, 2000);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
