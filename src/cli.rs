@@ -722,12 +722,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let as_of = as_of_arg(as_of)?;
             let params = crate::batch::runner::Params::parse(&params)?;
             let lake = crate::lake::Lake::open(&config.lake)?;
-            let report = runtime()?.block_on(async {
-                let selected =
-                    crate::batch::runner::test_selection(&lake, &dir, &select, &exclude).await?;
-                crate::batch::datatest::run_on_lake(&lake, &dir, selected.as_ref(), &as_of, &params)
-                    .await
-            })?;
+            let report = runtime()?.block_on(crate::batch::datatest::run_on_lake(
+                &lake, &dir, &select, &exclude, &as_of, &params,
+            ))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -1021,12 +1018,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            let as_of = match as_of {
-                Some(ts) => chrono::DateTime::parse_from_rfc3339(&ts)
-                    .with_context(|| format!("--as-of {ts:?}: not an RFC 3339 timestamp"))?
-                    .to_utc(),
-                None => chrono::Utc::now(),
-            };
+            let as_of = as_of_arg(as_of)?;
             let mut overrides = std::collections::HashMap::new();
             for p in &params {
                 let Some((k, v)) = p.split_once('=') else {
@@ -1388,17 +1380,9 @@ fn feature_sql(path: &Path, as_of: Option<String>, params: &[String]) -> anyhow:
     let text =
         std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?;
     let q = crate::sql::catalog::parse(path, &text)?;
-    let mut overrides = std::collections::HashMap::new();
-    for p in params {
-        let (query, name, value) =
-            crate::sql::catalog::parse_param(p).map_err(|e| anyhow::anyhow!(e))?;
-        if query.as_ref().is_some_and(|x| x != &q.name) {
-            anyhow::bail!("--param {p}: this file is {}", q.name);
-        }
-        overrides.insert(name, value);
-    }
-    q.check_params(&overrides)?;
-    Ok(q.render(&as_of_arg(as_of)?, &overrides))
+    let params = crate::batch::runner::Params::parse(params)?;
+    params.check(std::slice::from_ref(&q))?;
+    Ok(q.render(&as_of_arg(as_of)?, &params.for_query(&q)?))
 }
 
 /// `--as-of TS` (RFC 3339), default now.

@@ -153,21 +153,24 @@ impl TestReport {
     }
 }
 
-/// `bookrec test`: the selected features' tests (all when `selected` is None) on the
+/// `bookrec test`: the tests of the features the selectors name (all when none is given;
+/// without the features they read) on the
 /// lake's current outputs of those features, at `as_of` with their default parameters
 /// overridden by `params`.
 pub async fn run_on_lake(
     lake: &crate::lake::Lake,
     dir: &Path,
-    selected: Option<&std::collections::BTreeSet<String>>,
+    select: &[String],
+    exclude: &[String],
     as_of: &DateTime<Utc>,
     params: &super::runner::Params,
 ) -> Result<TestReport, super::runner::RunError> {
     let ctx = crate::sql::session(lake).await?;
+    let selected = super::runner::test_selection(&ctx, dir, select, exclude).await?;
     let queries = crate::sql::catalog::load_dir(dir).map_err(super::runner::RunError::Catalog)?;
     let mut features = Vec::new();
     for q in &queries {
-        if selected.is_some_and(|s| !s.contains(&q.name)) || q.tests.is_empty() {
+        if selected.as_ref().is_some_and(|s| !s.contains(&q.name)) || q.tests.is_empty() {
             continue;
         }
         let p = params.for_query(q)?;

@@ -607,8 +607,8 @@ fn selected(
 
 /// The features `bookrec test` tests: those the selectors name (without the queries they
 /// read), minus the excluded ones; None: all.
-pub async fn test_selection(
-    lake: &Lake,
+pub(super) async fn test_selection(
+    ctx: &SessionContext,
     dir: &Path,
     select: &[String],
     exclude: &[String],
@@ -616,8 +616,7 @@ pub async fn test_selection(
     if select.is_empty() && exclude.is_empty() {
         return Ok(None);
     }
-    let ctx = crate::sql::session(lake).await?;
-    let (queries, reads) = ordered(&ctx, dir, &Utc::now()).await?;
+    let (queries, reads) = ordered(ctx, dir, &Utc::now()).await?;
     let mut out: BTreeSet<String> = if select.is_empty() {
         queries.iter().map(|q| q.name.clone()).collect()
     } else {

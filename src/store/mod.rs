@@ -328,10 +328,7 @@ impl Store {
         let rows = sqlx::query(&sql)
             .fetch_all(&self.pool)
             .await
-            .map_err(|source| StoreError::Table {
-                table: "batch_runs".into(),
-                source,
-            })?;
+            .map_err(Self::table_err("batch_runs"))?;
         use models::text_at;
         let json = |r: &AnyRow, i: usize| {
             text_at(r, i)

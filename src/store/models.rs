@@ -150,7 +150,7 @@ fn json(text: Option<String>) -> serde_json::Value {
 }
 
 impl Store {
-    fn table_err(table: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    pub(super) fn table_err(table: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         move |source| StoreError::Table {
             table: table.to_string(),
             source,
