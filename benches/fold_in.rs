@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::hint::black_box;
 
 use bookrec::als::FoldIn;
-use bookrec::config::RegularizationScaling;
+use bookrec::config::AlsParams;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,7 +19,8 @@ fn model(items: usize, f: usize) -> FoldIn {
         .map(|_| rng.random_range(-0.3f32..0.3))
         .collect();
     let ids = (0..items).map(|i| format!("b{i}")).collect();
-    FoldIn::new(ids, factors, f, 5.0, 50.0, RegularizationScaling::None).expect("model")
+    // the shipped regularisation (config/default.toml's [als])
+    FoldIn::new(ids, factors, f, &AlsParams::default()).expect("model")
 }
 
 fn bench(c: &mut Criterion) {

@@ -231,6 +231,9 @@ pub enum Command {
             default_value = "none,frequency"
         )]
         grid_scaling: Vec<crate::als::RegularizationScaling>,
+        /// ν of frequency scaling (λ·nᵛ, 0..=1): 1 is ALS-WR, 0.5 the square root
+        #[arg(long, value_delimiter = ',', default_value = "0.5,1")]
+        grid_exponent: Vec<f32>,
         #[arg(long, value_delimiter = ',', default_value = "1,2,5,10")]
         grid_alpha: Vec<f32>,
         /// Print JSON instead of a table
@@ -345,9 +348,13 @@ pub struct AlsArgs {
     iterations: Option<usize>,
     #[arg(long, value_name = "X")]
     regularization: Option<f32>,
-    /// none: λ for every row; frequency: λ × the row's interaction count (ALS-WR)
+    /// none: λ for every row; frequency: λ × the row's interaction count to the power
+    /// --regularization-exponent (1: ALS-WR)
     #[arg(long, value_enum)]
     regularization_scaling: Option<crate::als::RegularizationScaling>,
+    /// ν of frequency scaling: a row with n interactions gets λ·nᵛ (0..=1)
+    #[arg(long, value_name = "X")]
+    regularization_exponent: Option<f32>,
     #[arg(long, value_name = "X")]
     alpha: Option<f32>,
     #[arg(long, value_name = "N")]
@@ -371,6 +378,7 @@ impl AlsArgs {
             iterations,
             regularization,
             regularization_scaling,
+            regularization_exponent,
             alpha,
             cg_steps,
             solver,
@@ -886,6 +894,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             grid_factors,
             grid_regularization,
             grid_scaling,
+            grid_exponent,
             grid_alpha,
             json,
             replay,
@@ -943,6 +952,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     factors: grid_factors,
                     regularization: grid_regularization,
                     scaling: grid_scaling,
+                    exponent: grid_exponent,
                     alpha: grid_alpha,
                 };
                 // a temporal test is validated on a temporal window, any other on a random

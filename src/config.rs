@@ -445,9 +445,13 @@ pub struct AlsParams {
     pub factors: usize,
     pub regularization: f32,
     /// `none`: every row's least-squares step has λ; `frequency`: λ times the row's number
-    /// of observed interactions (ALS-WR, Zhou et al. 2008, as Spark MLlib does)
+    /// of observed interactions to the power `regularization_exponent` (ν = 1 is ALS-WR,
+    /// Zhou et al. 2008, as Spark MLlib does; 0 < ν < 1 the frequency-scaled regularisation
+    /// of Rendle et al. 2022, "Revisiting the Performance of iALS")
     #[serde(default)]
     pub regularization_scaling: RegularizationScaling,
+    /// ν of `frequency` scaling: a row with n interactions gets λ·nᵛ (0..=1; ignored by `none`)
+    pub regularization_exponent: f32,
     pub alpha: f32,
     pub iterations: usize,
     pub cg_steps: usize,
@@ -463,6 +467,7 @@ impl Default for AlsParams {
             factors: 64,
             regularization: 50.0,
             regularization_scaling: RegularizationScaling::None,
+            regularization_exponent: 1.0,
             alpha: 5.0,
             iterations: 15,
             cg_steps: 3,
@@ -474,6 +479,36 @@ impl Default for AlsParams {
 }
 
 impl AlsParams {
+    /// λ on every row's diagonal, added once to the shared Gram matrix: λ without
+    /// scaling, 0 under `frequency` (each row then has its own, [`AlsParams::row_lambda`]).
+    pub fn shared_lambda(&self) -> f32 {
+        match self.regularization_scaling {
+            RegularizationScaling::None => self.regularization,
+            RegularizationScaling::Frequency => 0.0,
+        }
+    }
+
+    /// λ on the diagonal of a row with `n` observed interactions beyond the shared part:
+    /// λ·nᵛ under `frequency` (ν = `regularization_exponent`), 0 without scaling.
+    pub fn row_lambda(&self, n: usize) -> f32 {
+        match self.regularization_scaling {
+            RegularizationScaling::None => 0.0,
+            RegularizationScaling::Frequency => {
+                self.regularization * (n as f32).powf(self.regularization_exponent)
+            }
+        }
+    }
+
+    /// The weight of a row's squared norm in the objective: nᵛ under `frequency`, else 1.
+    pub fn row_weight(&self, n: usize) -> f64 {
+        match self.regularization_scaling {
+            RegularizationScaling::None => 1.0,
+            RegularizationScaling::Frequency => {
+                (n as f64).powf(self.regularization_exponent as f64)
+            }
+        }
+    }
+
     /// The first parameter out of its range and why, or `None` when all are in range.
     pub fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
         if self.factors == 0 || self.factors > 4096 {
@@ -481,6 +516,9 @@ impl AlsParams {
         }
         if !(self.regularization >= 0.0 && self.regularization.is_finite()) {
             return Some(("regularization", "must be a finite number >= 0"));
+        }
+        if !(0.0..=1.0).contains(&self.regularization_exponent) {
+            return Some(("regularization_exponent", "must be a number in 0..=1"));
         }
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
             return Some(("alpha", "must be a finite number >= 0"));

@@ -400,9 +400,7 @@ fn train(
         data.items.ids().to_vec(),
         model.item_factors.clone(),
         model.factors,
-        params.alpha,
-        params.regularization,
-        params.regularization_scaling,
+        params,
     )?;
     Ok(Model {
         users,

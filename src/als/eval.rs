@@ -403,6 +403,9 @@ pub struct Grid {
     pub regularization: Vec<f32>,
     /// λ's scaling per row (none, frequency = ALS-WR); each λ of the grid is tried with each
     pub scaling: Vec<super::RegularizationScaling>,
+    /// ν of frequency scaling (λ·nᵛ); each frequency point is tried with each (empty: the
+    /// base parameters' ν); `none` points ignore it
+    pub exponent: Vec<f32>,
     pub alpha: Vec<f32>,
 }
 
@@ -506,22 +509,36 @@ pub fn search(
     } else {
         grid.scaling.clone()
     };
+    let exponents = |scaling| match scaling {
+        _ if grid.exponent.is_empty() => vec![base.regularization_exponent],
+        super::RegularizationScaling::None => vec![base.regularization_exponent],
+        super::RegularizationScaling::Frequency => grid.exponent.clone(),
+    };
     for &factors in &grid.factors {
         for &regularization_scaling in &scalings {
-            for &regularization in &grid.regularization {
-                for &alpha in &grid.alpha {
-                    let params = Params {
-                        factors,
-                        regularization,
-                        regularization_scaling,
-                        alpha,
-                        ..base.clone()
-                    };
-                    let recs = Algorithm::Als(params.clone()).recommend(inner, k)?;
-                    trials.push(Trial {
-                        params,
-                        metrics: metrics(&recs, valid, k, inner.cols),
-                    });
+            for regularization_exponent in exponents(regularization_scaling) {
+                for &regularization in &grid.regularization {
+                    for &alpha in &grid.alpha {
+                        let params = Params {
+                            factors,
+                            regularization,
+                            regularization_scaling,
+                            regularization_exponent,
+                            alpha,
+                            ..base.clone()
+                        };
+                        if let Some((name, reason)) = params.out_of_range() {
+                            return Err(AlsError::Param {
+                                name,
+                                reason: format!("grid point {params:?}: {reason}"),
+                            });
+                        }
+                        let recs = Algorithm::Als(params.clone()).recommend(inner, k)?;
+                        trials.push(Trial {
+                            params,
+                            metrics: metrics(&recs, valid, k, inner.cols),
+                        });
+                    }
                 }
             }
         }
@@ -567,13 +584,19 @@ impl std::fmt::Display for Report {
                 self.k
             )?;
             for t in trials.iter().take(5) {
+                let scaling = match t.params.regularization_scaling {
+                    super::RegularizationScaling::None => "none".to_string(),
+                    super::RegularizationScaling::Frequency => {
+                        format!("frequency^{}", t.params.regularization_exponent)
+                    }
+                };
                 writeln!(
                     f,
-                    "  factors={:<4} regularization={:<6} scaling={:<9} alpha={:<6} ndcg={:.4} \
+                    "  factors={:<4} regularization={:<6} scaling={:<13} alpha={:<6} ndcg={:.4} \
                      precision={:.4}",
                     t.params.factors,
                     t.params.regularization,
-                    format!("{:?}", t.params.regularization_scaling).to_lowercase(),
+                    scaling,
                     t.params.alpha,
                     t.metrics.ndcg,
                     t.metrics.precision
@@ -717,6 +740,7 @@ mod tests {
             factors: vec![2],
             regularization: vec![0.1, 1.0],
             scaling: vec![],
+            exponent: vec![],
             alpha: vec![1.0],
         };
         let base = Params {

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use super::AlsError;
 use super::kernel::scores_dispatch;
 use super::recommend::{Scored, top_k};
-use super::train::{RegularizationScaling, gram, solve_row_exact};
+use super::train::{Params, gram, solve_row_exact};
 
 /// A model's item side, ready to fold users in.
 #[derive(Debug, Clone)]
@@ -23,23 +23,23 @@ pub struct FoldIn {
     index: HashMap<String, u32>,
     /// `items × f`, row-major
     items: Vec<f32>,
-    /// `YᵀY + λI` (`YᵀY` alone under ALS-WR), `f × f`
+    /// `YᵀY + λI` (`YᵀY` alone under frequency scaling), `f × f`
     yty: Vec<f32>,
-    /// λ per interaction of the user under ALS-WR (`λ·nᵤ` on the user's diagonal), else 0
-    lambda_per_interaction: f32,
+    /// the model's regularisation: under frequency scaling a user with n interactions gets
+    /// `λ·nᵛ` on the diagonal ([`Params::row_lambda`])
+    params: Params,
 }
 
 impl FoldIn {
-    /// `ids[i]` names row `i` of `items` (`ids.len() × f` factors); `alpha`,
-    /// `regularization` and `scaling` are the model's training parameters.
+    /// `ids[i]` names row `i` of `items` (`ids.len() × f` factors); `params` are the model's
+    /// training parameters (alpha and the regularisation are read; `factors` is `f`).
     pub fn new(
         ids: Vec<String>,
         items: Vec<f32>,
         f: usize,
-        alpha: f32,
-        regularization: f32,
-        scaling: RegularizationScaling,
+        params: &Params,
     ) -> Result<FoldIn, AlsError> {
+        let (alpha, regularization) = (params.alpha, params.regularization);
         let bad = |reason: String| AlsError::Param {
             name: "fold_in",
             reason,
@@ -60,15 +60,23 @@ impl FoldIn {
                 "alpha {alpha} must be >= 0 and regularization {regularization} > 0"
             )));
         }
+        let params = Params {
+            factors: f,
+            ..params.clone()
+        };
+        if let Some((name, reason)) = params.out_of_range() {
+            return Err(AlsError::Param {
+                name,
+                reason: reason.into(),
+            });
+        }
         if let Some(i) = items.iter().position(|v| !v.is_finite()) {
             return Err(bad(format!("item {} has a non-finite factor", ids[i / f])));
         }
         let mut yty = gram(&items, f);
-        let frequency = scaling == RegularizationScaling::Frequency;
-        if !frequency {
-            for d in 0..f {
-                yty[d * f + d] += regularization;
-            }
+        let shared = params.shared_lambda();
+        for d in 0..f {
+            yty[d * f + d] += shared;
         }
         let index = ids
             .iter()
@@ -82,7 +90,7 @@ impl FoldIn {
             index,
             items,
             yty,
-            lambda_per_interaction: if frequency { regularization } else { 0.0 },
+            params,
         })
     }
 
@@ -136,7 +144,7 @@ impl FoldIn {
             &cols,
             &vals,
             self.alpha,
-            self.lambda_per_interaction * cols.len() as f32,
+            self.params.row_lambda(cols.len()),
             &mut x,
         );
         x
@@ -177,6 +185,17 @@ impl FoldIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::als::RegularizationScaling;
+
+    /// The model parameters fold-in reads.
+    fn model(alpha: f32, regularization: f32, scaling: RegularizationScaling) -> Params {
+        Params {
+            alpha,
+            regularization,
+            regularization_scaling: scaling,
+            ..Params::default()
+        }
+    }
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() <= 1e-4 * (1.0 + b.abs())
@@ -192,9 +211,7 @@ mod tests {
             vec!["a".into(), "b".into(), "c".into()],
             y.clone(),
             2,
-            alpha,
-            lambda,
-            RegularizationScaling::None,
+            &model(alpha, lambda, RegularizationScaling::None),
         )
         .expect("model");
         // the user: item a with weight 1, item c with weight 3
@@ -225,17 +242,52 @@ mod tests {
     /// used the item factors of one step before, so after convergence they agree closely).
     #[test]
     fn a_trained_user_folded_in_again_gets_their_own_factor_back() {
-        folded_in_again(RegularizationScaling::None, 50.0, 1e-3);
+        folded_in_again(RegularizationScaling::None, 1.0, 50.0, 1e-3);
     }
 
     /// The same under ALS-WR: the user's λ·nᵤ comes from the interactions folded in. (A
     /// smaller λ leaves f32 a less well-conditioned system: agreement to 0.5 %.)
     #[test]
     fn under_als_wr_too() {
-        folded_in_again(RegularizationScaling::Frequency, 0.5, 5e-3);
+        folded_in_again(RegularizationScaling::Frequency, 1.0, 0.5, 5e-3);
     }
 
-    fn folded_in_again(scaling: RegularizationScaling, regularization: f32, tolerance: f32) {
+    /// And under frequency scaling with ν = 0.5 (the user's λ·√nᵤ).
+    #[test]
+    fn under_square_root_scaling_too() {
+        folded_in_again(RegularizationScaling::Frequency, 0.5, 3.0, 5e-3);
+    }
+
+    /// The by-hand system of the first test under frequency scaling, ν = 0.5: no λ in the
+    /// shared Gram matrix, λ·√2 on the diagonal of the user's two interactions.
+    #[test]
+    fn frequency_scaling_puts_lambda_times_n_to_the_nu_on_the_users_diagonal() {
+        let y = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let params = Params {
+            regularization_exponent: 0.5,
+            ..model(2.0, 0.5, RegularizationScaling::Frequency)
+        };
+        let fold =
+            FoldIn::new(vec!["a".into(), "b".into(), "c".into()], y, 2, &params).expect("model");
+        let x = fold.user_factor(&[(0, 1.0), (2, 3.0)]);
+        // YᵀY = [[2,1],[1,2]]; + 0.5·√2·I; + α·1·a·aᵀ = [[2,0],[0,0]]; + α·3·c·cᵀ = [[6,6],[6,6]]
+        let l = 0.5 * 2f32.sqrt();
+        let (a11, a12, a22) = (10.0 + l, 7.0f32, 8.0 + l);
+        let (b1, b2) = (10.0f32, 7.0f32);
+        let det = a11 * a22 - a12 * a12;
+        let want = [(b1 * a22 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det];
+        assert!(
+            close(x[0], want[0]) && close(x[1], want[1]),
+            "{x:?} vs {want:?}"
+        );
+    }
+
+    fn folded_in_again(
+        scaling: RegularizationScaling,
+        exponent: f32,
+        regularization: f32,
+        tolerance: f32,
+    ) {
         use crate::als::{Csr, Params, Solver, Triple, fit};
         let mut triples = Vec::new();
         for u in 0..30u32 {
@@ -255,6 +307,7 @@ mod tests {
             threads: 1,
             regularization,
             regularization_scaling: scaling,
+            regularization_exponent: exponent,
             ..Params::default()
         };
         let model = fit(&matrix, &params, &mut |_| {}).expect("fit");
@@ -262,9 +315,7 @@ mod tests {
             (0..25).map(|i| format!("i{i}")).collect(),
             model.item_factors.clone(),
             model.factors,
-            params.alpha,
-            params.regularization,
-            params.regularization_scaling,
+            &params,
         )
         .expect("fold-in");
         for u in [0usize, 13, 29] {
@@ -313,22 +364,26 @@ mod tests {
 
     #[test]
     fn unknown_books_are_ignored_and_bad_models_refused() {
-        let none = RegularizationScaling::None;
+        let none = model(1.0, 0.1, RegularizationScaling::None);
         let fold = FoldIn::new(
             vec!["a".into(), "b".into()],
             vec![1.0, 0.0, 0.0, 1.0],
             2,
-            1.0,
-            0.1,
-            none,
+            &none,
         )
         .expect("model");
         assert!(fold.recommend(&[("zz", 1.0)], 5).is_empty());
         let got = fold.recommend(&[("a", 1.0), ("zz", 1.0)], 5);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, "b");
-        assert!(FoldIn::new(vec!["a".into()], vec![1.0], 2, 1.0, 0.1, none).is_err());
-        assert!(FoldIn::new(vec!["a".into()], vec![1.0, f32::NAN], 2, 1.0, 0.1, none).is_err());
-        assert!(FoldIn::new(vec!["a".into()], vec![1.0, 0.0], 2, 1.0, 0.0, none).is_err());
+        assert!(FoldIn::new(vec!["a".into()], vec![1.0], 2, &none).is_err());
+        assert!(FoldIn::new(vec!["a".into()], vec![1.0, f32::NAN], 2, &none).is_err());
+        let zero = model(1.0, 0.0, RegularizationScaling::None);
+        assert!(FoldIn::new(vec!["a".into()], vec![1.0, 0.0], 2, &zero).is_err());
+        let exponent = Params {
+            regularization_exponent: 1.5,
+            ..model(1.0, 0.1, RegularizationScaling::Frequency)
+        };
+        assert!(FoldIn::new(vec!["a".into()], vec![1.0, 0.0], 2, &exponent).is_err());
     }
 }

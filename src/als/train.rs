@@ -154,12 +154,10 @@ pub(crate) fn gram(y: &[f32], f: usize) -> Vec<f32> {
 fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
     let f = params.factors;
     let mut yty = gram(y, f);
-    // λI in the shared Gram matrix, or per row λ·nᵣ (ALS-WR) beside it
-    let frequency = params.regularization_scaling == RegularizationScaling::Frequency;
-    if !frequency {
-        for d in 0..f {
-            yty[d * f + d] += params.regularization;
-        }
+    // λI in the shared Gram matrix, or per row λ·nᵣᵛ (frequency scaling) beside it
+    let shared = params.shared_lambda();
+    for d in 0..f {
+        yty[d * f + d] += shared;
     }
     let fast = kernel::fast();
     let row_of = |r: usize| {
@@ -171,11 +169,7 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
             cols,
             vals,
             alpha: params.alpha,
-            lambda: if frequency {
-                params.regularization * cols.len() as f32
-            } else {
-                0.0
-            },
+            lambda: params.row_lambda(cols.len()),
         }
     };
     match params.solver {
@@ -380,7 +374,6 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
     let f = params.factors;
     let yty = gram(items, f);
     let alpha = params.alpha;
-    let frequency = params.regularization_scaling == RegularizationScaling::Frequency;
     let (sum, reg_users): (f64, f64) = users
         .par_chunks(f)
         .enumerate()
@@ -397,7 +390,7 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
                     alpha,
                     lambda: 0.0,
                 };
-                let weight = if frequency { cols.len() as f64 } else { 1.0 };
+                let weight = params.row_weight(cols.len());
                 #[cfg(target_arch = "x86_64")]
                 if kernel::fast() {
                     // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
@@ -409,17 +402,15 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
             },
         )
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    // ALS-WR weighs each item's norm by its interaction count
-    let mut item_counts = vec![0f64; m.cols];
-    if frequency {
-        for &i in &m.idx {
-            item_counts[i as usize] += 1.0;
-        }
+    // frequency scaling weighs each item's norm by its interaction count to the power ν
+    let mut item_counts = vec![0usize; m.cols];
+    for &i in &m.idx {
+        item_counts[i as usize] += 1;
     }
     let reg_items: f64 = items
         .chunks_exact(f)
         .enumerate()
-        .map(|(i, y)| dot(y, y) as f64 * if frequency { item_counts[i] } else { 1.0 })
+        .map(|(i, y)| dot(y, y) as f64 * params.row_weight(item_counts[i]))
         .sum();
     let total_conf =
         (m.rows as f64) * (m.cols as f64) + m.vals.iter().map(|w| (alpha * w) as f64).sum::<f64>();

@@ -210,7 +210,8 @@ async fn load_fold_in(lake: &Lake, version: &str) -> Result<crate::als::FoldIn, 
             .ok_or_else(|| format!("{meta_path}: no params.{name}"))
     };
     let (alpha, lambda) = (param("alpha")? as f32, param("regularization")? as f32);
-    // models published before ALS-WR existed have no scaling: λ for every row
+    // models published before ALS-WR existed have no scaling (λ for every row), those before
+    // the exponent existed scaled by the count itself (ν = 1)
     let scaling: crate::als::RegularizationScaling = meta
         .pointer("/params/regularization_scaling")
         .cloned()
@@ -218,13 +219,23 @@ async fn load_fold_in(lake: &Lake, version: &str) -> Result<crate::als::FoldIn, 
         .transpose()
         .map_err(|e| format!("{meta_path}: params.regularization_scaling: {e}"))?
         .unwrap_or_default();
+    let exponent = match meta.pointer("/params/regularization_exponent") {
+        None => 1.0,
+        Some(_) => param("regularization_exponent")? as f32,
+    };
+    let params = crate::als::Params {
+        alpha,
+        regularization: lambda,
+        regularization_scaling: scaling,
+        regularization_exponent: exponent,
+        ..crate::als::Params::default()
+    };
     let path = format!("{folder}/item_factors.parquet");
     let bytes = lake.get(&path).await.map_err(|e| e.to_string())?;
     tokio::task::spawn_blocking(move || {
         let (ids, factors, f) =
             crate::als::files::read_factors(&path, bytes).map_err(|e| e.to_string())?;
-        crate::als::FoldIn::new(ids, factors, f, alpha, lambda, scaling)
-            .map_err(|e| format!("{path}: {e}"))
+        crate::als::FoldIn::new(ids, factors, f, &params).map_err(|e| format!("{path}: {e}"))
     })
     .await
     .map_err(|e| e.to_string())?
