@@ -424,8 +424,13 @@ pub enum RegularizationScaling {
     /// λ for every row
     #[default]
     None,
-    /// λ × the row's number of observed interactions (ALS-WR)
+    /// λ × the row's number of observed interactions (ALS-WR) to the power ν
     Frequency,
+    /// λ × the row's total confidence to the power ν: `(m + α·Σw)ᵛ` for a row with
+    /// weights `w` against the `m` rows of the other side (every cell weighs 1, an observed
+    /// one `1 + α·w`; Rendle et al. 2022's `(|Iᵤ| + α₀|I|)ᵛ` in this model's confidences).
+    /// The other side's size makes λ follow the data set's size.
+    Confidence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -480,31 +485,36 @@ impl Default for AlsParams {
 
 impl AlsParams {
     /// λ on every row's diagonal, added once to the shared Gram matrix: λ without
-    /// scaling, 0 under `frequency` (each row then has its own, [`AlsParams::row_lambda`]).
+    /// scaling, 0 otherwise (each row then has its own, [`AlsParams::row_lambda`]).
     pub fn shared_lambda(&self) -> f32 {
         match self.regularization_scaling {
             RegularizationScaling::None => self.regularization,
-            RegularizationScaling::Frequency => 0.0,
+            _ => 0.0,
         }
     }
 
-    /// λ on the diagonal of a row with `n` observed interactions beyond the shared part:
-    /// λ·nᵛ under `frequency` (ν = `regularization_exponent`), 0 without scaling.
-    pub fn row_lambda(&self, n: usize) -> f32 {
+    /// The factor on λ of a row with `n` observed interactions of total weight `weight_sum`
+    /// against `other` rows of the other side: 1 without scaling, nᵛ under `frequency`,
+    /// `(other + α·weight_sum)ᵛ` under `confidence` (ν = `regularization_exponent`).
+    pub fn row_scale(&self, n: usize, weight_sum: f64, other: usize) -> f64 {
+        let nu = self.regularization_exponent as f64;
         match self.regularization_scaling {
-            RegularizationScaling::None => 0.0,
-            RegularizationScaling::Frequency => {
-                self.regularization * (n as f32).powf(self.regularization_exponent)
+            RegularizationScaling::None => 1.0,
+            RegularizationScaling::Frequency => (n as f64).powf(nu),
+            RegularizationScaling::Confidence => {
+                (other as f64 + self.alpha as f64 * weight_sum).powf(nu)
             }
         }
     }
 
-    /// The weight of a row's squared norm in the objective: nᵛ under `frequency`, else 1.
-    pub fn row_weight(&self, n: usize) -> f64 {
+    /// λ on the diagonal of a row with these observed weights beyond the shared part
+    /// (λ × [`AlsParams::row_scale`]; 0 without scaling, where λ is shared).
+    pub fn row_lambda(&self, vals: &[f32], other: usize) -> f32 {
         match self.regularization_scaling {
-            RegularizationScaling::None => 1.0,
-            RegularizationScaling::Frequency => {
-                (n as f64).powf(self.regularization_exponent as f64)
+            RegularizationScaling::None => 0.0,
+            _ => {
+                let sum: f64 = vals.iter().map(|&w| w as f64).sum();
+                (self.regularization as f64 * self.row_scale(vals.len(), sum, other)) as f32
             }
         }
     }

@@ -512,7 +512,9 @@ pub fn search(
     let exponents = |scaling| match scaling {
         _ if grid.exponent.is_empty() => vec![base.regularization_exponent],
         super::RegularizationScaling::None => vec![base.regularization_exponent],
-        super::RegularizationScaling::Frequency => grid.exponent.clone(),
+        super::RegularizationScaling::Frequency | super::RegularizationScaling::Confidence => {
+            grid.exponent.clone()
+        }
     };
     for &factors in &grid.factors {
         for &regularization_scaling in &scalings {
@@ -586,13 +588,15 @@ impl std::fmt::Display for Report {
             for t in trials.iter().take(5) {
                 let scaling = match t.params.regularization_scaling {
                     super::RegularizationScaling::None => "none".to_string(),
-                    super::RegularizationScaling::Frequency => {
-                        format!("frequency^{}", t.params.regularization_exponent)
-                    }
+                    other => format!(
+                        "{}^{}",
+                        format!("{other:?}").to_lowercase(),
+                        t.params.regularization_exponent
+                    ),
                 };
                 writeln!(
                     f,
-                    "  factors={:<4} regularization={:<6} scaling={:<13} alpha={:<6} ndcg={:.4} \
+                    "  factors={:<4} regularization={:<6} scaling={:<14} alpha={:<6} ndcg={:.4} \
                      precision={:.4}",
                     t.params.factors,
                     t.params.regularization,

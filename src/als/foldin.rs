@@ -26,7 +26,8 @@ pub struct FoldIn {
     /// `YᵀY + λI` (`YᵀY` alone under frequency scaling), `f × f`
     yty: Vec<f32>,
     /// the model's regularisation: under frequency scaling a user with n interactions gets
-    /// `λ·nᵛ` on the diagonal ([`Params::row_lambda`])
+    /// `λ·nᵛ` on the diagonal (under confidence scaling `λ·(items + α·Σw)ᵛ`:
+    /// [`Params::row_lambda`])
     params: Params,
 }
 
@@ -144,7 +145,7 @@ impl FoldIn {
             &cols,
             &vals,
             self.alpha,
-            self.params.row_lambda(cols.len()),
+            self.params.row_lambda(&vals, self.ids.len()),
             &mut x,
         );
         x

@@ -154,7 +154,7 @@ pub(crate) fn gram(y: &[f32], f: usize) -> Vec<f32> {
 fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
     let f = params.factors;
     let mut yty = gram(y, f);
-    // λI in the shared Gram matrix, or per row λ·nᵣᵛ (frequency scaling) beside it
+    // λI in the shared Gram matrix, or each row's scaled λ beside it (AlsParams::row_lambda)
     let shared = params.shared_lambda();
     for d in 0..f {
         yty[d * f + d] += shared;
@@ -169,7 +169,7 @@ fn solve_side(m: &Csr, y: &[f32], x: &mut [f32], params: &Params) {
             cols,
             vals,
             alpha: params.alpha,
-            lambda: params.row_lambda(cols.len()),
+            lambda: params.row_lambda(vals, m.cols),
         }
     };
     match params.solver {
@@ -390,7 +390,7 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
                     alpha,
                     lambda: 0.0,
                 };
-                let weight = params.row_weight(cols.len());
+                let weight = params.row_scale(cols.len(), sum_of(vals), m.cols);
                 #[cfg(target_arch = "x86_64")]
                 if kernel::fast() {
                     // SAFETY: the CPU has AVX2 and FMA (kernel::fast).
@@ -402,19 +402,27 @@ fn training_loss(m: &Csr, users: &[f32], items: &[f32], params: &Params) -> f64 
             },
         )
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    // frequency scaling weighs each item's norm by its interaction count to the power ν
-    let mut item_counts = vec![0usize; m.cols];
-    for &i in &m.idx {
-        item_counts[i as usize] += 1;
+    // scaled λ weighs each item's norm by its own scale (count, confidence)
+    let mut item_counts = vec![(0usize, 0f64); m.cols];
+    for (&i, &w) in m.idx.iter().zip(&m.vals) {
+        item_counts[i as usize].0 += 1;
+        item_counts[i as usize].1 += w as f64;
     }
     let reg_items: f64 = items
         .chunks_exact(f)
         .enumerate()
-        .map(|(i, y)| dot(y, y) as f64 * params.row_weight(item_counts[i]))
+        .map(|(i, y)| {
+            let (n, sum) = item_counts[i];
+            dot(y, y) as f64 * params.row_scale(n, sum, m.rows)
+        })
         .sum();
     let total_conf =
         (m.rows as f64) * (m.cols as f64) + m.vals.iter().map(|w| (alpha * w) as f64).sum::<f64>();
     (sum + params.regularization as f64 * (reg_users + reg_items)) / total_conf
+}
+
+fn sum_of(vals: &[f32]) -> f64 {
+    vals.iter().map(|&w| w as f64).sum()
 }
 
 /// One user's share of the loss: `(xᵤᵀ YᵀY xᵤ + Σᵢ [cᵢ(1 − sᵢ)² − sᵢ²], |xᵤ|²)`.
