@@ -214,7 +214,7 @@ pub enum Command {
         /// Neighbours per item of the item-kNN baseline
         #[arg(long, default_value_t = 100)]
         neighbours: usize,
-        /// Grid search over factors × regularization × scaling × alpha on a validation split
+        /// Grid search over factors × regularization × scaling (× exponent) × alpha on a validation split
         /// of the first fold's training data (temporal split: its newest `--test-fraction` by
         /// time; other splits: a random 20%); the best point is then evaluated
         #[arg(long)]
@@ -223,12 +223,12 @@ pub enum Command {
         grid_factors: Vec<usize>,
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.05,0.5")]
         grid_regularization: Vec<f32>,
-        /// λ's scaling per row: none, frequency (ALS-WR), or both
+        /// λ's scaling per row: none, frequency (λ·nᵛ; ALS-WR at ν = 1), confidence
         #[arg(
             long,
             value_delimiter = ',',
             value_enum,
-            default_value = "none,frequency"
+            default_value = "none,frequency,confidence"
         )]
         grid_scaling: Vec<crate::als::RegularizationScaling>,
         /// ν of frequency scaling (λ·nᵛ, 0..=1): 1 is ALS-WR, 0.5 the square root

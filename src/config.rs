@@ -442,7 +442,8 @@ pub enum Solver {
     Cholesky,
 }
 
-/// ALS training parameters (`[als]`; defaults tuned on ML-100k, see BENCHMARKS.md), trained
+/// ALS training parameters (`[als]`; defaults chosen on validation windows of ML-100k and
+/// ML-1M, see BENCHMARKS.md), trained
 /// by [`crate::als`], which calls them `als::Params`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -470,8 +471,9 @@ impl Default for AlsParams {
     fn default() -> AlsParams {
         AlsParams {
             factors: 64,
-            regularization: 50.0,
-            regularization_scaling: RegularizationScaling::None,
+            // chosen on two validation windows (BENCHMARKS.md, "The defaults by validation")
+            regularization: 0.03,
+            regularization_scaling: RegularizationScaling::Confidence,
             regularization_exponent: 1.0,
             alpha: 5.0,
             iterations: 15,

@@ -263,24 +263,41 @@ mod tests {
     /// shared Gram matrix, λ·√2 on the diagonal of the user's two interactions.
     #[test]
     fn frequency_scaling_puts_lambda_times_n_to_the_nu_on_the_users_diagonal() {
+        by_hand_scaled(RegularizationScaling::Frequency, 0.5 * 2f32.sqrt());
+    }
+
+    /// The same under confidence scaling, ν = 0.5: λ·(3 items + α·(1 + 3))^0.5 = 0.5·√11.
+    #[test]
+    fn confidence_scaling_puts_lambda_times_the_rows_confidence_on_the_diagonal() {
+        by_hand_scaled(RegularizationScaling::Confidence, 0.5 * 11f32.sqrt());
+    }
+
+    /// Items a = (1,0), b = (0,1), c = (1,1); α = 2, λ = 0.5, ν = 0.5; the user has a with
+    /// weight 1 and c with weight 3, and `l` is the λ the scaling puts on their diagonal.
+    fn by_hand_scaled(scaling: RegularizationScaling, l: f32) {
         let y = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let params = Params {
             regularization_exponent: 0.5,
-            ..model(2.0, 0.5, RegularizationScaling::Frequency)
+            ..model(2.0, 0.5, scaling)
         };
         let fold =
             FoldIn::new(vec!["a".into(), "b".into(), "c".into()], y, 2, &params).expect("model");
         let x = fold.user_factor(&[(0, 1.0), (2, 3.0)]);
-        // YᵀY = [[2,1],[1,2]]; + 0.5·√2·I; + α·1·a·aᵀ = [[2,0],[0,0]]; + α·3·c·cᵀ = [[6,6],[6,6]]
-        let l = 0.5 * 2f32.sqrt();
+        // YᵀY = [[2,1],[1,2]]; + l·I; + α·1·a·aᵀ = [[2,0],[0,0]]; + α·3·c·cᵀ = [[6,6],[6,6]]
         let (a11, a12, a22) = (10.0 + l, 7.0f32, 8.0 + l);
         let (b1, b2) = (10.0f32, 7.0f32);
         let det = a11 * a22 - a12 * a12;
         let want = [(b1 * a22 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det];
         assert!(
             close(x[0], want[0]) && close(x[1], want[1]),
-            "{x:?} vs {want:?}"
+            "{scaling:?}: {x:?} vs {want:?}"
         );
+    }
+
+    /// And a trained user folded in again under confidence scaling.
+    #[test]
+    fn under_confidence_scaling_too() {
+        folded_in_again(RegularizationScaling::Confidence, 1.0, 0.05, 5e-3);
     }
 
     fn folded_in_again(
