@@ -8,8 +8,9 @@ use std::fmt::Write as _;
 use bookrec::config::Config;
 
 /// `bookrec eval --replay` over a catalogue and ratings written into `dir`, with a small ALS
-/// (8 factors, 10 iterations, a plain λ = 50: the shipped confidence scaling sizes λ to the
-/// data, which for these fixtures of tens of users and books means barely any) and k = 5;
+/// (8 factors, 10 iterations, a plain λ = 50 whatever the defaults say: a scaled λ sizes
+/// itself to the data, which for these fixtures of tens of users and books means barely any)
+/// and k = 5;
 /// `(test, validation)` fractions.
 async fn replay(
     dir: &std::path::Path,
