@@ -509,10 +509,11 @@ pub fn search(
     } else {
         grid.scaling.clone()
     };
-    let exponents = |scaling| match scaling {
-        _ if grid.exponent.is_empty() => vec![base.regularization_exponent],
-        super::RegularizationScaling::None => vec![base.regularization_exponent],
-        super::RegularizationScaling::Frequency | super::RegularizationScaling::Confidence => {
+    // ν only matters to a scaled λ
+    let exponents = |scaling| {
+        if scaling == super::RegularizationScaling::None || grid.exponent.is_empty() {
+            vec![base.regularization_exponent]
+        } else {
             grid.exponent.clone()
         }
     };

@@ -18,7 +18,6 @@ use super::train::{Params, gram, solve_row_exact};
 #[derive(Debug, Clone)]
 pub struct FoldIn {
     f: usize,
-    alpha: f32,
     ids: Vec<String>,
     index: HashMap<String, u32>,
     /// `items × f`, row-major
@@ -86,7 +85,6 @@ impl FoldIn {
             .collect();
         Ok(FoldIn {
             f,
-            alpha,
             ids,
             index,
             items,
@@ -144,7 +142,7 @@ impl FoldIn {
             self.f,
             &cols,
             &vals,
-            self.alpha,
+            self.params.alpha,
             self.params.row_lambda(&vals, self.ids.len()),
             &mut x,
         );
@@ -206,28 +204,10 @@ mod tests {
     /// by Cramer's rule.
     #[test]
     fn the_factor_is_the_solution_of_the_users_normal_equations() {
-        let y = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-        let (alpha, lambda) = (2.0f32, 0.5f32);
-        let fold = FoldIn::new(
-            vec!["a".into(), "b".into(), "c".into()],
-            y.clone(),
-            2,
-            &model(alpha, lambda, RegularizationScaling::None),
-        )
-        .expect("model");
-        // the user: item a with weight 1, item c with weight 3
-        let x = fold.user_factor(&[(0, 1.0), (2, 3.0)]);
         // YᵀY = [[2,1],[1,2]]; + λI = [[2.5,1],[1,2.5]]
         // + α·1·a·aᵀ = [[2,0],[0,0]]; + α·3·c·cᵀ = [[6,6],[6,6]] → A = [[10.5,7],[7,8.5]]
         // b = (1+2)·(1,0) + (1+6)·(1,1) = (10, 7)
-        let (a11, a12, a22) = (10.5f32, 7.0f32, 8.5f32);
-        let (b1, b2) = (10.0f32, 7.0f32);
-        let det = a11 * a22 - a12 * a12;
-        let want = [(b1 * a22 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det];
-        assert!(
-            close(x[0], want[0]) && close(x[1], want[1]),
-            "{x:?} vs {want:?}"
-        );
+        let (fold, x, want) = by_hand_scaled(RegularizationScaling::None, 0.5);
         // duplicates add up: (c, 1) + (c, 2) is (c, 3)
         let again = fold.user_factor(&[(0, 1.0), (2, 1.0), (2, 2.0)]);
         assert!(close(again[0], want[0]) && close(again[1], want[1]));
@@ -274,7 +254,9 @@ mod tests {
 
     /// Items a = (1,0), b = (0,1), c = (1,1); α = 2, λ = 0.5, ν = 0.5; the user has a with
     /// weight 1 and c with weight 3, and `l` is the λ the scaling puts on their diagonal.
-    fn by_hand_scaled(scaling: RegularizationScaling, l: f32) {
+    /// Asserts the user's factor against the by-hand solve; returns the model, the factor and
+    /// the solve.
+    fn by_hand_scaled(scaling: RegularizationScaling, l: f32) -> (FoldIn, Vec<f32>, [f32; 2]) {
         let y = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let params = Params {
             regularization_exponent: 0.5,
@@ -292,6 +274,7 @@ mod tests {
             close(x[0], want[0]) && close(x[1], want[1]),
             "{scaling:?}: {x:?} vs {want:?}"
         );
+        (fold, x, want)
     }
 
     /// And a trained user folded in again under confidence scaling.
