@@ -366,10 +366,24 @@ pub struct AlsArgs {
     /// Worker threads (0 = one per core)
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Train with the configured λ instead of choosing it on a validation window
+    /// (`[als.tune]`); implied by --regularization, --regularization-scaling and
+    /// --regularization-exponent
+    #[arg(long)]
+    no_tune: bool,
 }
 
 impl AlsArgs {
+    /// The config's parameters with these overrides. A regularisation given here is the one
+    /// that trains: it turns `[als.tune]` off rather than being silently out-voted.
     fn apply(&self, mut p: crate::als::Params) -> anyhow::Result<crate::als::Params> {
+        if self.no_tune
+            || self.regularization.is_some()
+            || self.regularization_scaling.is_some()
+            || self.regularization_exponent.is_some()
+        {
+            p.tune.enabled = false;
+        }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { p.$f = v; } )* };
         }
@@ -955,20 +969,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     exponent: grid_exponent,
                     alpha: grid_alpha,
                 };
-                // a temporal test is validated on a temporal window, any other on a random
-                // holdout of the (first) fold's training part (eval::random_validation)
-                let validation = match &how {
-                    eval::Split::Temporal {
-                        cutoff,
-                        test_fraction,
-                    } => eval::temporal_validation(&loaded.data, *cutoff, *test_fraction)?,
-                    _ => eval::random_validation(&parts[0].train, params.seed),
-                };
+                // a temporal test is validated on a temporal window (its newest
+                // --test-fraction), any other on a random holdout of the first fold's training
+                let validation = eval::split_validation(
+                    &loaded.data,
+                    &how,
+                    &parts[0],
+                    test_fraction,
+                    params.seed,
+                )?;
                 let trials = eval::search(&validation, &params, &grid, k)?;
                 if let Some(best) = trials.first() {
                     params = best.params.clone();
                 }
                 Some((trials, validation.description))
+            } else {
+                None
+            };
+            // without --search, ALS trains as `bookrec batch` would: `[als.tune]` chooses its
+            // regularisation on the first fold's validation split (the test is never seen)
+            let tuning = if !search && params.tune.enabled && models.contains(&ModelKind::Als) {
+                let validation = eval::split_validation(
+                    &loaded.data,
+                    &how,
+                    &parts[0],
+                    params.tune.validation_fraction,
+                    params.seed,
+                )?;
+                let (chosen, tuning) = eval::tune_on(&validation, &params)?;
+                params = chosen;
+                Some(tuning)
             } else {
                 None
             };
@@ -992,6 +1022,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rows,
                 validation: trials.as_ref().map(|(_, v)| v.clone()),
                 search: trials.map(|(t, _)| t),
+                tuning,
             };
             if json {
                 println!("{}", serde_json::to_string(&report)?);

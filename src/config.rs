@@ -465,6 +465,79 @@ pub struct AlsParams {
     pub seed: u64,
     /// Worker threads; 0 = one per core.
     pub threads: usize,
+    /// `[als.tune]`: choose λ and its scaling per training run on the run's own validation
+    /// window (the fields above are then the first candidate and the fallback)
+    pub tune: AlsTune,
+}
+
+/// `[als.tune]`: the regularisation a fit trains with, chosen per run by NDCG@10 on a
+/// validation window of its own data (`crate::als::eval::tuned`).
+///
+/// The right λ depends on the data: plain λ wants ~50 on ML-100k and ~400 on ML-1M, and the
+/// row-scaled variants that win MovieLens over-regularise Book-Crossing's sparse catalogue
+/// (BENCHMARKS.md, "The defaults by validation on two data sets"); no one point is right for
+/// every deployment, so by default each fit picks among a few.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlsTune {
+    /// off: every fit trains with `[als]`'s own point
+    pub enabled: bool,
+    /// the newest share of the interactions (by time; a random share when the data has no
+    /// times) that validates the candidates, which train on the rest (0 < x <= 0.5)
+    pub validation_fraction: f64,
+    /// the points tried besides `[als]`'s own (at most [`AlsTune::MAX_CANDIDATES`])
+    pub candidates: Vec<TunePoint>,
+}
+
+/// One regularisation tried by `[als.tune]`; the other parameters are `[als]`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunePoint {
+    pub regularization: f32,
+    #[serde(default)]
+    pub regularization_scaling: RegularizationScaling,
+    #[serde(default = "TunePoint::default_exponent")]
+    pub regularization_exponent: f32,
+}
+
+impl TunePoint {
+    fn default_exponent() -> f32 {
+        1.0
+    }
+
+    /// `base` with this point's regularisation.
+    pub fn apply(&self, base: &AlsParams) -> AlsParams {
+        AlsParams {
+            regularization: self.regularization,
+            regularization_scaling: self.regularization_scaling,
+            regularization_exponent: self.regularization_exponent,
+            ..base.clone()
+        }
+    }
+}
+
+impl AlsTune {
+    /// More candidates than this is a grid search: `bookrec eval --search`.
+    pub const MAX_CANDIDATES: usize = 16;
+}
+
+impl Default for AlsTune {
+    fn default() -> AlsTune {
+        let point = |regularization_scaling, regularization| TunePoint {
+            regularization,
+            regularization_scaling,
+            regularization_exponent: 1.0,
+        };
+        AlsTune {
+            enabled: true,
+            validation_fraction: 0.2,
+            candidates: vec![
+                point(RegularizationScaling::None, 400.0),
+                point(RegularizationScaling::Frequency, 1.0),
+                point(RegularizationScaling::Confidence, 0.03),
+            ],
+        }
+    }
 }
 
 impl Default for AlsParams {
@@ -482,6 +555,7 @@ impl Default for AlsParams {
             solver: Solver::Cg,
             seed: 42,
             threads: 0,
+            tune: AlsTune::default(),
         }
     }
 }
@@ -541,6 +615,30 @@ impl AlsParams {
         }
         if self.solver == Solver::Cg && self.cg_steps == 0 {
             return Some(("cg_steps", "must be at least 1 with the cg solver"));
+        }
+        let t = &self.tune;
+        if !(t.validation_fraction > 0.0 && t.validation_fraction <= 0.5) {
+            return Some(("tune.validation_fraction", "must be a number in (0, 0.5]"));
+        }
+        if t.candidates.len() > AlsTune::MAX_CANDIDATES {
+            return Some((
+                "tune.candidates",
+                "at most 16 points (a larger grid is `bookrec eval --search`)",
+            ));
+        }
+        for c in &t.candidates {
+            if !(c.regularization >= 0.0 && c.regularization.is_finite()) {
+                return Some((
+                    "tune.candidates",
+                    "each regularization must be a finite number >= 0",
+                ));
+            }
+            if !(0.0..=1.0).contains(&c.regularization_exponent) {
+                return Some((
+                    "tune.candidates",
+                    "each regularization_exponent must be a number in 0..=1",
+                ));
+            }
         }
         None
     }

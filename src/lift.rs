@@ -119,6 +119,8 @@ pub struct Report {
     pub books: usize,
     /// works with more than one edition in the catalogue (Book-Crossing)
     pub works_with_editions: usize,
+    /// the ALS regularisation of the reported window's model and how it was chosen
+    pub als: String,
     /// the configured blend weights (rows `blend`, `blend+fold_in`)
     pub weights: BlendWeights,
     /// the weights tuned on the validation window, when one was replayed
@@ -146,6 +148,7 @@ impl fmt::Display for Report {
                 self.works_with_editions
             )?;
         }
+        writeln!(f, "als regularization: {}", self.als)?;
         writeln!(f, "configured weights: {}", weights_text(&self.weights))?;
         if let Some(t) = &self.tuning {
             writeln!(
@@ -307,6 +310,8 @@ struct Model {
     fold_in: FoldIn,
     /// user → books seen in training
     seen: HashMap<String, HashSet<String>>,
+    /// the regularisation that trained and how it was chosen (`[als.tune]`)
+    als: String,
 }
 
 /// `users` and `items`: the users whose offline lists and the books whose similar lists the
@@ -320,8 +325,10 @@ fn train(
     (users, items): (&HashSet<String>, &HashSet<String>),
 ) -> Result<Model, LiftError> {
     let mut data = Interactions::default();
+    let mut times = Vec::with_capacity(train.len());
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     for it in train {
+        times.push(it.ts.timestamp());
         let (user, item) = (
             data.users.intern(&it.user_id),
             data.items.intern(&it.book_id),
@@ -335,6 +342,27 @@ fn train(
             .or_default()
             .insert(it.book_id.clone());
     }
+    data.times = Some(times);
+    // as `bookrec batch` trains: `[als.tune]` picks the regularisation on the training part's
+    // newest share (the replayed window is never seen)
+    let (params, tuning) = crate::als::eval::tuned(&data, params)?;
+    let params = &params;
+    let als = match tuning.trials.first() {
+        Some(best) => format!(
+            "{} (als.tune: NDCG@{} {:.4} on {}, {} users, best of {})",
+            crate::als::eval::regularization_label(params),
+            crate::als::eval::TUNE_K,
+            best.metrics.ndcg,
+            tuning.validation,
+            tuning.users,
+            tuning.trials.len()
+        ),
+        None => format!(
+            "{} ({})",
+            crate::als::eval::regularization_label(params),
+            tuning.validation
+        ),
+    };
     let matrix = data.matrix();
     let model = crate::als::fit(&matrix, params, &mut |_| {})?;
     let ranked = |ids: &IdMap, which: &[u32], lists: Vec<Vec<crate::als::recommend::Scored>>| {
@@ -408,6 +436,7 @@ fn train(
         popular,
         fold_in,
         seen,
+        als,
     })
 }
 
@@ -936,6 +965,7 @@ async fn replay_window(
         .await
         .map_err(|e| LiftError::Split(e.to_string()))??
     };
+    progress(&format!("[replay] ALS regularization {}", model.als));
     let ctx = session(&model, category)?;
     let features = crate::realtime::load(&cfg.stream.queries_dir, &ctx).await?;
     let clock = Arc::new(AtomicI64::new(cutoff_ms));
@@ -1298,6 +1328,7 @@ pub async fn run(
         known_users: win.model.seen.len(),
         books: books.len(),
         works_with_editions: editions.values().collect::<HashSet<_>>().len(),
+        als: win.model.als.clone(),
         weights: opts.weights,
         tuning,
         rows: all,

@@ -494,6 +494,34 @@ pub fn temporal_validation(
     })
 }
 
+/// The validation split of an evaluation's first fold: under a temporal test the newest
+/// `fraction` of the time before the test window ([`temporal_validation`]), under any other
+/// split a random 20% of the first fold's training part ([`random_validation`]).
+pub fn split_validation(
+    data: &Interactions,
+    how: &Split,
+    first: &Fold,
+    fraction: f64,
+    seed: u64,
+) -> Result<Fold, AlsError> {
+    match how {
+        Split::Temporal {
+            cutoff,
+            test_fraction,
+        } => {
+            let cutoff = match cutoff {
+                Some(c) => *c,
+                None => quantile_cutoff(
+                    data.times.as_ref().ok_or(AlsError::NoTimes)?,
+                    *test_fraction,
+                )?,
+            };
+            temporal_validation(data, Some(cutoff), fraction)
+        }
+        _ => Ok(random_validation(&first.train, seed)),
+    }
+}
+
 /// Grid search on a validation split (see [`random_validation`], [`temporal_validation`]),
 /// ranked by NDCG@k, best first.
 pub fn search(
@@ -502,8 +530,6 @@ pub fn search(
     grid: &Grid,
     k: usize,
 ) -> Result<Vec<Trial>, AlsError> {
-    let (inner, valid) = (&validation.train, &validation.test);
-    let mut trials = Vec::new();
     let scalings = if grid.scaling.is_empty() {
         vec![base.regularization_scaling]
     } else {
@@ -517,37 +543,138 @@ pub fn search(
             grid.exponent.clone()
         }
     };
+    let mut points = Vec::new();
     for &factors in &grid.factors {
         for &regularization_scaling in &scalings {
             for regularization_exponent in exponents(regularization_scaling) {
                 for &regularization in &grid.regularization {
                     for &alpha in &grid.alpha {
-                        let params = Params {
+                        points.push(Params {
                             factors,
                             regularization,
                             regularization_scaling,
                             regularization_exponent,
                             alpha,
                             ..base.clone()
-                        };
-                        if let Some((name, reason)) = params.out_of_range() {
-                            return Err(AlsError::Param {
-                                name,
-                                reason: format!("grid point {params:?}: {reason}"),
-                            });
-                        }
-                        let recs = Algorithm::Als(params.clone()).recommend(inner, k)?;
-                        trials.push(Trial {
-                            params,
-                            metrics: metrics(&recs, valid, k, inner.cols),
                         });
                     }
                 }
             }
         }
     }
+    rank(validation, points, k)
+}
+
+/// Trains each point on `validation`'s training part and scores it on its held-out part,
+/// best NDCG@k first (ties keep the given order: the earlier point wins). A point out of
+/// range is an error naming it, before anything trains.
+fn rank(validation: &Fold, points: Vec<Params>, k: usize) -> Result<Vec<Trial>, AlsError> {
+    for params in &points {
+        if let Some((name, reason)) = params.out_of_range() {
+            return Err(AlsError::Param {
+                name,
+                reason: format!("grid point {params:?}: {reason}"),
+            });
+        }
+    }
+    let (inner, valid) = (&validation.train, &validation.test);
+    let mut trials = Vec::with_capacity(points.len());
+    for params in points {
+        let recs = Algorithm::Als(params.clone()).recommend(inner, k)?;
+        trials.push(Trial {
+            params,
+            metrics: metrics(&recs, valid, k, inner.cols),
+        });
+    }
+    // a stable sort: among equal scores the earlier point (the configured one first) wins
     trials.sort_by(|a, b| b.metrics.ndcg.total_cmp(&a.metrics.ndcg));
     Ok(trials)
+}
+
+/// NDCG@k of `[als.tune]`'s choice, as in `bookrec batch`'s promotion check.
+pub const TUNE_K: usize = 10;
+
+/// How a fit's regularisation was chosen (`[als.tune]`): recorded beside the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tuning {
+    /// the validation split, or why none was used (tuning off, nothing to validate on)
+    pub validation: String,
+    /// users scored on the validation split
+    pub users: usize,
+    /// every tried point with its validation metrics, best first (empty when not tuned)
+    pub trials: Vec<Trial>,
+    pub seconds: f64,
+}
+
+const NOT_TUNED: &str = "not tuned (als.tune.enabled = false, or a regularisation was given)";
+
+fn untuned(base: &Params, why: String) -> (Params, Tuning) {
+    let tuning = Tuning {
+        validation: why,
+        users: 0,
+        trials: Vec::new(),
+        seconds: 0.0,
+    };
+    (base.clone(), tuning)
+}
+
+/// The validation split `[als.tune]` ranks on for a fit on all of `data`: the newest
+/// `fraction` of the interactions by time (each user known before it, scored on items new to
+/// them, as [`temporal_validation`]), or a random 20% when the data has no times.
+pub fn tune_validation(data: &Interactions, fraction: f64, seed: u64) -> Result<Fold, AlsError> {
+    match data.times.as_deref().and_then(|t| t.iter().max()) {
+        Some(&newest) => temporal_validation(data, Some(newest.saturating_add(1)), fraction),
+        None => Ok(random_validation(&data.matrix(), seed)),
+    }
+}
+
+/// The parameters a fit trains with: `base` when `base.tune` is off, else the best by
+/// NDCG@[`TUNE_K`] on `validation` of `base`'s own point and `base.tune.candidates` (the
+/// configured point wins ties and is kept when no user can be validated).
+pub fn tune_on(validation: &Fold, base: &Params) -> Result<(Params, Tuning), AlsError> {
+    let started = std::time::Instant::now();
+    if !base.tune.enabled {
+        return Ok(untuned(base, NOT_TUNED.into()));
+    }
+    let users = validation.test.iter().filter(|t| !t.is_empty()).count();
+    if users == 0 {
+        return Ok(untuned(
+            base,
+            format!(
+                "not tuned: no user to score on {} (the configured point trains)",
+                validation.description
+            ),
+        ));
+    }
+    let mut points = vec![base.clone()];
+    for c in &base.tune.candidates {
+        let p = c.apply(base);
+        if !points.contains(&p) {
+            points.push(p);
+        }
+    }
+    let trials = rank(validation, points, TUNE_K)?;
+    let chosen = trials
+        .first()
+        .map_or_else(|| base.clone(), |t| t.params.clone());
+    Ok((
+        chosen,
+        Tuning {
+            validation: validation.description.clone(),
+            users,
+            trials,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+    ))
+}
+
+/// [`tune_on`] on [`tune_validation`] of `data` (the data a fit then trains on in full).
+pub fn tuned(data: &Interactions, base: &Params) -> Result<(Params, Tuning), AlsError> {
+    if !base.tune.enabled {
+        return Ok(untuned(base, NOT_TUNED.into()));
+    }
+    let validation = tune_validation(data, base.tune.validation_fraction, base.seed)?;
+    tune_on(&validation, base)
 }
 
 /// An evaluation report: one row per algorithm, the search trials when a search ran.
@@ -565,6 +692,22 @@ pub struct Report {
     /// The validation split the search ranked on (its fold description).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<String>,
+    /// How `[als.tune]` chose the ALS row's regularisation (without `--search`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<Tuning>,
+}
+
+/// A point's regularisation as the tables print it: `λ none`, `λ frequency^ν`, ….
+pub fn regularization_label(p: &Params) -> String {
+    match p.regularization_scaling {
+        super::RegularizationScaling::None => format!("{} none", p.regularization),
+        other => format!(
+            "{} {}^{}",
+            p.regularization,
+            format!("{other:?}").to_lowercase(),
+            p.regularization_exponent
+        ),
+    }
 }
 
 impl std::fmt::Display for Report {
@@ -587,24 +730,27 @@ impl std::fmt::Display for Report {
                 self.k
             )?;
             for t in trials.iter().take(5) {
-                let scaling = match t.params.regularization_scaling {
-                    super::RegularizationScaling::None => "none".to_string(),
-                    other => format!(
-                        "{}^{}",
-                        format!("{other:?}").to_lowercase(),
-                        t.params.regularization_exponent
-                    ),
-                };
                 writeln!(
                     f,
-                    "  factors={:<4} regularization={:<6} scaling={:<14} alpha={:<6} ndcg={:.4} \
+                    "  factors={:<4} regularization={:<22} alpha={:<6} ndcg={:.4} \
                      precision={:.4}",
                     t.params.factors,
-                    t.params.regularization,
-                    scaling,
+                    regularization_label(&t.params),
                     t.params.alpha,
                     t.metrics.ndcg,
                     t.metrics.precision
+                )?;
+            }
+        }
+        if let Some(t) = &self.tuning {
+            writeln!(f, "als.tune: {} ({} users)", t.validation, t.users)?;
+            for (n, trial) in t.trials.iter().enumerate() {
+                writeln!(
+                    f,
+                    "  {} regularization={:<22} ndcg@{TUNE_K}={:.4}",
+                    if n == 0 { "chosen" } else { "      " },
+                    regularization_label(&trial.params),
+                    trial.metrics.ndcg
                 )?;
             }
         }
@@ -780,5 +926,156 @@ mod tests {
         // a has x and y: z is the only neighbour with a positive score
         assert_eq!(d.items.id(knn[0][0].item), "z");
         assert!(knn[0][0].score > 0.0 && knn[0][1].score == 0.0);
+    }
+
+    /// Two tastes over 24 users and 12 items, with times: each user's later interactions stay
+    /// in their taste, so the newest share is predictable from the rest.
+    fn tastes() -> Interactions {
+        let mut rows = Vec::new();
+        for u in 0..24 {
+            let base = if u % 2 == 0 { 0 } else { 6 };
+            for (n, i) in (0..6).filter(|i| (i + u) % 3 != 0).enumerate() {
+                rows.push((
+                    format!("u{u}"),
+                    format!("i{}", base + i),
+                    (n * 24 + u) as i64,
+                ));
+            }
+        }
+        let rows: Vec<(&str, &str, i64)> = rows
+            .iter()
+            .map(|(u, i, t)| (u.as_str(), i.as_str(), *t))
+            .collect();
+        data(&rows)
+    }
+
+    fn tune_base(candidates: &[(crate::als::RegularizationScaling, f32)]) -> Params {
+        let mut p = Params {
+            factors: 4,
+            iterations: 4,
+            regularization: 50.0,
+            threads: 1,
+            ..Params::default()
+        };
+        p.tune.candidates = candidates
+            .iter()
+            .map(
+                |&(regularization_scaling, regularization)| crate::config::TunePoint {
+                    regularization,
+                    regularization_scaling,
+                    regularization_exponent: 1.0,
+                },
+            )
+            .collect();
+        p
+    }
+
+    #[test]
+    fn tune_chooses_the_point_that_validates_best() {
+        use crate::als::RegularizationScaling as S;
+        let d = tastes();
+        // the configured point again (tried once), two others
+        let base = tune_base(&[(S::None, 50.0), (S::None, 0.5), (S::Frequency, 2.0)]);
+        let (chosen, tuning) = tuned(&d, &base).unwrap();
+        assert_eq!(
+            tuning.trials.len(),
+            3,
+            "the configured point is not trained twice"
+        );
+        assert!(
+            tuning.validation.starts_with("temporal validation"),
+            "{}",
+            tuning.validation
+        );
+        assert!(tuning.users > 0);
+        // by hand: each point trained on the validation split's training part and scored
+        let v = tune_validation(&d, base.tune.validation_fraction, base.seed).unwrap();
+        assert_eq!(
+            tuning.users,
+            v.test.iter().filter(|t| !t.is_empty()).count()
+        );
+        let mut best: Option<(f64, Params)> = None;
+        for p in [
+            base.clone(),
+            base.tune.candidates[1].apply(&base),
+            base.tune.candidates[2].apply(&base),
+        ] {
+            let recs = Algorithm::Als(p.clone())
+                .recommend(&v.train, TUNE_K)
+                .unwrap();
+            let ndcg = metrics(&recs, &v.test, TUNE_K, v.train.cols).ndcg;
+            let trial = tuning
+                .trials
+                .iter()
+                .find(|t| t.params == p)
+                .expect("each point tried");
+            assert_eq!(trial.metrics.ndcg, ndcg, "{}", regularization_label(&p));
+            if best.as_ref().is_none_or(|(b, _)| ndcg > *b) {
+                best = Some((ndcg, p));
+            }
+        }
+        let (best_ndcg, best) = best.unwrap();
+        assert_eq!(chosen, best, "the first of the best wins");
+        assert_eq!(tuning.trials[0].metrics.ndcg, best_ndcg);
+        assert!(
+            tuning
+                .trials
+                .windows(2)
+                .all(|w| w[0].metrics.ndcg >= w[1].metrics.ndcg)
+        );
+        // only the regularisation moves
+        assert_eq!(
+            (chosen.factors, chosen.alpha, chosen.iterations),
+            (4, base.alpha, 4)
+        );
+    }
+
+    #[test]
+    fn tune_keeps_the_configured_point_when_off_or_unable_to_validate() {
+        use crate::als::RegularizationScaling as S;
+        let d = tastes();
+        let mut off = tune_base(&[(S::None, 0.5)]);
+        off.tune.enabled = false;
+        let (p, t) = tuned(&d, &off).unwrap();
+        assert_eq!(p, off);
+        assert!(t.trials.is_empty() && t.validation.starts_with("not tuned"));
+        // every user appears for the first time in the validation window: nobody to score
+        let fresh = data(&[("a", "x", 1), ("b", "y", 2), ("c", "x", 3), ("d", "y", 4)]);
+        let on = tune_base(&[(S::None, 0.5)]);
+        let (p, t) = tuned(&fresh, &on).unwrap();
+        assert_eq!(p, on);
+        assert!(
+            t.trials.is_empty() && t.validation.contains("no user to score"),
+            "{}",
+            t.validation
+        );
+        // without times: a random holdout
+        let untimed = Interactions {
+            times: None,
+            ..tastes()
+        };
+        let (_, t) = tuned(&untimed, &on).unwrap();
+        assert_eq!(t.validation, "random 20% of the training interactions");
+        assert_eq!(t.trials.len(), 2);
+    }
+
+    #[test]
+    fn tune_settings_are_range_checked_with_their_key() {
+        use crate::als::RegularizationScaling as S;
+        let mut p = tune_base(&[(S::None, -1.0)]);
+        assert_eq!(p.out_of_range().map(|e| e.0), Some("tune.candidates"));
+        p = tune_base(&[(S::Frequency, 1.0)]);
+        p.tune.candidates[0].regularization_exponent = 2.0;
+        assert_eq!(p.out_of_range().map(|e| e.0), Some("tune.candidates"));
+        p = tune_base(&[(S::None, 1.0); 17]);
+        assert_eq!(p.out_of_range().map(|e| e.0), Some("tune.candidates"));
+        for bad in [0.0, 0.6, f64::NAN] {
+            p = tune_base(&[]);
+            p.tune.validation_fraction = bad;
+            assert_eq!(
+                p.out_of_range().map(|e| e.0),
+                Some("tune.validation_fraction")
+            );
+        }
     }
 }

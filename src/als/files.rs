@@ -416,7 +416,10 @@ pub struct FitReport {
     pub users: usize,
     pub items: usize,
     pub interactions: usize,
+    /// the parameters that trained (`[als.tune]`'s choice when it ran)
     pub params: super::Params,
+    /// how the regularisation was chosen (`[als.tune]`), its candidates' validation scores
+    pub tuning: super::eval::Tuning,
     pub loss: Vec<f64>,
     /// wall time of each iteration (both half-steps and the loss)
     pub iteration_seconds: Vec<f64>,
@@ -424,9 +427,10 @@ pub struct FitReport {
     pub files: Vec<String>,
 }
 
-/// Trains on a file and writes `recommendations.parquet` (`user_id, item_id, rank, score`,
-/// seen items excluded), `similar_items.parquet` (`item_id, similar_item_id, rank, score`),
-/// the factors (`user_factors.parquet`, `item_factors.parquet`) and `model.json` into `out`.
+/// Trains on a file (with `[als.tune]`'s choice of regularisation when tuning is on) and
+/// writes `recommendations.parquet` (`user_id, item_id, rank, score`, seen items excluded),
+/// `similar_items.parquet` (`item_id, similar_item_id, rank, score`), the factors
+/// (`user_factors.parquet`, `item_factors.parquet`) and `model.json` into `out`.
 pub fn fit_to_dir(
     input: &Path,
     columns: &Columns,
@@ -439,6 +443,8 @@ pub fn fit_to_dir(
     let started = std::time::Instant::now();
     let loaded = read_interactions(input, columns)?;
     let data = &loaded.data;
+    let (params, tuning) = super::eval::tuned(data, params)?;
+    let params = &params;
     let matrix = data.matrix();
     let mut iteration_seconds = Vec::new();
     let model = super::fit(&matrix, params, &mut |p| {
@@ -504,6 +510,7 @@ pub fn fit_to_dir(
         items: data.items.len(),
         interactions: matrix.nnz(),
         params: params.clone(),
+        tuning,
         loss: model.loss.clone(),
         iteration_seconds,
         seconds: started.elapsed().as_secs_f64(),

@@ -140,6 +140,28 @@ pub async fn train_and_publish(
     };
     let data = &loaded.data;
     let started = std::time::Instant::now();
+    // 0. the regularisation (`[als.tune]`): each candidate trains on all but the newest
+    //    share of the interactions by time and is scored on that share
+    let (base, data_c) = (params.clone(), data.clone());
+    let (params, tuning) =
+        tokio::task::spawn_blocking(move || crate::als::eval::tuned(&data_c, &base))
+            .await
+            .map_err(|e| crate::als::AlsError::Threads(e.to_string()))??;
+    if let Some(best) = tuning.trials.first() {
+        progress(&format!(
+            "[als] tuned on {} ({} users, {:.1} s): regularization {} (NDCG@{} {:.4}; {} points)",
+            tuning.validation,
+            tuning.users,
+            tuning.seconds,
+            crate::als::eval::regularization_label(&params),
+            crate::als::eval::TUNE_K,
+            best.metrics.ndcg,
+            tuning.trials.len()
+        ));
+    } else {
+        progress(&format!("[als] {}", tuning.validation));
+    }
+    let params = &params;
     // 1. validation: each user's newest share held out, scored at K = 10
     let (params_c, fraction) = (params.clone(), cfg.validation_fraction);
     let data_c = data.clone();
@@ -188,6 +210,7 @@ pub async fn train_and_publish(
         "k": VALIDATION_K,
         "split": format!("newest {fraction} per user"),
         "loss": model.loss,
+        "tuning": tuning,
     });
     let meta = serde_json::json!({
         "version": version,

@@ -28,6 +28,7 @@ async fn replay(
     params.threads = 2;
     params.regularization_scaling = bookrec::als::RegularizationScaling::None;
     params.regularization = 50.0;
+    params.tune.enabled = false;
     let opts = bookrec::lift::Options {
         ratings: path,
         test_fraction,

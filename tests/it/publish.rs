@@ -31,8 +31,18 @@ async fn clustered_lake(dir: &std::path::Path) -> Lake {
 }
 
 /// Writes the events of [`clustered_lake`] into `lake`, user `u` of cluster `c` named
-/// `user(c, u)`; books are `b<c>-<n>`.
+/// `user(c, u)`; books are `b<c>-<n>`; each user's events are one burst.
 pub async fn put_clustered_events(lake: &Lake, user: impl Fn(usize, usize) -> String) {
+    put_clustered(lake, user, |index, _| index % 2900).await
+}
+
+/// [`put_clustered_events`], the `n`-th event of the user at event `index` (users in order,
+/// 8 events each) `second(index, n)` seconds after the start (below 3000).
+async fn put_clustered(
+    lake: &Lake,
+    user: impl Fn(usize, usize) -> String,
+    second: impl Fn(usize, usize) -> usize,
+) {
     let mut events = Vec::new();
     let mut state: u64 = 12345;
     let mut next = || {
@@ -51,7 +61,7 @@ pub async fn put_clustered_events(lake: &Lake, user: impl Fn(usize, usize) -> St
             }
             for (n, b) in books.iter().take(8).enumerate() {
                 let kind = if n == 0 { "purchase" } else { "view" };
-                let ts = start + Duration::seconds((events.len() % 2900) as i64);
+                let ts = start + Duration::seconds(second(events.len(), n) as i64);
                 events.push(Event {
                     event_id: uuid::Uuid::new_v4(),
                     event_type: EventType::parse(kind),
@@ -109,7 +119,79 @@ pub fn training(tolerance: f64) -> Training {
     t.publish.popular_k = 4;
     t.publish.keep_versions = 2;
     t.publish.ndcg_tolerance = tolerance;
+    // these tests train the point they set ([als.tune] has its own test below)
+    t.params.tune.enabled = false;
     t
+}
+
+/// `[als.tune]` as shipped: the candidates train on all but the newest 20% of the
+/// interactions and the best on that share trains the published model; model.json says
+/// which and why (serve's fold-in reads the point from its `params`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn als_tune_chooses_the_regularisation_on_the_newest_interactions_and_records_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = bookrec::config::Config::load_with_env(None, Vec::new()).expect("cfg");
+    cfg.lake.url = format!("file://{}/lake", dir.path().display());
+    let lake = Lake::open(&cfg.lake).expect("lake");
+    // every user's n-th event in round n: each user has older and newer interactions
+    put_clustered(
+        &lake,
+        |c, u| format!("u{c}-{u}"),
+        |index, n| n * 300 + index / 8,
+    )
+    .await;
+    let store = Store::connect(&format!(
+        "sqlite://{}/rec.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await
+    .expect("store");
+    let mut t = training(0.02);
+    t.params.tune = cfg.als.tune.clone();
+    assert!(t.params.tune.enabled, "config/default.toml ships tuning on");
+    // a configured point far off: the search must be able to leave it
+    t.params.regularization = 1.0e4;
+    let run = batch(&lake, &store, &t).await;
+    let m = run.model.expect("als step ran");
+    assert!(m.promoted, "{}", m.reason);
+    let meta: serde_json::Value = serde_json::from_slice(
+        &lake
+            .get(&format!("models/als/{}/model.json", m.version))
+            .await
+            .expect("model.json"),
+    )
+    .expect("json");
+    let tuning = &meta["metrics"]["tuning"];
+    let trials = tuning["trials"].as_array().expect("trials");
+    assert_eq!(
+        trials.len(),
+        1 + cfg.als.tune.candidates.len(),
+        "the configured point and each candidate: {tuning}"
+    );
+    assert!(
+        tuning["validation"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("temporal validation")),
+        "{tuning}"
+    );
+    // 100 users, each with interactions on both sides of the window's start
+    assert_eq!(tuning["users"], 100, "{tuning}");
+    let ndcg: Vec<f64> = trials
+        .iter()
+        .map(|t| t["metrics"]["ndcg"].as_f64().expect("ndcg"))
+        .collect();
+    assert!(
+        ndcg.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {ndcg:?}"
+    );
+    // the published model trained with the best point, not the configured one
+    for key in [
+        "regularization",
+        "regularization_scaling",
+        "regularization_exponent",
+    ] {
+        assert_eq!(meta["params"][key], trials[0]["params"][key], "{key}");
+    }
 }
 
 async fn batch(lake: &Lake, store: &Store, t: &Training) -> bookrec::batch::runner::RunRecord {
