@@ -1086,6 +1086,11 @@ mod tests {
             "{}",
             t.validation
         );
+        // one instant for everything: nothing is older than the window
+        let instant = data(&[("a", "x", 5), ("a", "y", 5), ("b", "x", 5)]);
+        let (p, t) = tuned(&instant, &on).unwrap();
+        assert_eq!(p, on);
+        assert!(t.trials.is_empty(), "{}", t.validation);
         // without times: a random holdout
         let untimed = Interactions {
             times: None,
