@@ -487,6 +487,9 @@ pub struct AlsTune {
     pub validation_fraction: f64,
     /// the points tried besides `[als]`'s own (at most [`AlsTune::MAX_CANDIDATES`])
     pub candidates: Vec<TunePoint>,
+    /// validation users scored per point, at most (a seeded sample beyond it: each scored
+    /// user costs a ranking of the whole catalogue per point)
+    pub max_users: usize,
 }
 
 /// One regularisation tried by `[als.tune]`; the other parameters are `[als]`'s.
@@ -531,6 +534,7 @@ impl Default for AlsTune {
         AlsTune {
             enabled: true,
             validation_fraction: 0.2,
+            max_users: 5_000,
             candidates: vec![
                 point(RegularizationScaling::None, 400.0),
                 point(RegularizationScaling::Frequency, 1.0),
@@ -619,6 +623,9 @@ impl AlsParams {
         let t = &self.tune;
         if !(t.validation_fraction > 0.0 && t.validation_fraction <= 0.5) {
             return Some(("tune.validation_fraction", "must be a number in (0, 0.5]"));
+        }
+        if !(1..=10_000_000).contains(&t.max_users) {
+            return Some(("tune.max_users", "must be 1..=10000000"));
         }
         if t.candidates.len() > AlsTune::MAX_CANDIDATES {
             return Some((

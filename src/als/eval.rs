@@ -670,6 +670,30 @@ pub fn tune_on(validation: &Fold, base: &Params) -> Result<(Params, Tuning), Als
             ),
         ));
     }
+    // at most `max_users` scored (a seeded sample): ranking the whole catalogue is the
+    // part of a point's cost that grows with the users
+    let sampled;
+    let (validation, users) = if users > base.tune.max_users {
+        let mut scored: Vec<usize> = (0..validation.test.len())
+            .filter(|&u| !validation.test[u].is_empty())
+            .collect();
+        scored.shuffle(&mut StdRng::seed_from_u64(base.seed ^ 0x7e57));
+        let mut test = vec![Vec::new(); validation.test.len()];
+        for &u in &scored[..base.tune.max_users] {
+            test[u] = validation.test[u].clone();
+        }
+        sampled = Fold {
+            train: validation.train.clone(),
+            test,
+            description: format!(
+                "{} ({} of its {users} users, sampled)",
+                validation.description, base.tune.max_users
+            ),
+        };
+        (&sampled, base.tune.max_users)
+    } else {
+        (validation, users)
+    };
     let mut points = vec![base.clone()];
     for c in &base.tune.candidates {
         let p = c.apply(base);
@@ -1102,6 +1126,26 @@ mod tests {
     }
 
     #[test]
+    fn tune_scores_a_seeded_sample_of_at_most_max_users() {
+        use crate::als::RegularizationScaling as S;
+        let d = tastes();
+        let mut p = tune_base(&[(S::None, 0.5)]);
+        let (_, all) = tuned(&d, &p).unwrap();
+        assert!(all.users > 3);
+        p.tune.max_users = 3;
+        let (_, a) = tuned(&d, &p).unwrap();
+        let (_, b) = tuned(&d, &p).unwrap();
+        assert_eq!(a.users, 3);
+        assert!(
+            a.validation
+                .ends_with(&format!("(3 of its {} users, sampled)", all.users))
+        );
+        assert!(a.trials.iter().all(|t| t.metrics.users == 3));
+        let ndcg = |t: &Tuning| t.trials.iter().map(|t| t.metrics.ndcg).collect::<Vec<_>>();
+        assert_eq!(ndcg(&a), ndcg(&b), "the same seed, the same sample");
+    }
+
+    #[test]
     fn tune_settings_are_range_checked_with_their_key() {
         use crate::als::RegularizationScaling as S;
         let mut p = tune_base(&[(S::None, -1.0)]);
@@ -1111,6 +1155,9 @@ mod tests {
         assert_eq!(p.out_of_range().map(|e| e.0), Some("tune.candidates"));
         p = tune_base(&[(S::None, 1.0); 17]);
         assert_eq!(p.out_of_range().map(|e| e.0), Some("tune.candidates"));
+        p = tune_base(&[]);
+        p.tune.max_users = 0;
+        assert_eq!(p.out_of_range().map(|e| e.0), Some("tune.max_users"));
         for bad in [0.0, 0.6, f64::NAN] {
             p = tune_base(&[]);
             p.tune.validation_fraction = bad;
