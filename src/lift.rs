@@ -347,22 +347,7 @@ fn train(
     // newest share (the replayed window is never seen)
     let (params, tuning) = crate::als::eval::tuned(&data, params)?;
     let params = &params;
-    let als = match tuning.trials.first() {
-        Some(best) => format!(
-            "{} (als.tune: NDCG@{} {:.4} on {}, {} users, best of {})",
-            crate::als::eval::regularization_label(params),
-            crate::als::eval::TUNE_K,
-            best.metrics.ndcg,
-            tuning.validation,
-            tuning.users,
-            tuning.trials.len()
-        ),
-        None => format!(
-            "{} ({})",
-            crate::als::eval::regularization_label(params),
-            tuning.validation
-        ),
-    };
+    let als = tuning.describe(params);
     let matrix = data.matrix();
     let model = crate::als::fit(&matrix, params, &mut |_| {})?;
     let ranked = |ids: &IdMap, which: &[u32], lists: Vec<Vec<crate::als::recommend::Scored>>| {

@@ -630,6 +630,24 @@ pub struct Tuning {
     pub seconds: f64,
 }
 
+impl Tuning {
+    /// One line for logs and reports: the point that trained and how it was chosen.
+    pub fn describe(&self, chosen: &Params) -> String {
+        let point = regularization_label(chosen);
+        match self.trials.first() {
+            Some(best) => format!(
+                "{point} (als.tune: NDCG@{TUNE_K} {:.4} on {}, {} users, best of {}, {:.1} s)",
+                best.metrics.ndcg,
+                self.validation,
+                self.users,
+                self.trials.len(),
+                self.seconds
+            ),
+            None => format!("{point} ({})", self.validation),
+        }
+    }
+}
+
 const NOT_TUNED: &str = "not tuned (als.tune.enabled = false, or a regularisation was given)";
 
 fn untuned(base: &Params, why: String) -> (Params, Tuning) {
@@ -1089,6 +1107,12 @@ mod tests {
             (chosen.factors, chosen.alpha, chosen.iterations),
             (4, base.alpha, 4)
         );
+        let line = tuning.describe(&chosen);
+        assert!(line.starts_with(&regularization_label(&chosen)), "{line}");
+        assert!(
+            line.contains(&format!("{} users, best of 3", tuning.users)),
+            "{line}"
+        );
     }
 
     #[test]
@@ -1100,6 +1124,10 @@ mod tests {
         let (p, t) = tuned(&d, &off).unwrap();
         assert_eq!(p, off);
         assert!(t.trials.is_empty() && t.validation.starts_with("not tuned"));
+        assert_eq!(
+            t.describe(&p),
+            "50 none (not tuned (als.tune.enabled = false, or a regularisation was given))"
+        );
         // every user appears for the first time in the validation window: nobody to score
         let fresh = data(&[("a", "x", 1), ("b", "y", 2), ("c", "x", 3), ("d", "y", 4)]);
         let on = tune_base(&[(S::None, 0.5)]);

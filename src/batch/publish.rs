@@ -147,20 +147,10 @@ pub async fn train_and_publish(
         tokio::task::spawn_blocking(move || crate::als::eval::tuned(&data_c, &base))
             .await
             .map_err(|e| crate::als::AlsError::Threads(e.to_string()))??;
-    if let Some(best) = tuning.trials.first() {
-        progress(&format!(
-            "[als] tuned on {} ({} users, {:.1} s): regularization {} (NDCG@{} {:.4}; {} points)",
-            tuning.validation,
-            tuning.users,
-            tuning.seconds,
-            crate::als::eval::regularization_label(&params),
-            crate::als::eval::TUNE_K,
-            best.metrics.ndcg,
-            tuning.trials.len()
-        ));
-    } else {
-        progress(&format!("[als] {}", tuning.validation));
-    }
+    progress(&format!(
+        "[als] regularization {}",
+        tuning.describe(&params)
+    ));
     let params = &params;
     // 1. validation: each user's newest share held out, scored at K = 10
     let (params_c, fraction) = (params.clone(), cfg.validation_fraction);
