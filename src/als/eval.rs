@@ -586,13 +586,17 @@ pub fn search(
             }
         }
     }
-    rank(validation, points, k)
+    rank((&validation.train, &validation.test), points, k)
 }
 
 /// Trains each point on `validation`'s training part and scores it on its held-out part,
 /// best NDCG@k first (ties keep the given order: the earlier point wins). A point out of
 /// range is an error naming it, before anything trains.
-fn rank(validation: &Fold, points: Vec<Params>, k: usize) -> Result<Vec<Trial>, AlsError> {
+fn rank(
+    (inner, valid): (&Csr, &[Vec<u32>]),
+    points: Vec<Params>,
+    k: usize,
+) -> Result<Vec<Trial>, AlsError> {
     for params in &points {
         if let Some((name, reason)) = params.out_of_range() {
             return Err(AlsError::Param {
@@ -601,7 +605,6 @@ fn rank(validation: &Fold, points: Vec<Params>, k: usize) -> Result<Vec<Trial>, 
             });
         }
     }
-    let (inner, valid) = (&validation.train, &validation.test);
     let mut trials = Vec::with_capacity(points.len());
     for params in points {
         let recs = Algorithm::Als(params.clone()).recommend(inner, valid, k)?;
@@ -678,7 +681,10 @@ pub fn tune_on(validation: &Fold, base: &Params) -> Result<(Params, Tuning), Als
     if !base.tune.enabled {
         return Ok(untuned(base, NOT_TUNED.into()));
     }
-    let users = validation.test.iter().filter(|t| !t.is_empty()).count();
+    let mut scored: Vec<usize> = (0..validation.test.len())
+        .filter(|&u| !validation.test[u].is_empty())
+        .collect();
+    let users = scored.len();
     if users == 0 {
         return Ok(untuned(
             base,
@@ -690,28 +696,21 @@ pub fn tune_on(validation: &Fold, base: &Params) -> Result<(Params, Tuning), Als
     }
     // at most `max_users` scored (a seeded sample): ranking the whole catalogue is the
     // part of a point's cost that grows with the users
-    let sampled;
-    let (validation, users) = if users > base.tune.max_users {
-        let mut scored: Vec<usize> = (0..validation.test.len())
-            .filter(|&u| !validation.test[u].is_empty())
-            .collect();
+    let (sampled, description, users) = if users > base.tune.max_users {
         scored.shuffle(&mut StdRng::seed_from_u64(base.seed ^ 0x7e57));
         let mut test = vec![Vec::new(); validation.test.len()];
         for &u in &scored[..base.tune.max_users] {
             test[u] = validation.test[u].clone();
         }
-        sampled = Fold {
-            train: validation.train.clone(),
-            test,
-            description: format!(
-                "{} ({} of its {users} users, sampled)",
-                validation.description, base.tune.max_users
-            ),
-        };
-        (&sampled, base.tune.max_users)
+        let description = format!(
+            "{} ({} of its {users} users, sampled)",
+            validation.description, base.tune.max_users
+        );
+        (Some(test), description, base.tune.max_users)
     } else {
-        (validation, users)
+        (None, validation.description.clone(), users)
     };
+    let test = sampled.as_deref().unwrap_or(&validation.test);
     let mut points = vec![base.clone()];
     for c in &base.tune.candidates {
         let p = c.apply(base);
@@ -719,14 +718,14 @@ pub fn tune_on(validation: &Fold, base: &Params) -> Result<(Params, Tuning), Als
             points.push(p);
         }
     }
-    let trials = rank(validation, points, TUNE_K)?;
+    let trials = rank((&validation.train, test), points, TUNE_K)?;
     let chosen = trials
         .first()
         .map_or_else(|| base.clone(), |t| t.params.clone());
     Ok((
         chosen,
         Tuning {
-            validation: validation.description.clone(),
+            validation: description,
             users,
             trials,
             seconds: started.elapsed().as_secs_f64(),

@@ -142,7 +142,9 @@ pub async fn train_and_publish(
     let started = std::time::Instant::now();
     // 0. the regularisation (`[als.tune]`): each candidate trains on all but the newest
     //    share of the interactions by time and is scored on that share
-    let (base, data_c) = (params.clone(), data.clone());
+    // one copy of the interactions for the three blocking steps below
+    let shared = std::sync::Arc::new(data.clone());
+    let (base, data_c) = (params.clone(), shared.clone());
     let (params, tuning) =
         tokio::task::spawn_blocking(move || crate::als::eval::tuned(&data_c, &base))
             .await
@@ -154,7 +156,7 @@ pub async fn train_and_publish(
     let params = &params;
     // 1. validation: each user's newest share held out, scored at K = 10
     let (params_c, fraction) = (params.clone(), cfg.validation_fraction);
-    let data_c = data.clone();
+    let data_c = shared.clone();
     let validation =
         tokio::task::spawn_blocking(move || -> Result<eval::Metrics, crate::als::AlsError> {
             let folds = eval::split(&data_c, &Split::UserNewest { fraction })?;
@@ -173,7 +175,7 @@ pub async fn train_and_publish(
         validation.ndcg, validation.precision, validation.users
     ));
     // 2. the model on everything
-    let (params_c, data_c, k, similar_k) = (params.clone(), data.clone(), cfg.k, cfg.similar_k);
+    let (params_c, data_c, k, similar_k) = (params.clone(), shared, cfg.k, cfg.similar_k);
     let (model, recs, similar) = tokio::task::spawn_blocking(move || {
         let matrix = data_c.matrix();
         let model = crate::als::fit(&matrix, &params_c, &mut |_| {})?;
